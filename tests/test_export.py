@@ -1,0 +1,143 @@
+"""ONNX export: fp32 parity, metadata, int8 size and fidelity, the CLI gate."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from wav2small import LABELS
+from wav2small.cli import main
+from wav2small.export import (
+    _front_end_nodes,
+    check_int8_fidelity,
+    export,
+    export_onnx,
+    read_metadata,
+    run_onnx,
+)
+from wav2small.models import create_model, save_model
+from wav2small.signals import pseudo_speech, pseudo_speech_set
+
+
+def _with_bn_stats(model: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for clip in pseudo_speech_set(3, seed=5):
+            model(torch.from_numpy(clip)[None])
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _with_bn_stats(create_model("wav2small-tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny, tmp_path_factory):
+    return export_onnx(tiny, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def test_fp32_matches_torch_on_dynamic_batch_and_length(tiny, tiny_onnx):
+    sess = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch, seconds in [(1, 1.0), (3, 4.0), (2, 10.0), (1, 0.1)]:
+        x = np.stack([pseudo_speech(seconds, rng=rng) for _ in range(batch)])
+        with torch.no_grad():
+            ref = tiny(torch.from_numpy(x)).numpy()
+        got = sess.run(None, {"signal": x})[0]
+        assert got.shape == (batch, 3)
+        assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_metadata_carries_labels_preset_and_rate(tiny_onnx):
+    meta = read_metadata(tiny_onnx)
+    assert meta["labels"] == ",".join(LABELS)
+    assert meta["preset"] == "wav2small-tiny"
+    assert meta["sample_rate"] == "16000"
+
+
+def test_batchnorm_is_folded(tiny_onnx):
+    ops = {n.op_type for n in onnx.load(str(tiny_onnx)).graph.node}
+    assert "BatchNormalization" not in ops and "Conv" in ops
+
+
+def test_int8_quantises_the_trunk_and_keeps_the_front_end_float(tiny, tmp_path):
+    report = export(tiny, tmp_path, int8=True, gate_int8=False)
+    q = onnx.load(report.int8_path)
+    front = set(_front_end_nodes(onnx.load(report.fp32_path)))
+    assert len(front) == 3  # two DFT convolutions and the mel projection
+    quantized_inputs = {i for n in q.graph.node if n.op_type == "Conv" for i in n.input}
+    dequantized = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    assert len(quantized_inputs & dequantized) >= 2 * 9  # 9 VGG/attention convs: x and w
+    int8_weights = sum(int(np.prod(t.dims)) for t in q.graph.initializer
+                       if t.data_type == onnx.TensorProto.INT8)
+    assert int8_weights >= 0.95 * (10_806 - 7 * 2 * 13)  # all weights but the folded BN
+    assert read_metadata(report.int8_path)["labels"] == ",".join(LABELS)
+    assert json.loads((tmp_path / "export_report.json").read_text())["int8_bytes"] > 0
+
+
+def _briefly_trained(steps: int = 40) -> torch.nn.Module:
+    """A tiny model trained to read three mel-band levels: outputs with a real spread.
+
+    (Untrained weights give nearly constant outputs, std ≈ 2e-4, whose int8 CCC means nothing.)
+    """
+    from wav2small.frontend import LogMel
+
+    torch.manual_seed(0)
+    model = create_model("wav2small-tiny")
+    clips = torch.from_numpy(np.stack([c[:8000] for c in pseudo_speech_set(48, seed=7,
+                                                                            seconds=(0.5, 0.6))]))
+    with torch.no_grad():
+        image = LogMel()(clips)[:, 0]
+        y = torch.stack([image[..., a:b].mean((1, 2)) for a, b in [(0, 8), (8, 17), (17, 26)]], 1)
+        y = (y - y.mean(0)) / y.std(0) * 0.15 + 0.5
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, len(clips), (8,))
+        loss = ((model(clips[idx]) - y[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_int8_fidelity_on_held_out_audio(tmp_path):
+    model = _briefly_trained()
+    report = export(model, tmp_path, int8=True, calibration=pseudo_speech_set(32, seed=1),
+                    validation=pseudo_speech_set(32, seed=2))
+    assert set(report.int8_ccc) == set(LABELS)
+    assert min(report.int8_ccc.values()) >= 0.99, report.int8_ccc
+    assert report.passed
+
+
+def test_fidelity_check_detects_a_broken_model(tiny_onnx, tmp_path):
+    other = export_onnx(_with_bn_stats(create_model("wav2small-tiny")), tmp_path / "o.onnx")
+    ccc = check_int8_fidelity(tiny_onnx, other, pseudo_speech_set(16, seed=3))
+    assert min(ccc.values()) < 0.9
+
+
+def test_cli_exports_paper_preset_int8_under_120kb(tmp_path, capsys):
+    assert main(["export", "wav2small-paper", "--int8", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "int8" in out and "KB" in out
+    int8 = tmp_path / "model.int8.onnx"
+    assert int8.stat().st_size <= 120 * 1024
+    y = run_onnx(int8, [pseudo_speech(5.0, rng=np.random.default_rng(0))])
+    assert y.shape == (1, 3) and np.isfinite(y).all()
+
+
+def test_cli_exports_a_checkpoint(tiny, tmp_path):
+    ckpt = tmp_path / "student.safetensors"
+    save_model(tiny, ckpt)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        main(["export", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)])

@@ -53,7 +53,216 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, quick=args.quick)
 
 
-COMMANDS = ["export", "models", "demo"]
+# --- synth ----------------------------------------------------------------------------------
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="generate the built-in synthetic A/D/V corpus (eSpeak NG)")
+    p.add_argument("--split", required=True, choices=["train", "pool", "test", "test-ood"])
+    p.add_argument("--n", type=int, required=True, help="number of clips")
+    p.add_argument("--out", required=True, help="output folder (WAVs in OUT/SPLIT, OUT/SPLIT.csv)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--raters", type=int, default=5,
+                   help="simulated raters per clip; 0 publishes the true labels (default 5)")
+    p.add_argument("--rater-bias", type=float, default=0.08, help="sd of rater bias (default 0.08)")
+    p.add_argument("--rater-noise", type=float, default=0.25,
+                   help="sd of rating noise (default 0.25)")
+    p.add_argument("--clean", action="store_true", help="no room, filters, noise or dither")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from wav2small.synth import generate
+
+    csv_path = generate(args.split, args.n, args.out, seed=args.seed, jobs=args.jobs,
+                        raters=args.raters, rater_bias_sd=args.rater_bias,
+                        rater_noise_sd=args.rater_noise, clean=args.clean,
+                        progress=not args.no_progress)
+    print(csv_path)
+    return 0
+
+
+# --- label ----------------------------------------------------------------------------------
+def _add_label(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("label", help="label audio with a teacher into a Parquet table (resumable)")
+    p.add_argument("--teacher", required=True,
+                   help="dawn, odyssey, ensemble, synth, a folder, a hub id or ensemble:A+B")
+    p.add_argument("--audio", required=True, help="folder, CSV (file[,start,end]) or audio file")
+    p.add_argument("--out", required=True, help="output .parquet file")
+    p.add_argument("--batch-seconds", type=float, default=60.0,
+                   help="most padded audio per teacher call (default 60)")
+    p.add_argument("--shard-rows", type=int, default=256, help="rows per shard (default 256)")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--clip", action="store_true", help="clip ensemble outputs to [0, 1]")
+
+
+def _run_label(args: argparse.Namespace) -> int:
+    from wav2small.labels import label_cli
+
+    return label_cli(args)
+
+
+# --- train-teacher --------------------------------------------------------------------------
+def _add_train_teacher(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-teacher", help="train (or fine-tune) a teacher with the CCC loss")
+    p.add_argument("--data", required=True, help="labelled CSV: file, arousal, dominance, valence")
+    p.add_argument("--out", required=True, help="output folder (Hugging Face layout)")
+    p.add_argument("--val", help="validation CSV (default: hold out --val-fraction of --data)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test", help="labelled CSV to score the best teacher on (test_ccc.json)")
+    p.add_argument("--init", help="teacher to fine-tune (default: a new synthetic-world teacher)")
+    p.add_argument("--model", help="JSON overrides of the new teacher's config")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this long")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--crop-seconds", type=float, default=4.0, help="0: whole clips")
+    p.add_argument("--gain-db", type=float, default=3.0, help="random gain of ± this many dB")
+    p.add_argument("--mse-weight", type=float, default=0.0, help="MSE added to the CCC loss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+
+
+def _run_train_teacher(args: argparse.Namespace) -> int:
+    from wav2small.teacher_train import train_teacher_cli
+
+    return train_teacher_cli(args)
+
+
+# --- predict / plot-timeline ----------------------------------------------------------------
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                   help="auto: ONNX Runtime for .onnx files (no torch), torch otherwise")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime intra-op threads (default 1); torch threads if given")
+    p.add_argument("--clip", action="store_true", help="clip outputs to [0, 1]")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="A/D/V of files/folders into a table (CSV/Parquet/JSON)")
+    p.add_argument("model", help=".onnx file (torch-free), checkpoint or preset name (untrained)")
+    p.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
+    p.add_argument("--win", type=float, default=None,
+                   help="window length in seconds: one row per window (default: one per file)")
+    p.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: win)")
+    p.add_argument("--timeline", type=float, default=None, metavar="STEP",
+                   help="one row every STEP seconds over the last --context seconds")
+    p.add_argument("--context", type=float, default=4.0,
+                   help="timeline context in seconds (default 4)")
+    p.add_argument("--out", default=None, help="x.csv, x.parquet or x.json (default: print)")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
+    p.add_argument("--workers", type=int, default=1, help="files processed concurrently")
+    _add_model_options(p)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from wav2small.infer import predict_cli
+
+    return predict_cli(args)
+
+
+def _add_plot_timeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot-timeline", help="draw the A/D/V timeline of a file to PNG")
+    p.add_argument("model", help=".onnx file, checkpoint or preset name")
+    p.add_argument("file", help="audio file")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--step", type=float, default=0.5, help="seconds between points (default 0.5)")
+    p.add_argument("--context", type=float, default=4.0,
+                   help="seconds behind each point (default 4)")
+    _add_model_options(p)
+
+
+def _run_plot_timeline(args: argparse.Namespace) -> int:
+    from wav2small.infer import plot_timeline_cli
+
+    return plot_timeline_cli(args)
+
+
+# --- selfdistill / selfdistill-eval / selfdistill-export ---------------------------------------
+def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "selfdistill",
+        help="fine-tune wav2vec2/WavLM with early exits that learn from the deepest head",
+        description="Self-distillation (Ren et al. 2023). Plain fine-tuning: --exits none.")
+    p.add_argument("--backbone", required=True,
+                   help="random:wav2vec2-small|wav2vec2-base|wavlm-small|... (random init), "
+                        "a Hugging Face folder or a hub id")
+    p.add_argument("--data", required=True, help="labelled CSV (file + emotion or A/D/V)")
+    p.add_argument("--val", help="validation CSV (default: hold out --val-fraction)")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--task", choices=["classes", "adv"], default="classes")
+    p.add_argument("--label-column", help="class column (default: emotion)")
+    p.add_argument("--exits", default="3,8,10",
+                   help="layers followed by an exit, e.g. 3,8,10; 'none' for plain fine-tuning")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--epochs", type=int, help="passes over the data (default 20)")
+    p.add_argument("--max-steps", type=int, help="optimiser steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, help="default 16")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-5)")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--crop-seconds", type=float, help="longest training crop (default 4)")
+    p.add_argument("--temperature", type=float, help="KL temperature (default 1)")
+    for term in ("deepest", "exit", "kd", "feature"):
+        p.add_argument(f"--w-{term}", type=float, help=f"weight of the {term} term (default 1)")
+    p.add_argument("--feature-level", choices=["embedding", "linear"])
+    p.add_argument("--detach-teacher", action="store_true", default=None,
+                   help="no gradient through the deepest head in the kd/feature terms")
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--val-every", type=int, help="validate every N steps (default: per epoch)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--accelerator", help="cpu, gpu or auto")
+    p.add_argument("--resume", nargs="?", const="last", help="continue from last.ckpt (or PATH)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_selfdistill(args: argparse.Namespace) -> int:
+    from wav2small.selfdistill import selfdistill_cli
+
+    return selfdistill_cli(args)
+
+
+def _add_selfdistill_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("selfdistill-eval",
+                       help="per-exit UAR/CCC, ms per 5 s and parameters of an early-exit model")
+    p.add_argument("model", help="best.safetensors or a .ckpt of `wav2small selfdistill`")
+    p.add_argument("--data", required=True, help="labelled CSV")
+    p.add_argument("--exit", nargs="*", default=None,
+                   help="exits to report: layer numbers, deepest, fusion (default: all)")
+    p.add_argument("--label-column", default="emotion")
+    p.add_argument("--threads", type=int, default=1, help="threads of the latency figure")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per exit (median)")
+    p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--out", help="also write the table as CSV")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_selfdistill_eval(args: argparse.Namespace) -> int:
+    from wav2small.selfdistill import selfdistill_eval_cli
+
+    return selfdistill_eval_cli(args)
+
+
+def _add_selfdistill_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("selfdistill-export",
+                       help="export an early-exit model, truncated at one exit, to ONNX")
+    p.add_argument("model", help="best.safetensors or a .ckpt of `wav2small selfdistill`")
+    p.add_argument("--exit", required=True, help="layer number, deepest or fusion")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
+
+
+def _run_selfdistill_export(args: argparse.Namespace) -> int:
+    from wav2small.selfdistill import selfdistill_export_cli
+
+    return selfdistill_export_cli(args)
+
+
+COMMANDS = ["export", "models", "demo", "label", "synth", "train-teacher",
+            "predict", "plot-timeline", "selfdistill", "selfdistill-eval", "selfdistill-export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,15 @@ LABELS = ("arousal", "dominance", "valence")
 #: Internal sample rate.
 SAMPLE_RATE = 16000
 
-__all__ = ["LABELS", "SAMPLE_RATE", "__version__", "create_model", "list_models"]
+__all__ = [
+    "LABELS",
+    "SAMPLE_RATE",
+    "Predictor",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load",
+]
 
 
 def create_model(name: str, **kwargs):
@@ -28,3 +36,27 @@ def list_models() -> list[str]:
     from wav2small.models import list_models as _list
 
     return _list()
+
+
+def load(model, **kwargs):
+    """A :class:`wav2small.infer.Predictor` for an ONNX file, a checkpoint or a preset name.
+
+    ``.onnx`` files run on ONNX Runtime without importing torch. Keyword arguments go to the
+    Predictor (``backend``, ``threads``, ``max_seconds``, ...).
+
+    Example:
+        >>> import wav2small
+        >>> wav2small.load("model.int8.onnx").predict("clips/")  # doctest: +SKIP
+    """
+    from wav2small.infer import Predictor as _Predictor
+
+    return _Predictor(model, **kwargs)
+
+
+def __getattr__(name: str):
+    """Lazy access to ``wav2small.Predictor`` (imports pandas, never torch)."""
+    if name == "Predictor":
+        from wav2small.infer import Predictor as _Predictor
+
+        return _Predictor
+    raise AttributeError(f"module 'wav2small' has no attribute {name!r}")

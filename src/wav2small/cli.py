@@ -95,9 +95,23 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--clip", action="store_true", help="clip ensemble outputs to [0, 1]")
+    # Ray engine (wav2small.labels_ray; needs `pip install wav2small[scale]`)
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (this process) or ray (Ray Data: decode tasks + teacher actors)")
+    p.add_argument("--address", default=None,
+                   help="ray: cluster address, e.g. auto (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--workers", type=int, default=1, help="ray: teacher actors (default 1)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=0.0,
+                   help="ray: GPUs per teacher actor; fractions share a GPU (default 0: CPU)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="ray: CPUs reserved per teacher actor (default 1)")
 
 
 def _run_label(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        from wav2small.labels_ray import label_ray_cli
+
+        return label_ray_cli(args)
     from wav2small.labels import label_cli
 
     return label_cli(args)
@@ -261,8 +275,77 @@ def _run_selfdistill_export(args: argparse.Namespace) -> int:
     return selfdistill_export_cli(args)
 
 
+# --- distill / train / evaluate ---------------------------------------------------------------
+def _add_student_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student", help="student preset (see `wav2small models`; default "
+                   "wav2small-paper)")
+    p.add_argument("--config", help="YAML file of settings (e.g. configs/distill.yaml)")
+    p.add_argument("--val", help="validation CSV/folder (default: hold out val_fraction)")
+    p.add_argument("--val-target", choices=["auto", "gold", "teacher"],
+                   help="what validation CCC is measured against (default auto: teacher when "
+                   "distilling, gold when training)")
+    p.add_argument("--out", help="run folder (default runs/distill)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int, help="optimiser steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--num-workers", type=int, help="data-loader workers")
+    p.add_argument("--resume", help="'last' (the run folder's last.ckpt) or a .ckpt path")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                   help="any other setting of wav2small.train.TrainConfig, e.g. aug_ratio=0.8")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="train a student on a teacher's outputs (no human labels)")
+    p.add_argument("--teacher", help="teacher name or folder (online targets; validation)")
+    p.add_argument("--audio", help="distillation audio: folder or CSV with a 'file' column")
+    p.add_argument("--labels", help="cached teacher labels (.parquet from `wav2small label`)")
+    p.add_argument("--targets", choices=["online", "cached"],
+                   help="teacher on the same augmented crop (online, default) or cached labels")
+    _add_student_options(p)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from wav2small.train import train_cli
+
+    return train_cli(args, mode="distill")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a student on gold labels (the baseline)")
+    p.add_argument("--data", help="labelled CSV: file, arousal, dominance, valence")
+    p.add_argument("--teacher", help="teacher, only for --val-target teacher")
+    _add_student_options(p)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from wav2small.train import train_cli
+
+    return train_cli(args, mode="train")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="CCC of models vs gold labels and a teacher")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help=".ckpt, .safetensors, .onnx or run folder; several are compared")
+    p.add_argument("--data", required=True, help="CSV with 'file' (+ gold columns) or a folder")
+    p.add_argument("--teacher", help="teacher name/folder, or its label table (.parquet)")
+    p.add_argument("--json", help="write the metrics as JSON to this file")
+    p.add_argument("--out", help="folder for metrics.csv/json, predictions.csv and PNG plots")
+    p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from wav2small.evaluate import evaluate_cli
+
+    return evaluate_cli(args)
+
+
 COMMANDS = ["export", "models", "demo", "label", "synth", "train-teacher",
-            "predict", "plot-timeline", "selfdistill", "selfdistill-eval", "selfdistill-export"]
+            "predict", "plot-timeline", "selfdistill", "selfdistill-eval", "selfdistill-export",
+            "distill", "train", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

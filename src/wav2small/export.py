@@ -225,8 +225,9 @@ def _shorten_names(proto) -> None:
 
     for t in proto.graph.initializer:
         t.name = short(t.name)
-    for node in proto.graph.node:
-        node.name = short("node/" + node.name)
+    for i, node in enumerate(proto.graph.node):
+        # unnamed nodes (quant_pre_process leaves some, e.g. in MobileNetV3) get unique names
+        node.name = short("node/" + (node.name or f"#{i}"))
         node.input[:] = [short(i) for i in node.input]
         node.output[:] = [short(o) for o in node.output]
 

@@ -43,11 +43,14 @@ class Wav2SmallConfig:
     Attributes:
         stem: channels of the three blocks before the max-pool (full frame rate, 500 frames/s).
         width: channels of the four blocks after it (250 tokens/s).
+        head: hidden units of an optional ReLU layer between the pooled features and the output
+            Linear (0: none, as released). Head parameters run once per clip, not per token.
         n_outputs: regression outputs (3: arousal, dominance, valence).
     """
 
     stem: int = 13
     width: int = 13
+    head: int = 0
     n_outputs: int = 3
 
 
@@ -119,10 +122,17 @@ class Wav2Small(nn.Module):
         super().__init__()
         self.cfg = cfg or Wav2SmallConfig()
         self.vgg7 = Vgg7(self.cfg)
-        self.adv = nn.Linear(self.vgg7.n_features, self.cfg.n_outputs)
+        n_in = self.vgg7.n_features
+        if self.cfg.head:
+            self.hidden = nn.Linear(n_in, self.cfg.head)
+            n_in = self.cfg.head
+        self.adv = nn.Linear(n_in, self.cfg.n_outputs)
 
     def forward(self, signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self.adv(self.vgg7(signal, lengths))
+        x = self.vgg7(signal, lengths)
+        if self.cfg.head:
+            x = torch.relu(self.hidden(x))
+        return self.adv(x)
 
     def config_dict(self) -> dict:
         """Constructor arguments, for checkpoints."""

@@ -1,0 +1,908 @@
+"""Prediction: a :class:`Predictor` over files, folders and in-memory signals → a pandas table.
+
+``Predictor(model)`` runs a torch checkpoint (``.safetensors``/``.ckpt``, or a preset name for
+untrained plumbing runs) or an ONNX file (fp32 or int8) with ONNX Runtime. The ONNX path imports
+no torch (and no scipy): it needs only numpy, pandas, onnxruntime, soundfile and soxr, the
+``wav2small[runtime]`` set.
+
+Every result is a DataFrame indexed by ``(file, start, end)`` (times in seconds, float, rounded
+to the microsecond — the convention of ``labels.parquet``) with the columns ``arousal``,
+``dominance``, ``valence``, always in that order (a model whose metadata lists its outputs in
+another order is reordered).
+
+Modes:
+
+* **one row per file** (default). Files up to ``max_seconds`` (20 s) are run in one piece. A
+  longer file is cut into ``ceil(duration / max_seconds)`` equal consecutive pieces that are
+  streamed from disk one at a time, and the row is the length-weighted mean of the pieces'
+  outputs. This keeps memory bounded for hour-long files; for such files the result is the mean
+  emotion of ~20 s stretches, not one pass over the whole file (which Wav2Small's per-utterance
+  normalisation and attention pooling would weight differently).
+* **one row per window** (``win``/``hop``): windows start at ``0, hop, 2·hop, …`` and are
+  streamed from disk (:func:`wav2small.audio.iter_windows`); the last window is cut at the end of
+  the file. A tail shorter than one analysis frame (64 samples = 4 ms) is dropped.
+* **timeline** (:meth:`Predictor.timeline`, :class:`TimelineStream`): every ``step`` seconds the
+  model is run on the last ``context`` seconds, i.e. rows ``(max(0, t − context), t)`` for
+  ``t = step, 2·step, …`` plus a final row ending at the end of the audio. Wav2Small's trunk runs
+  at 250 tokens/s (one token per 64 samples = 4 ms), the finest useful step. The stream is fed
+  chunk by chunk (live audio) and gives exactly the rows of the offline computation.
+
+Bad input raises :class:`wav2small.audio.AudioError` naming the file and the problem; with
+``on_error="skip"`` the file gets one row ``(file, NaN, NaN)`` of NaN values, the reasons are in
+``frame.attrs["skipped"]`` (``{file: reason}``) and the other files' results are complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wav2small import LABELS, SAMPLE_RATE
+from wav2small.audio import AudioError, audio_info, iter_windows, read_audio, to_mono_16k
+
+logger = logging.getLogger(__name__)
+
+#: Extensions picked up when a folder is given (searched recursively).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff", ".au")
+#: Index levels of every result table.
+INDEX = ("file", "start", "end")
+ON_ERROR = ("raise", "skip")
+BACKENDS = ("auto", "onnx", "torch")
+TORCH_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+#: ONNX Runtime intra-op threads unless told otherwise.
+DEFAULT_THREADS = 1
+#: Longest piece run in one pass in one-row-per-file mode (longer files are averaged over pieces).
+MAX_SECONDS = 20.0
+#: Most audio (seconds) stacked into one batch of equal-length windows.
+BATCH_SECONDS = 10.0
+#: Most windows per batch.
+BATCH_SIZE = 16
+#: Shortest input the model takes: one analysis frame (n_fft = 64 samples = 4 ms).
+MIN_SAMPLES = 64
+#: Samples per output token of Wav2Small (hop 32, then a stride-2 pool): 250 tokens/s.
+TOKEN_SAMPLES = 64
+#: Timeline defaults (seconds).
+DEFAULT_STEP = 0.5
+DEFAULT_CONTEXT = 4.0
+#: Seconds of audio read from disk at a time for a file's timeline.
+TIMELINE_BLOCK_SECONDS = 10.0
+TIME_DECIMALS = 6
+
+Row = tuple[str, float, float, np.ndarray]
+Backend = Callable[[np.ndarray], np.ndarray]
+
+
+# --- backends -------------------------------------------------------------------------------
+def _label_order(labels: str | None, source: str) -> list[int]:
+    """Column indices that put a model's outputs in LABELS order."""
+    if not labels:
+        logger.warning("%s: no 'labels' metadata; assuming %s", source, ",".join(LABELS))
+        return list(range(len(LABELS)))
+    names = [s.strip() for s in labels.split(",")]
+    if sorted(names) != sorted(LABELS):
+        raise ValueError(f"{source}: model outputs {names}, expected {list(LABELS)}")
+    return [names.index(label) for label in LABELS]
+
+
+class OnnxBackend:
+    """ONNX Runtime on CPU: (batch, samples) float32 → (batch, 3) in LABELS order.
+
+    Args:
+        path: ``.onnx`` file written by :mod:`wav2small.export` (fp32 or int8).
+        threads: intra-op threads (default 1; the session is sequential).
+        mem_arena: ONNX Runtime's CPU memory arena (default on). Turning it off looks like it
+            should lower RSS, but measured over repeated calls (20 × 20 s, int8, glibc) it
+            raised the peak from 164 to 311 MB: freed activations fragment the malloc heap,
+            while the arena reuses one block sized for the largest input.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a loadable ONNX model, or not a 16 kHz A/D/V model.
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self, path: str | os.PathLike, *, threads: int | None = None, mem_arena: bool = True
+    ) -> None:
+        import onnxruntime as ort
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such model file")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or DEFAULT_THREADS
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.enable_cpu_mem_arena = mem_arena
+        try:
+            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValueError(f"{path}: not a loadable ONNX model: {exc}") from exc
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        rate = int(self.metadata.get("sample_rate", SAMPLE_RATE))
+        if rate != SAMPLE_RATE:
+            raise ValueError(f"{path}: model expects {rate} Hz input, not {SAMPLE_RATE} Hz")
+        self.order = _label_order(self.metadata.get("labels"), path)
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        return out[:, self.order]
+
+
+class TorchBackend:
+    """A torch model on CPU (or ``device``): (batch, samples) float32 → (batch, 3).
+
+    Args:
+        model: a torch module, a checkpoint path (``.safetensors``/``.ckpt``) or a preset name
+            (untrained weights, for plumbing; logged as a warning).
+        threads: if given, ``torch.set_num_threads(threads)`` (process-wide).
+        device: torch device.
+
+    Raises:
+        ImportError: torch is not installed.
+    """
+
+    name = "torch"
+
+    def __init__(self, model, *, threads: int | None = None, device: str = "cpu") -> None:
+        try:
+            import torch
+        except ImportError as exc:
+            raise ImportError(
+                "a torch checkpoint needs torch (pip install 'wav2small[train]'); "
+                "the torch-free runtime runs ONNX models only"
+            ) from exc
+        from wav2small.models import create_model, list_models, load_model
+
+        if isinstance(model, str | os.PathLike):
+            name = os.fspath(model)
+            if name in list_models() and not os.path.exists(name):
+                logger.warning("%s: UNTRAINED weights (random init); for plumbing only", name)
+                model = create_model(name)
+            else:
+                model = load_model(name)
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch, self.device = torch, device
+        self.model = model.eval().to(device)
+        self.metadata = {"preset": getattr(model, "preset", type(model).__name__)}
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            x = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            return self.model(x.to(self.device)).float().cpu().numpy()
+
+
+def make_backend(
+    model, *, backend: str = "auto", threads: int | None = None, mem_arena: bool = True
+) -> OnnxBackend | TorchBackend:
+    """Pick and build the backend for ``model`` (``auto``: ONNX for ``.onnx`` files)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    is_path = isinstance(model, str | os.PathLike)
+    if backend == "auto":
+        backend = "onnx" if is_path and os.fspath(model).endswith(".onnx") else "torch"
+    if backend == "onnx":
+        if not is_path:
+            raise ValueError("the onnx backend needs a path to an .onnx file")
+        return OnnxBackend(model, threads=threads, mem_arena=mem_arena)
+    return TorchBackend(model, threads=threads)
+
+
+# --- inputs ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Item:
+    """One input: a file (``path``) or an in-memory signal at ``sample_rate``."""
+
+    name: str
+    path: str | None = None
+    signal: np.ndarray | None = None
+    sample_rate: int = SAMPLE_RATE
+
+
+def _is_pair(x) -> bool:
+    return (
+        isinstance(x, tuple)
+        and len(x) == 2
+        and isinstance(x[0], np.ndarray)
+        and isinstance(x[1], int | np.integer)
+    )
+
+
+def _folder(path: Path) -> list[_Item]:
+    files = sorted(
+        p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+    )
+    if not files:
+        raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
+    return [_Item(str(p), path=str(p)) for p in files]
+
+
+def collect_inputs(inputs) -> list[_Item]:
+    """Normalise what :meth:`Predictor.predict` accepts into a flat list of items.
+
+    Accepted: a path (file or folder, searched recursively for :data:`AUDIO_EXTENSIONS`), an
+    ``(array, sample_rate)`` pair, a ``{name: (array, sample_rate)}`` mapping, or a list of
+    paths and pairs. Arrays are named ``<array i>`` after their position in the list.
+
+    Raises:
+        ValueError: a folder without audio, or nothing to predict.
+        TypeError: an input of another type.
+    """
+    if isinstance(inputs, Mapping):
+        items = [_pair_item(name, pair) for name, pair in inputs.items()]
+    else:
+        single = isinstance(inputs, str | os.PathLike) or _is_pair(inputs)
+        items = []
+        for i, x in enumerate([inputs] if single else list(inputs)):
+            if isinstance(x, str | os.PathLike):
+                p = Path(x)
+                items += _folder(p) if p.is_dir() else [_Item(os.fspath(x), path=os.fspath(x))]
+            else:
+                items.append(_pair_item(f"<array {i}>", x))
+    if not items:
+        raise ValueError("nothing to predict: no inputs given")
+    return items
+
+
+def _pair_item(name: str, pair) -> _Item:
+    if not _is_pair(pair):
+        raise TypeError(
+            f"{name}: expected a path or an (np.ndarray, sample_rate) pair, "
+            f"got {type(pair).__name__}"
+        )
+    return _Item(str(name), signal=pair[0], sample_rate=int(pair[1]))
+
+
+# --- windows --------------------------------------------------------------------------------
+def _seconds(n: int) -> float:
+    return round(n / SAMPLE_RATE, TIME_DECIMALS)
+
+
+def _samples(seconds: float, what: str) -> int:
+    if not seconds or seconds <= 0 or not math.isfinite(seconds):
+        raise ValueError(f"{what} must be a positive number of seconds, got {seconds}")
+    return max(1, round(seconds * SAMPLE_RATE))
+
+
+def window_bounds(n_samples: int, win_n: int, hop_n: int) -> list[tuple[int, int]]:
+    """Sample bounds of the windows :func:`wav2small.audio.iter_windows` yields for a signal.
+
+    Windows start at ``0, hop, 2·hop, …``; the first one that would pass the end is cut there
+    and is the last. Tails shorter than :data:`MIN_SAMPLES` are dropped (unless alone).
+    """
+    bounds, start = [], 0
+    while start < n_samples:
+        end = min(start + win_n, n_samples)
+        bounds.append((start, end))
+        if end == n_samples:
+            break
+        start += hop_n
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_SAMPLES:
+        bounds.pop()
+    return bounds
+
+
+def timeline_bounds(n_samples: int, step_n: int, context_n: int) -> list[tuple[int, int]]:
+    """Sample bounds of the timeline rows: ends every ``step_n``, plus one at the end."""
+    ends = list(range(step_n, n_samples + 1, step_n))
+    if n_samples >= MIN_SAMPLES and (not ends or ends[-1] < n_samples):
+        ends.append(n_samples)
+    return [(max(0, end - context_n), end) for end in ends]
+
+
+def _check_timeline(step: float, context: float) -> tuple[int, int]:
+    step_n, context_n = _samples(step, "step"), _samples(context, "context")
+    if min(step_n, context_n) < MIN_SAMPLES:
+        raise ValueError(
+            f"step and context must be at least {MIN_SAMPLES} samples "
+            f"({1000 * MIN_SAMPLES / SAMPLE_RATE:g} ms), got {step} and {context} s"
+        )
+    return step_n, context_n
+
+
+def _too_short(name: str, n: int) -> AudioError:
+    return AudioError(
+        f"{name}: too short: {n} samples at {SAMPLE_RATE} Hz, the model needs at "
+        f"least {MIN_SAMPLES} ({1000 * MIN_SAMPLES / SAMPLE_RATE:g} ms)"
+    )
+
+
+def _check_file_length(item: _Item) -> int:
+    """The file's length in samples at 16 kHz (from its header); raises if too short."""
+    info = audio_info(item.path)
+    n = math.ceil(info.frames * SAMPLE_RATE / info.sample_rate)
+    if n < MIN_SAMPLES:
+        raise _too_short(item.name, n)
+    return n
+
+
+def _signal(item: _Item) -> np.ndarray:
+    x = to_mono_16k(item.signal, item.sample_rate, name=item.name)
+    if len(x) < MIN_SAMPLES:
+        raise _too_short(item.name, len(x))
+    return x
+
+
+# --- the predictor --------------------------------------------------------------------------
+class Predictor:
+    """Arousal, dominance and valence for files, folders and signals.
+
+    Args:
+        model: ``.onnx`` file (ONNX Runtime, torch-free), torch checkpoint (``.safetensors``,
+            ``.ckpt``), preset name (untrained) or a torch module.
+        backend: ``"auto"`` (ONNX for ``.onnx`` files, torch otherwise), ``"onnx"`` or ``"torch"``.
+        threads: ONNX Runtime intra-op threads (default 1); for torch, if given,
+            ``torch.set_num_threads`` (process-wide).
+        max_seconds: longest piece run in one pass in one-row-per-file mode (see module doc).
+        batch_size: most equal-length windows per model call in windowed mode.
+        mem_arena: ONNX only: keep ONNX Runtime's CPU memory arena (see :class:`OnnxBackend`).
+
+    Example:
+        >>> import wav2small
+        >>> p = wav2small.load("model.int8.onnx")  # doctest: +SKIP
+        >>> p.predict("clips/")                    # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        backend: str = "auto",
+        threads: int | None = None,
+        max_seconds: float = MAX_SECONDS,
+        batch_size: int = BATCH_SIZE,
+        mem_arena: bool = True,
+    ) -> None:
+        self.backend = make_backend(model, backend=backend, threads=threads, mem_arena=mem_arena)
+        self.max_n = _samples(max_seconds, "max_seconds")
+        if self.max_n < MIN_SAMPLES:
+            raise ValueError(f"max_seconds must be at least {MIN_SAMPLES} samples")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.model = model if isinstance(model, str | os.PathLike) else type(model).__name__
+
+    def __repr__(self) -> str:
+        return f"Predictor({os.fspath(self.model)!r}, backend={self.backend.name!r})"
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Facts stored with the model (ONNX metadata_props; the preset for torch)."""
+        return dict(self.backend.metadata)
+
+    def __call__(self, signals: np.ndarray) -> np.ndarray:
+        """Raw model call: (batch, samples) float32 at 16 kHz → (batch, 3) A/D/V."""
+        signals = np.asarray(signals, dtype=np.float32)
+        if signals.ndim == 1:
+            signals = signals[None, :]
+        if signals.shape[-1] < MIN_SAMPLES:
+            raise ValueError(
+                f"input of {signals.shape[-1]} samples is shorter than one "
+                f"frame ({MIN_SAMPLES} samples)"
+            )
+        return self.backend(signals)
+
+    # -- public API --
+    def predict(
+        self,
+        inputs,
+        *,
+        win: float | None = None,
+        hop: float | None = None,
+        clip: bool = False,
+        num_workers: int = 1,
+        on_error: str = "raise",
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """A/D/V for every input: one row per file, or per window with ``win``/``hop``.
+
+        Args:
+            inputs: path, folder, ``(array, sample_rate)`` pair, ``{name: pair}`` mapping, or a
+                list of paths and pairs (see :func:`collect_inputs`).
+            win: window length in seconds; ``None`` gives one row per file.
+            hop: window hop in seconds (default ``win``); needs ``win``.
+            clip: clip outputs to [0, 1].
+            num_workers: files processed concurrently (threads; model calls release the GIL).
+            on_error: ``"raise"`` the first bad file's :class:`AudioError`, or ``"skip"`` it.
+            progress: show a progress bar (tqdm; hidden when stderr is not a terminal).
+
+        Returns:
+            DataFrame indexed by ``(file, start, end)`` with columns arousal, dominance,
+            valence; skipped files are rows ``(file, NaN, NaN)`` of NaN, with the reasons in
+            ``frame.attrs["skipped"]``.
+
+        Raises:
+            AudioError: a bad file, with ``on_error="raise"``.
+            ValueError: bad ``win``/``hop``/``on_error``, a folder without audio.
+        """
+        if win is None and hop is not None:
+            raise ValueError("hop needs win: give a window length too")
+        if win is None:
+            fn = self._file_rows
+        else:
+            win_n = _samples(win, "win")
+            hop_n = win_n if hop is None else _samples(hop, "hop")
+            if win_n < MIN_SAMPLES:
+                raise ValueError(f"win must be at least {MIN_SAMPLES} samples, got {win} s")
+            fn = lambda item: self._window_rows(item, win_n, hop_n)  # noqa: E731
+        return self._run(
+            inputs, fn, clip=clip, num_workers=num_workers, on_error=on_error, progress=progress
+        )
+
+    def timeline(
+        self,
+        inputs,
+        *,
+        step: float = DEFAULT_STEP,
+        context: float = DEFAULT_CONTEXT,
+        clip: bool = False,
+        num_workers: int = 1,
+        on_error: str = "raise",
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """A/D/V every ``step`` seconds over the last ``context`` seconds of each input.
+
+        Rows are ``(file, max(0, t − context), t)`` for ``t = step, 2·step, …`` and a last row
+        ending at the end of the input. Files are streamed from disk in bounded memory through a
+        :class:`TimelineStream`; in-memory signals are sliced directly. Both give exactly the
+        rows a stream fed with any chunking gives.
+
+        Args:
+            inputs: as :meth:`predict`.
+            step: seconds between rows (≥ 4 ms, one Wav2Small token).
+            context: seconds of audio behind each row (≥ 4 ms).
+            clip, num_workers, on_error, progress: as :meth:`predict`.
+
+        Returns:
+            DataFrame indexed by ``(file, start, end)``, columns arousal, dominance, valence.
+        """
+        step_n, context_n = _check_timeline(step, context)
+        fn = lambda item: self._timeline_rows(item, step_n, context_n)  # noqa: E731
+        return self._run(
+            inputs, fn, clip=clip, num_workers=num_workers, on_error=on_error, progress=progress
+        )
+
+    def stream(
+        self,
+        *,
+        step: float = DEFAULT_STEP,
+        context: float = DEFAULT_CONTEXT,
+        sample_rate: int = SAMPLE_RATE,
+        name: str = "<stream>",
+        clip: bool = False,
+    ) -> TimelineStream:
+        """A :class:`TimelineStream` for live audio fed chunk by chunk."""
+        return TimelineStream(
+            self, step=step, context=context, sample_rate=sample_rate, name=name, clip=clip
+        )
+
+    # -- per-item work --
+    def _run(
+        self,
+        inputs,
+        fn: Callable[[_Item], list[Row]],
+        *,
+        clip: bool,
+        num_workers: int,
+        on_error: str,
+        progress: bool,
+    ) -> pd.DataFrame:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        items = collect_inputs(inputs)
+        skipped: dict[str, str] = {}
+
+        def work(item: _Item) -> list[Row]:
+            try:
+                return fn(item)
+            except (AudioError, OSError) as exc:
+                if on_error == "raise":
+                    raise
+                logger.warning("skipped %s", exc)
+                skipped[item.name] = str(exc)
+                return [(item.name, math.nan, math.nan, np.full(len(LABELS), np.nan))]
+
+        rows: list[Row] = []
+        for result in _progress(_map(work, items, num_workers), len(items), progress):
+            rows += result
+        frame = rows_to_frame(rows, clip=clip)
+        frame.attrs["skipped"] = skipped
+        return frame
+
+    def _file_rows(self, item: _Item) -> list[Row]:
+        """One row per file: one pass, or the length-weighted mean over equal pieces."""
+        if item.path is None:
+            x = _signal(item)
+            n = len(x)
+        else:
+            n, x = _check_file_length(item), None
+        if n <= self.max_n:
+            if x is None:
+                x = read_audio(item.path)
+                if len(x) < MIN_SAMPLES:  # the header's estimate was a sample or two long
+                    raise _too_short(item.name, len(x))
+            return [(item.name, 0.0, _seconds(len(x)), self(x)[0])]
+        piece_n = math.ceil(n / math.ceil(n / self.max_n))
+        if x is not None:
+            pieces = (x[s : s + piece_n] for s in range(0, n, piece_n))
+        else:
+            pieces = (
+                w
+                for _, _, w in iter_windows(
+                    item.path, win=piece_n / SAMPLE_RATE, hop=piece_n / SAMPLE_RATE
+                )
+            )
+        total, weight, end = np.zeros(len(LABELS)), 0, 0
+        for piece in pieces:
+            if len(piece) < MIN_SAMPLES:  # a resampling remainder of a few samples
+                end += len(piece)
+                continue
+            total += len(piece) * self(piece)[0].astype(np.float64)
+            weight += len(piece)
+            end += len(piece)
+        return [(item.name, 0.0, _seconds(end), (total / weight).astype(np.float32))]
+
+    def _window_rows(self, item: _Item, win_n: int, hop_n: int) -> list[Row]:
+        if item.path is None:
+            x = _signal(item)
+            windows = ((s, e, x[s:e]) for s, e in window_bounds(len(x), win_n, hop_n))
+        else:
+            _check_file_length(item)
+            windows = _file_windows(item.path, win_n, hop_n)
+        rows: list[Row] = []
+        per_batch = max(1, min(self.batch_size, round(BATCH_SECONDS * SAMPLE_RATE / win_n)))
+        for batch in _equal_length_batches(windows, per_batch):
+            out = self(np.stack([w for _, _, w in batch]))
+            rows += [
+                (item.name, _seconds(s), _seconds(e), y)
+                for (s, e, _), y in zip(batch, out, strict=True)
+            ]
+        return rows
+
+    def _timeline_rows(self, item: _Item, step_n: int, context_n: int) -> list[Row]:
+        if item.path is None:
+            x = _signal(item)
+            return [
+                (item.name, _seconds(s), _seconds(e), self(x[s:e])[0])
+                for s, e in timeline_bounds(len(x), step_n, context_n)
+            ]
+        _check_file_length(item)
+        stream = TimelineStream(
+            self, step=step_n / SAMPLE_RATE, context=context_n / SAMPLE_RATE, name=item.name
+        )
+        block = TIMELINE_BLOCK_SECONDS
+        for _, _, chunk in iter_windows(item.path, win=block, hop=block):
+            stream._feed(chunk)
+        stream._finish()
+        return stream._take()
+
+
+def _file_windows(path: str, win_n: int, hop_n: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Windows of a file as sample bounds, dropping a tail shorter than MIN_SAMPLES."""
+    prev = None
+    for start, end, w in iter_windows(path, win=win_n / SAMPLE_RATE, hop=hop_n / SAMPLE_RATE):
+        if prev is not None:
+            yield prev
+        prev = (round(start * SAMPLE_RATE), round(end * SAMPLE_RATE), w)
+    if prev is not None and (len(prev[2]) >= MIN_SAMPLES or prev[0] == 0):
+        yield prev
+
+
+def _equal_length_batches(windows, size: int) -> Iterator[list]:
+    """Group consecutive windows of equal length into batches of at most ``size``."""
+    batch: list = []
+    for w in windows:
+        if batch and (len(batch) == size or len(w[2]) != len(batch[0][2])):
+            yield batch
+            batch = []
+        batch.append(w)
+    if batch:
+        yield batch
+
+
+def _map(fn, items: list, workers: int) -> Iterator:
+    """``map`` in input order, on a thread pool when ``workers > 1``."""
+    if workers == 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(workers)
+    try:
+        yield from pool.map(fn, items)
+    finally:  # on an error, do not finish the queued files first
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _progress(results: Iterable, total: int, show: bool) -> Iterable:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        results,
+        total=total,
+        unit="file",
+        desc="predict",
+        disable=None if show else True,
+        leave=False,
+    )
+
+
+def rows_to_frame(rows: list[Row], *, clip: bool = False) -> pd.DataFrame:
+    """Rows ``(file, start, end, values)`` → the ``(file, start, end)``-indexed A/D/V table."""
+    index = pd.MultiIndex.from_arrays(
+        [
+            [r[0] for r in rows],
+            np.array([r[1] for r in rows], dtype=np.float64),
+            np.array([r[2] for r in rows], dtype=np.float64),
+        ],
+        names=INDEX,
+    )
+    values = (
+        np.stack([r[3] for r in rows]).astype(np.float32)
+        if rows
+        else np.zeros((0, len(LABELS)), np.float32)
+    )
+    if clip:
+        values = np.clip(values, 0.0, 1.0)
+    return pd.DataFrame(values, index=index, columns=list(LABELS))
+
+
+# --- streaming timeline ---------------------------------------------------------------------
+class TimelineStream:
+    """A/D/V every ``step`` seconds over the last ``context`` seconds of a live stream.
+
+    Feed chunks of any size with :meth:`push`; each call returns the rows that chunk completed.
+    :meth:`close` returns the last row (ending at the end of the stream). Memory holds at most
+    ``context + step`` seconds plus one chunk. The rows equal :meth:`Predictor.timeline` on the
+    whole signal (same windows, one window per model call).
+
+    Args:
+        predictor: the :class:`Predictor` (or any callable (batch, samples) → (batch, 3)).
+        step: seconds between rows (≥ 4 ms).
+        context: seconds of audio behind each row (≥ 4 ms).
+        sample_rate: rate of the pushed chunks; other than 16 kHz they are resampled as a
+            stream (soxr).
+        name: the ``file`` index value of the rows.
+        clip: clip outputs to [0, 1].
+
+    Example:
+        >>> s = predictor.stream(step=0.5, context=4.0)  # doctest: +SKIP
+        >>> for chunk in microphone():                   # doctest: +SKIP
+        ...     print(s.push(chunk))
+    """
+
+    def __init__(
+        self,
+        predictor: Callable[[np.ndarray], np.ndarray],
+        *,
+        step: float = DEFAULT_STEP,
+        context: float = DEFAULT_CONTEXT,
+        sample_rate: int = SAMPLE_RATE,
+        name: str = "<stream>",
+        clip: bool = False,
+    ) -> None:
+        self.step_n, self.context_n = _check_timeline(step, context)
+        self.predict, self.name, self.clip = predictor, name, clip
+        self.sample_rate = int(sample_rate)
+        if self.sample_rate <= 0:
+            raise ValueError(f"{name}: invalid sample rate {sample_rate}")
+        self._resampler = None
+        if self.sample_rate != SAMPLE_RATE:
+            import soxr
+
+            from wav2small.audio import RESAMPLE_QUALITY
+
+            self._resampler = soxr.ResampleStream(
+                self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality=RESAMPLE_QUALITY
+            )
+        self._buf = np.zeros(0, np.float32)
+        self._first = 0  # absolute index of _buf[0]
+        self._next_end = self.step_n
+        self._last_end = 0
+        self._rows: list[Row] = []
+        self.closed = False
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of (16 kHz) audio received so far."""
+        return (self._first + len(self._buf)) / SAMPLE_RATE
+
+    def push(self, chunk: np.ndarray) -> pd.DataFrame:
+        """Add samples (``(samples,)`` or ``(samples, channels)``); return the rows completed.
+
+        Raises:
+            AudioError: NaN/Inf samples or a bad shape (naming the stream).
+            RuntimeError: the stream is closed.
+        """
+        if self.closed:
+            raise RuntimeError(f"{self.name}: push() after close()")
+        chunk = np.asarray(chunk)
+        if chunk.size:
+            x = to_mono_16k(chunk, SAMPLE_RATE, name=self.name)  # checks, mono, float32
+            if self._resampler is not None:
+                x = self._resampler.resample_chunk(x)
+            self._feed(x)
+        return self._frame()
+
+    def close(self) -> pd.DataFrame:
+        """End the stream: return the remaining rows (the last one ends at the stream's end)."""
+        if not self.closed:
+            if self._resampler is not None:
+                self._feed(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            self._finish()
+        return self._frame()
+
+    # -- internals (also used by Predictor.timeline on files) --
+    def _feed(self, x: np.ndarray) -> None:
+        self._buf = np.concatenate([self._buf, x])  # a copy: callers may reuse their chunk
+        total = self._first + len(self._buf)
+        while self._next_end <= total:
+            self._emit(self._next_end)
+            self._next_end += self.step_n
+        # the next row, or a last row ending before it, starts after next_end - step - context
+        keep = max(0, self._next_end - self.step_n - self.context_n) - self._first
+        if keep > 0:
+            self._buf, self._first = self._buf[keep:], self._first + keep
+
+    def _emit(self, end: int) -> None:
+        start = max(0, end - self.context_n)
+        window = self._buf[start - self._first : end - self._first]
+        self._rows.append((self.name, _seconds(start), _seconds(end), self.predict(window)[0]))
+        self._last_end = end
+
+    def _finish(self) -> None:
+        self.closed = True
+        total = self._first + len(self._buf)
+        if total > self._last_end and total >= MIN_SAMPLES:
+            self._emit(total)
+
+    def _take(self) -> list[Row]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def _frame(self) -> pd.DataFrame:
+        return rows_to_frame(self._take(), clip=self.clip)
+
+
+# --- loading and tables ---------------------------------------------------------------------
+def load(model, **kwargs) -> Predictor:
+    """A :class:`Predictor` for an ONNX file, a checkpoint, a preset name or a torch module."""
+    return Predictor(model, **kwargs)
+
+
+TABLE_FORMATS = (".csv", ".parquet", ".json")
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a result table as CSV, Parquet or JSON (records), atomically.
+
+    The index becomes the columns ``file, start, end``. Parquet needs pyarrow.
+
+    Raises:
+        ValueError: another suffix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_FORMATS:
+        raise ValueError(f"{path}: unknown table format; use one of {', '.join(TABLE_FORMATS)}")
+    table = frame.reset_index()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if suffix == ".csv":
+            table.to_csv(tmp, index=False)
+        elif suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_json(tmp, orient="records", indent=1)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by :func:`write_table` back into the indexed form."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        table = pd.read_csv(path)
+    elif suffix == ".parquet":
+        table = pd.read_parquet(path)
+    elif suffix == ".json":
+        table = pd.read_json(path, orient="records")
+    else:
+        raise ValueError(f"{path}: unknown table format; use one of {', '.join(TABLE_FORMATS)}")
+    table["file"] = table["file"].astype(str)
+    return table.set_index(list(INDEX))[list(LABELS)]
+
+
+def skipped_path(out: str | os.PathLike) -> Path:
+    """Where the CLI lists the files skipped while writing ``out``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".skipped.csv")
+
+
+# --- CLI ------------------------------------------------------------------------------------
+def predict_cli(args) -> int:
+    """``wav2small predict MODEL PATHS... [--win S --hop S | --timeline STEP] [--out FILE]``."""
+    import sys
+
+    if args.out and Path(args.out).suffix.lower() not in TABLE_FORMATS:
+        raise SystemExit(f"--out {args.out}: use a .csv, .parquet or .json file")
+    if args.timeline is not None and args.win is not None:
+        raise SystemExit("--timeline and --win are exclusive")
+    predictor = load(args.model, backend=args.backend, threads=args.threads)
+    common = dict(clip=args.clip, num_workers=args.workers, on_error=args.on_error)
+    if args.timeline is not None:
+        frame = predictor.timeline(args.paths, step=args.timeline, context=args.context, **common)
+    else:
+        frame = predictor.predict(args.paths, win=args.win, hop=args.hop, **common)
+    skipped = frame.attrs.get("skipped", {})
+    if args.out:
+        write_table(frame, args.out)
+        _write_skipped(skipped_path(args.out), skipped)
+        print(f"{args.out}: {len(frame)} rows", file=sys.stderr)
+    else:
+        with pd.option_context("display.max_rows", None, "display.width", 200):
+            print(frame.to_string(float_format=lambda v: f"{v:.4f}"))
+    if skipped:
+        where = f" (listed in {skipped_path(args.out)})" if args.out else ""
+        print(f"skipped {len(skipped)} file(s){where}:", file=sys.stderr)
+        for file, reason in skipped.items():
+            print(
+                f"  {reason}" if reason.startswith(file) else f"  {file}: {reason}", file=sys.stderr
+            )
+    return 0
+
+
+def _write_skipped(path: Path, skipped: dict[str, str]) -> None:
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(list(skipped.items()), columns=["file", "reason"]).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def plot_timeline_cli(args) -> int:
+    """``wav2small plot-timeline MODEL FILE --out x.png [--step S --context S]``."""
+    from wav2small.report import plot_timeline
+
+    predictor = load(args.model, backend=args.backend, threads=args.threads)
+    frame = predictor.timeline(args.file, step=args.step, context=args.context, clip=args.clip)
+    plot_timeline(frame, args.out, title=f"{Path(args.file).name} — {Path(args.model).name}")
+    print(
+        f"{args.out}: timeline of {frame.index.get_level_values('end').max():.1f} s, "
+        f"{len(frame)} points"
+    )
+    return 0
+
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "INDEX",
+    "OnnxBackend",
+    "Predictor",
+    "TimelineStream",
+    "TorchBackend",
+    "collect_inputs",
+    "load",
+    "read_table",
+    "rows_to_frame",
+    "timeline_bounds",
+    "window_bounds",
+    "write_table",
+]

@@ -98,8 +98,9 @@ def _save_figure(fig, out: str | os.PathLike) -> Path:
     return out
 
 
-def plot_scatter(pred, gold, out: str | os.PathLike, *, title: str = "",
-                 reference: str = "gold") -> Path:
+def plot_scatter(
+    pred, gold, out: str | os.PathLike, *, title: str = "", reference: str = "gold"
+) -> Path:
     """Predicted against reference values, one panel per dimension, with the CCC in each title.
 
     Args:
@@ -123,8 +124,9 @@ def plot_scatter(pred, gold, out: str | os.PathLike, *, title: str = "",
 
     pred, gold = np.asarray(pred, dtype=float), np.asarray(gold, dtype=float)
     if pred.shape != gold.shape or pred.ndim != 2 or pred.shape[1] != len(LABELS):
-        raise ValueError(f"expected two (n, {len(LABELS)}) arrays, got {pred.shape} and "
-                         f"{gold.shape}")
+        raise ValueError(
+            f"expected two (n, {len(LABELS)}) arrays, got {pred.shape} and {gold.shape}"
+        )
     fig = Figure(figsize=SCATTER_SIZE_INCHES, dpi=EVAL_DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(LABELS))
@@ -181,8 +183,13 @@ def plot_ccc_bars(metrics, out: str | os.PathLike, *, reference: str = "gold") -
         bars = ax.bar(x + (k - (len(models) - 1) / 2) * width, values, width, label=row["model"])
         for bar, v in zip(bars, values, strict=True):
             if np.isfinite(v):
-                ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, max(v, 0)),
-                            ha="center", va="bottom", fontsize="x-small")
+                ax.annotate(
+                    f"{v:.2f}",
+                    (bar.get_x() + bar.get_width() / 2, max(v, 0)),
+                    ha="center",
+                    va="bottom",
+                    fontsize="x-small",
+                )
     ax.set_xticks(x, groups)
     ax.set_ylabel(f"CCC vs {reference}")
     ax.set_ylim(min(0.0, float(np.nanmin(rows[groups].to_numpy(dtype=float))) - 0.05), 1.05)

@@ -1,0 +1,512 @@
+"""Training data: manifests, random crops, augmentation and padded batches.
+
+* **Manifests** (:func:`load_manifest`) list the clips of a folder, a CSV (``file`` column, paths
+  relative to the CSV's folder, optional ``arousal, dominance, valence`` gold columns) or a list
+  of files, with each file's duration read from its header. Cached teacher labels from
+  ``wav2small label`` are joined by :func:`attach_labels`.
+* **Crops** (:class:`CropDataset`): each item is a random crop of at most ``crop_seconds``
+  (default 4 s) of one clip, optionally augmented (:class:`Augment`): with probability ``ratio``
+  (the paper's "augmentation ratio") the crop is mixed with a crop of *another clip* or with
+  *noise* (coloured noise, or recordings from ``noise_dir``) at a random SNR; then an optional
+  random gain and time shift (circular roll).
+* **Batches** (:func:`collate`): every crop of a batch is cut to the shortest crop in it (but
+  not below ``min_seconds``, padding with zeros and reporting ``lengths`` below that), so batches
+  are normally unpadded and every student family sees exactly what it would see alone.
+* **Reproducibility**: the :class:`SeededSampler` draws the order and one seed per item from
+  ``(seed, epoch)``; all randomness of an item (crop offsets, augmentation) comes from that
+  seed, so a run is the same whatever the number of data-loader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wav2small import LABELS, SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+#: Extensions picked up when a folder is given.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff", ".au")
+DEFAULT_CROP_SECONDS = 4.0
+#: Batches are cut to their shortest crop, but never below this (shorter clips are padded).
+DEFAULT_MIN_SECONDS = 1.0
+NOISE_COLOURS = ("white", "pink", "brown")
+#: Spectral slope (power ∝ f^-slope) of each noise colour.
+_NOISE_SLOPE = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+_RMS_FLOOR = 1e-8
+#: Output columns of a manifest (plus the label columns when there are labels).
+MANIFEST_COLUMNS = ("file", "path", "duration")
+
+
+# --- manifests ------------------------------------------------------------------------------
+def _audio_files(folder: Path) -> list[Path]:
+    files = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+    )
+    if not files:
+        raise ValueError(f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+    return files
+
+
+def _read_csv_manifest(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable CSV manifest: {e}") from e
+    if "file" not in table.columns:
+        raise ValueError(f"{path}: a manifest CSV needs a 'file' column; it has {list(table)}")
+    if table.empty:
+        raise ValueError(f"{path}: the manifest is empty")
+    table["file"] = table["file"].astype(str)
+    table.insert(
+        1, "path", [f if os.path.isabs(f) else str(path.parent / f) for f in table["file"]]
+    )
+    return table
+
+
+def load_manifest(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    require_labels: bool = False,
+    on_error: str = "raise",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """List clips with their durations (and gold labels when the CSV has them).
+
+    Args:
+        source: a folder (searched recursively), a CSV with a ``file`` column (relative paths
+            are relative to the CSV's folder; other columns are kept), one audio file, or a
+            list of files.
+        require_labels: raise unless ``arousal, dominance, valence`` columns are present and
+            complete.
+        on_error: ``"raise"`` on the first unreadable file, or ``"skip"`` it (logged).
+        progress: show a progress bar while reading the headers.
+
+    Returns:
+        A DataFrame with ``file`` (as given), ``path`` (as read), ``duration`` (seconds) and any
+        further CSV columns, in input order.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: no ``file`` column, empty manifest, missing/NaN labels when required.
+        wav2small.audio.AudioError: an unreadable file (``on_error="raise"``).
+    """
+    from wav2small.audio import AudioError, audio_info
+
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    name = "<list>"
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        name = str(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        if path.is_dir():
+            files = [str(p) for p in _audio_files(path)]
+            table = pd.DataFrame({"file": files, "path": files})
+        elif path.suffix.lower() == ".csv":
+            table = _read_csv_manifest(path)
+        else:
+            table = pd.DataFrame({"file": [str(path)], "path": [str(path)]})
+    else:
+        files = [os.fspath(p) for p in source]
+        if not files:
+            raise ValueError("the list of files is empty")
+        table = pd.DataFrame({"file": files, "path": files})
+    if require_labels:
+        check_labels(table, name)
+    durations, keep = [], []
+    paths = table["path"].tolist()
+    for i, p in enumerate(_progress(paths, progress, "reading headers")):
+        try:
+            durations.append(audio_info(p).duration)
+            keep.append(i)
+        except AudioError as e:
+            if on_error == "raise":
+                raise
+            logger.warning("skipping %s", e)
+    table = table.iloc[keep].reset_index(drop=True).drop(columns=["duration"], errors="ignore")
+    if table.empty:
+        raise ValueError(f"{name}: no readable audio")
+    table.insert(2, "duration", durations)  # from the header, whatever a CSV said
+    return table
+
+
+def check_labels(table: pd.DataFrame, name: str) -> None:
+    """Raise ValueError unless ``table`` has complete ``arousal, dominance, valence`` columns."""
+    missing = [c for c in LABELS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{name}: needs label columns {', '.join(LABELS)}; missing {missing}")
+    bad = table[list(LABELS)].isna().any(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{name}: {int(bad.sum())} rows have empty labels, e.g. {table['file'][bad].iloc[0]}"
+        )
+
+
+def has_labels(table: pd.DataFrame) -> bool:
+    """Whether every label column is present and complete."""
+    return all(c in table.columns for c in LABELS) and not table[list(LABELS)].isna().any().any()
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+
+def _norm(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def attach_labels(
+    manifest: pd.DataFrame, labels: str | os.PathLike | pd.DataFrame, *, name: str | None = None
+) -> pd.DataFrame:
+    """Replace the label columns of ``manifest`` by cached teacher labels.
+
+    Rows of the label table (``file, start, end, arousal, dominance, valence``, as written by
+    ``wav2small label``) are matched to the manifest by file: first as absolute paths (label
+    paths relative to the working directory), then by the literal ``file`` string, then by the
+    file name when that is unique. Several segments of one file are averaged weighted by their
+    length (whole-file labels are what the cached mode trains on).
+
+    Args:
+        manifest: from :func:`load_manifest`.
+        labels: a Parquet/CSV file or a DataFrame.
+        name: label table name for messages.
+
+    Returns:
+        A copy of ``manifest`` with the teacher's ``arousal, dominance, valence``.
+
+    Raises:
+        ValueError: missing columns, or manifest files without a label (the message lists some).
+    """
+    if isinstance(labels, pd.DataFrame):
+        table, name = labels, name or "<labels>"
+    else:
+        path = Path(labels)
+        name = name or str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such label file")
+        table = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    missing = [c for c in ("file", *LABELS) if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{name}: a label table needs columns file, {', '.join(LABELS)}; missing {missing}"
+        )
+    per_file = _per_file_labels(table)
+    by_abs = {_norm(f): v for f, v in per_file.items()}
+    names = pd.Series([os.path.basename(f) for f in per_file]).value_counts()
+    by_name = {
+        os.path.basename(f): v for f, v in per_file.items() if names[os.path.basename(f)] == 1
+    }
+    values, unmatched = [], []
+    for file, path in zip(manifest["file"], manifest["path"], strict=True):
+        v = (
+            by_abs.get(_norm(path))
+            or per_file.get(file)
+            or by_abs.get(_norm(file))
+            or by_name.get(os.path.basename(path))
+        )
+        if v is None:
+            unmatched.append(file)
+        values.append(v)
+    if unmatched:
+        raise ValueError(
+            f"{name}: no labels for {len(unmatched)} of {len(manifest)} files, "
+            f"e.g. {', '.join(unmatched[:3])}; label them with `wav2small label`"
+        )
+    out = manifest.copy()
+    out[list(LABELS)] = np.asarray(values, dtype=np.float64)
+    return out
+
+
+def _per_file_labels(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+    table = table.copy()
+    table["file"] = table["file"].astype(str)
+    if "start" in table and "end" in table:
+        weight = (table["end"] - table["start"]).fillna(1.0).clip(lower=1e-6)
+    else:
+        weight = pd.Series(1.0, index=table.index)
+    out = {}
+    for file, rows in table.groupby("file", sort=False):
+        w = weight.loc[rows.index].to_numpy()
+        out[file] = tuple(float(x) for x in (rows[list(LABELS)].to_numpy().T @ w) / w.sum())
+    return out
+
+
+def split_manifest(
+    manifest: pd.DataFrame, fraction: float, *, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out a random ``fraction`` of rows (at least one when > 0) as a validation set.
+
+    Returns:
+        ``(train, val)``; ``val`` is empty when ``fraction`` is 0.
+
+    Raises:
+        ValueError: fraction outside [0, 1), or nothing left to train on.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    n_val = int(round(fraction * len(manifest)))
+    n_val = max(n_val, 1) if fraction > 0 else 0
+    if n_val >= len(manifest):
+        raise ValueError(f"cannot hold out {n_val} of {len(manifest)} clips for validation")
+    order = np.random.default_rng([seed, 7]).permutation(len(manifest))
+    val_idx = np.sort(order[:n_val])
+    train_idx = np.sort(order[n_val:])
+    return (
+        manifest.iloc[train_idx].reset_index(drop=True),
+        manifest.iloc[val_idx].reset_index(drop=True),
+    )
+
+
+# --- augmentation ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation settings.
+
+    Attributes:
+        ratio: probability that a crop is mixed with another clip or noise (the "augmentation
+            ratio"); 0 turns mixing off.
+        mix_clip_prob: of the mixed crops, the share mixed with another clip (else noise).
+        snr_db: (low, high) uniform range of the signal-to-interference ratio in dB.
+        noise_dir: folder of noise recordings; without it, white/pink/brown noise is generated.
+        gain_db: random gain, uniform in ±gain_db (0: off). The students' per-utterance
+            normalisation makes this a no-op for them; it changes level-sensitive teachers.
+        shift_prob: probability of a circular time shift of the crop.
+        shift_seconds: largest shift.
+    """
+
+    ratio: float = 0.5
+    mix_clip_prob: float = 0.5
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    noise_dir: str | None = None
+    gain_db: float = 0.0
+    shift_prob: float = 0.0
+    shift_seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        for key in ("ratio", "mix_clip_prob", "shift_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"augment {key} must be in [0, 1], got {getattr(self, key)}")
+        lo, hi = self.snr_db
+        if lo > hi:
+            raise ValueError(f"augment snr_db must be (low, high), got {self.snr_db}")
+        if self.gain_db < 0 or self.shift_seconds < 0:
+            raise ValueError("augment gain_db and shift_seconds must be >= 0")
+
+
+def coloured_noise(n: int, colour: str, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS white, pink or brown noise of ``n`` samples (spectral shaping of white noise)."""
+    if colour not in _NOISE_SLOPE:
+        raise ValueError(f"noise colour must be one of {NOISE_COLOURS}, got {colour!r}")
+    white = rng.standard_normal(n)
+    slope = _NOISE_SLOPE[colour]
+    if slope:
+        spec = np.fft.rfft(white)
+        f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+        spec *= np.where(f > 0, np.maximum(f, 20.0), 20.0) ** (-slope / 2)
+        white = np.fft.irfft(spec, n)
+    return (white / (np.sqrt(np.mean(white**2)) + _RMS_FLOOR)).astype(np.float32)
+
+
+def rms(x: np.ndarray) -> float:
+    """Root mean square of a signal."""
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def mix_at_snr(signal: np.ndarray, other: np.ndarray, snr_db: float) -> np.ndarray:
+    """``signal + g · other`` with g such that RMS(signal) / RMS(g · other) is ``snr_db``.
+
+    ``other`` is tiled or cut to the signal's length.
+    """
+    other = np.resize(other, len(signal)) if len(other) != len(signal) else other
+    gain = rms(signal) / (max(rms(other), _RMS_FLOOR) * 10 ** (snr_db / 20))
+    return (signal + gain * other).astype(np.float32)
+
+
+# --- dataset --------------------------------------------------------------------------------
+def _crop_window(
+    duration: float, seconds: float | None, rng: np.random.Generator
+) -> tuple[float, float | None]:
+    if seconds is None or duration <= seconds:
+        return 0.0, None
+    return float(rng.uniform(0, duration - seconds)), seconds
+
+
+class CropDataset:
+    """Random (augmented) crops of clips; indexed by ``(index, item_seed)`` pairs.
+
+    Args:
+        manifest: from :func:`load_manifest`; its label columns are the targets when
+            ``with_targets``.
+        crop_seconds: longest crop; ``None`` gives whole clips.
+        augment: augmentation settings, or ``None`` for clean crops.
+        with_targets: return each clip's ``arousal, dominance, valence`` as the target.
+
+    Each item is a dict: ``wave`` (float32 samples), ``target`` (3 floats or ``None``),
+    ``index`` and ``u`` (a uniform number the collate uses to place the batch crop).
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        *,
+        crop_seconds: float | None = DEFAULT_CROP_SECONDS,
+        augment: Augment | None = None,
+        with_targets: bool = False,
+    ) -> None:
+        if with_targets:
+            check_labels(manifest, "training manifest")
+        self.paths = manifest["path"].tolist()
+        self.durations = manifest["duration"].to_numpy(dtype=np.float64)
+        self.targets = manifest[list(LABELS)].to_numpy(dtype=np.float32) if with_targets else None
+        self.crop_seconds = crop_seconds
+        self.augment = augment
+        self._noise_files = (
+            [str(p) for p in _audio_files(Path(augment.noise_dir))]
+            if augment is not None and augment.noise_dir
+            else []
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read_crop(
+        self, index: int, rng: np.random.Generator, seconds: float | None = None
+    ) -> np.ndarray:
+        """A random crop (``seconds``, default the dataset's crop length) of clip ``index``."""
+        from wav2small.audio import read_audio
+
+        offset, duration = _crop_window(self.durations[index], seconds or self.crop_seconds, rng)
+        return read_audio(self.paths[index], offset=offset, duration=duration)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict:
+        index, seed = key if isinstance(key, tuple) else (int(key), int(key))
+        rng = np.random.default_rng([seed, index])
+        wave = self.read_crop(index, rng)
+        if self.augment is not None:
+            wave = self._augment(wave, index, rng)
+        target = None if self.targets is None else self.targets[index]
+        return {"wave": wave, "target": target, "index": index, "u": float(rng.random())}
+
+    def _interferer(self, n: int, index: int, rng: np.random.Generator) -> np.ndarray:
+        aug = self.augment
+        if len(self) > 1 and rng.random() < aug.mix_clip_prob:
+            other = int(rng.integers(len(self) - 1))
+            other += other >= index  # any clip but this one
+            return self.read_crop(other, rng, seconds=n / SAMPLE_RATE)
+        if self._noise_files:
+            from wav2small.audio import audio_info, read_audio
+
+            path = self._noise_files[int(rng.integers(len(self._noise_files)))]
+            offset, duration = _crop_window(audio_info(path).duration, n / SAMPLE_RATE, rng)
+            return read_audio(path, offset=offset, duration=duration)
+        return coloured_noise(n, NOISE_COLOURS[int(rng.integers(len(NOISE_COLOURS)))], rng)
+
+    def _augment(self, wave: np.ndarray, index: int, rng: np.random.Generator) -> np.ndarray:
+        aug = self.augment
+        if aug.ratio > 0 and rng.random() < aug.ratio:
+            snr = float(rng.uniform(*aug.snr_db))
+            wave = mix_at_snr(wave, self._interferer(len(wave), index, rng), snr)
+        if aug.gain_db > 0:
+            wave = wave * np.float32(10 ** (rng.uniform(-aug.gain_db, aug.gain_db) / 20))
+        if aug.shift_prob > 0 and rng.random() < aug.shift_prob:
+            most = min(int(aug.shift_seconds * SAMPLE_RATE), len(wave) - 1)
+            if most > 0:
+                wave = np.roll(wave, int(rng.integers(-most, most + 1)))
+        return wave.astype(np.float32, copy=False)
+
+
+class SeededSampler:
+    """Shuffled ``(index, item_seed)`` pairs drawn from ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` at the start of every epoch. With ``world_size > 1``
+    each rank takes every ``world_size``-th pair of the same permutation.
+    """
+
+    def __init__(
+        self, n: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation and item seeds of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        seeds = rng.integers(0, 2**62, size=self.n)
+        for i in range(self.rank, self.n, self.world_size):
+            yield int(order[i]), int(seeds[i])
+
+
+def collate(items: Sequence[dict], *, min_seconds: float = DEFAULT_MIN_SECONDS) -> dict:
+    """Stack crops into a batch cut to the shortest crop (but at least ``min_seconds``).
+
+    Crops longer than the batch length are cut at a position given by their ``u``; crops shorter
+    than it (only those under ``min_seconds``) are zero-padded.
+
+    Returns:
+        A dict with ``wave`` (batch, samples) float32 tensor, ``lengths`` (batch,) int64,
+        ``target`` (batch, 3) float32 or ``None``, and ``index`` (batch,) int64.
+    """
+    return _collate(items, int(round(min_seconds * SAMPLE_RATE)))
+
+
+def _collate(items: Sequence[dict], min_samples: int) -> dict:
+    import torch
+
+    sizes = [len(it["wave"]) for it in items]
+    size = min(max(min(sizes), min_samples), max(sizes))
+    wave = torch.zeros(len(items), size)
+    lengths = torch.zeros(len(items), dtype=torch.long)
+    for row, it in enumerate(items):
+        w = it["wave"]
+        if len(w) > size:
+            start = min(int(it["u"] * (len(w) - size + 1)), len(w) - size)
+            w = w[start : start + size]
+        wave[row, : len(w)] = torch.from_numpy(np.ascontiguousarray(w))
+        lengths[row] = len(w)
+    targets = [it["target"] for it in items]
+    target = None if any(t is None for t in targets) else torch.from_numpy(np.stack(targets))
+    index = torch.tensor([it["index"] for it in items], dtype=torch.long)
+    return {"wave": wave, "lengths": lengths, "target": target, "index": index}
+
+
+class UtteranceDataset:
+    """Whole clips (no crop, no augmentation) with optional targets, for validation."""
+
+    def __init__(self, manifest: pd.DataFrame, targets: np.ndarray | None = None) -> None:
+        self.paths = manifest["path"].tolist()
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        from wav2small.audio import read_audio
+
+        target = None if self.targets is None else self.targets[index]
+        return {"wave": read_audio(self.paths[index]), "target": target, "index": index, "u": 0.0}
+
+
+def pad_collate(items: Sequence[dict]) -> dict:
+    """Zero-pad whole clips to the longest (no cropping), with ``lengths``."""
+    return _collate(items, max(len(it["wave"]) for it in items))

@@ -1,0 +1,386 @@
+"""Evaluation of students (and their teacher) on full utterances: CCC per dimension.
+
+For every model given (a trainer ``.ckpt``, a ``best.safetensors``, a run folder holding one, an
+``.onnx`` file, or a torch module) each clip of a CSV is predicted *whole* (no crops, no
+windows: the protocol of SPEC §1.4) and compared, per dimension over the whole set (SPEC §1.5),
+with:
+
+* ``gold`` — the CSV's ``arousal, dominance, valence`` columns (the rater mean of the built-in
+  corpus: what a user calls the labels);
+* ``truth`` — the ``*_true`` columns when the CSV has them (the built-in corpus's latent truth);
+* ``teacher`` — a teacher's outputs on the same clips (``--teacher``: a teacher name/folder, or a
+  label table from ``wav2small label``).
+
+The teacher itself is scored against gold and truth as the row ``teacher``, so "student CCC ÷
+teacher CCC" is read off directly (:meth:`Evaluation.relative_to_teacher`). Results: a printed
+table, CSV/JSON files, and PNG plots (predicted-vs-gold scatter per dimension for each model,
+CCC bars comparing the models).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from wav2small import LABELS
+
+logger = logging.getLogger(__name__)
+
+REFERENCES = ("gold", "truth", "teacher")
+TRUE_SUFFIX = "_true"
+TEACHER = "teacher"
+#: File names written by :meth:`Evaluation.save`.
+METRICS_CSV = "metrics.csv"
+METRICS_JSON = "metrics.json"
+PREDICTIONS_CSV = "predictions.csv"
+BARS_PNG = "ccc_{reference}.png"
+SCATTER_PNG = "scatter_{model}.png"
+#: Weights file looked for inside a run folder.
+RUN_WEIGHTS = ("best.safetensors", "best.ckpt", "last.ckpt")
+_LABEL_TABLE_SUFFIXES = (".parquet", ".csv")
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+# --- models -----------------------------------------------------------------------------------
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """The weights file of ``path`` (a run folder resolves to its best weights).
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without weights.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in RUN_WEIGHTS:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: a run folder without {' or '.join(RUN_WEIGHTS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file or run folder")
+    return path
+
+
+def model_name(path: str | os.PathLike) -> str:
+    """A short display name: the run folder's name for ``best.*``/``last.*``/``model*.onnx``
+    files (and for folders), else the file stem."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    if path.stem.split(".")[0] in ("best", "last", "model"):
+        return path.parent.name or path.stem
+    return path.stem
+
+
+def load_predictor(model) -> Predictor:
+    """A function mapping one 1-D 16 kHz waveform to its (3,) arousal, dominance, valence.
+
+    Args:
+        model: a torch module, or a path to a ``.onnx``, ``.safetensors`` or ``.ckpt`` file, or
+            a run folder.
+    """
+    if not isinstance(model, str | os.PathLike):
+        return _torch_predictor(model)
+    path = resolve_model_path(model)
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        from wav2small.export import run_onnx
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda wave: run_onnx(session, [wave])[0]
+    from wav2small.models import load_model
+
+    return _torch_predictor(load_model(path))
+
+
+def _torch_predictor(module) -> Predictor:
+    import torch
+
+    module = module.eval()
+    device = next(iter(module.parameters()), torch.zeros(0)).device
+
+    def predict_one(wave: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(device)
+            return module(x).float().cpu().numpy()[0]
+
+    return predict_one
+
+
+def predict(
+    model, paths: Sequence[str], *, progress: bool = False, desc: str = "predicting"
+) -> np.ndarray:
+    """Predict every file whole → (n, 3) float array (A, D, V)."""
+    from wav2small.audio import read_audio
+    from wav2small.data import _progress
+
+    predictor = (
+        model if callable(model) and not hasattr(model, "parameters") else load_predictor(model)
+    )
+    rows = [
+        np.asarray(predictor(read_audio(p)), dtype=np.float64)
+        for p in _progress(list(paths), progress, desc)
+    ]
+    out = np.stack(rows) if rows else np.zeros((0, len(LABELS)))
+    if out.ndim != 2 or out.shape[1] != len(LABELS):
+        raise ValueError(f"a model must give {len(LABELS)} outputs per clip, got {out.shape[1:]}")
+    return out
+
+
+def teacher_values(teacher, manifest: pd.DataFrame, *, progress: bool = False) -> np.ndarray:
+    """The teacher's (n, 3) outputs for ``manifest``: from a label table (Parquet/CSV written by
+    ``wav2small label``), a teacher module, or a teacher name/folder (run here)."""
+    from wav2small.data import attach_labels
+
+    if isinstance(teacher, pd.DataFrame):
+        return attach_labels(manifest, teacher)[list(LABELS)].to_numpy(np.float64)
+    if (
+        isinstance(teacher, str | os.PathLike)
+        and Path(teacher).is_file()
+        and Path(teacher).suffix.lower() in _LABEL_TABLE_SUFFIXES
+    ):
+        return attach_labels(manifest, teacher)[list(LABELS)].to_numpy(np.float64)
+    if isinstance(teacher, str | os.PathLike):
+        from wav2small.models.teacher import load_teacher
+
+        teacher = load_teacher(teacher)
+    return predict(
+        _torch_predictor(teacher), manifest["path"].tolist(), progress=progress, desc="teacher"
+    )
+
+
+# --- results ----------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """CCC of every model against every available reference.
+
+    Attributes:
+        metrics: one row per (model, reference) with ``n`` and the CCC per dimension and mean.
+        predictions: model name → (n, 3) predictions (the teacher's too, as ``"teacher"``).
+        references: reference name → (n, 3) values.
+        files: the clips, in the CSV's order.
+    """
+
+    metrics: pd.DataFrame
+    predictions: dict[str, np.ndarray]
+    references: dict[str, np.ndarray]
+    files: list[str] = field(default_factory=list)
+
+    def ccc(self, model: str, reference: str = "gold") -> dict[str, float]:
+        """CCC per dimension (and ``mean``) of ``model`` against ``reference``.
+
+        Raises:
+            KeyError: no such row.
+        """
+        rows = self.metrics[(self.metrics.model == model) & (self.metrics.reference == reference)]
+        if rows.empty:
+            raise KeyError(f"no result for model {model!r} against {reference!r}")
+        return {k: float(rows.iloc[0][k]) for k in (*LABELS, "mean")}
+
+    def relative_to_teacher(self, reference: str = "gold") -> pd.DataFrame:
+        """Each student's CCC against ``reference`` divided by the teacher's (empty without a
+        teacher)."""
+        rows = self.metrics[self.metrics.reference == reference].set_index("model")
+        if TEACHER not in rows.index:
+            return pd.DataFrame(columns=[*LABELS, "mean"])
+        cols = [*LABELS, "mean"]
+        return rows.drop(index=TEACHER)[cols] / rows.loc[TEACHER, cols]
+
+    def table(self) -> str:
+        """The results as aligned text (what the CLI prints)."""
+        cols = ["model", "reference", "n", *LABELS, "mean"]
+        text = self.metrics[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
+        ratio = self.relative_to_teacher()
+        if not ratio.empty:
+            text += "\n\nstudent CCC ÷ teacher CCC (against gold)\n"
+            text += ratio.to_string(float_format=lambda v: f"{v:.3f}")
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: metrics rows, ratios to the teacher, and the number of clips."""
+        ratio = self.relative_to_teacher()
+        return {
+            "n_clips": len(self.files),
+            "labels": list(LABELS),
+            "metrics": json.loads(self.metrics.to_json(orient="records")),
+            "relative_to_teacher": json.loads(ratio.to_json(orient="index")) if len(ratio) else {},
+        }
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_dict` to ``path`` (atomically)."""
+        return _write_text(Path(path), json.dumps(self.to_dict(), indent=2))
+
+    def write_csv(self, path: str | os.PathLike) -> Path:
+        """Write the metrics table to ``path`` (atomically)."""
+        return _write_text(Path(path), self.metrics.to_csv(index=False))
+
+    def write_predictions(self, path: str | os.PathLike) -> Path:
+        """Write every model's predictions as rows ``(model, file, arousal, dominance,
+        valence)`` (atomically)."""
+        frames = [
+            pd.DataFrame(
+                {
+                    "model": name,
+                    "file": self.files,
+                    **{k: values[:, i] for i, k in enumerate(LABELS)},
+                }
+            )
+            for name, values in self.predictions.items()
+        ]
+        return _write_text(Path(path), pd.concat(frames, ignore_index=True).to_csv(index=False))
+
+    def plot(self, out_dir: str | os.PathLike) -> list[Path]:
+        """Scatter plots (each model against gold, else truth, else the teacher) and CCC bar
+        charts (one per reference) as PNG files in ``out_dir``."""
+        from wav2small.report import plot_ccc_bars, plot_scatter
+
+        out_dir = Path(out_dir)
+        written = []
+        reference = next((r for r in REFERENCES if r in self.references), None)
+        for name, values in self.predictions.items():
+            if reference is None or (name == TEACHER and reference == TEACHER):
+                continue
+            written.append(
+                plot_scatter(
+                    values,
+                    self.references[reference],
+                    out_dir / SCATTER_PNG.format(model=_safe(name)),
+                    title=f"{name} vs {reference}",
+                    reference=reference,
+                )
+            )
+        for ref in sorted(set(self.metrics.reference), key=REFERENCES.index):
+            written.append(
+                plot_ccc_bars(self.metrics, out_dir / BARS_PNG.format(reference=ref), reference=ref)
+            )
+        return written
+
+    def save(self, out_dir: str | os.PathLike, *, plots: bool = True) -> list[Path]:
+        """Write metrics CSV/JSON, predictions and (optionally) plots into ``out_dir``."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = [
+            self.write_csv(out_dir / METRICS_CSV),
+            self.write_json(out_dir / METRICS_JSON),
+            self.write_predictions(out_dir / PREDICTIONS_CSV),
+        ]
+        return written + (self.plot(out_dir) if plots else [])
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# --- evaluation -------------------------------------------------------------------------------
+def references_of(manifest: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``gold`` (label columns) and ``truth`` (``*_true`` columns) of a manifest, when complete."""
+    out = {}
+    for name, cols in (("gold", list(LABELS)), ("truth", [k + TRUE_SUFFIX for k in LABELS])):
+        if all(c in manifest.columns for c in cols) and not manifest[cols].isna().any().any():
+            out[name] = manifest[cols].to_numpy(np.float64)
+    return out
+
+
+def _named(models) -> dict[str, Any]:
+    if isinstance(models, Mapping):
+        return dict(models)
+    if isinstance(models, str | os.PathLike) or not isinstance(models, Sequence):
+        models = [models]
+    named: dict[str, Any] = {}
+    for i, m in enumerate(models):
+        base = (
+            model_name(m) if isinstance(m, str | os.PathLike) else getattr(m, "preset", f"model{i}")
+        )
+        name, k = base, 2
+        while name in named or name == TEACHER:
+            name, k = f"{base}-{k}", k + 1
+        named[name] = m
+    return named
+
+
+def evaluate(
+    models, data: str | os.PathLike | pd.DataFrame, *, teacher=None, progress: bool = False
+) -> Evaluation:
+    """Score models on full utterances against gold, truth and a teacher.
+
+    Args:
+        models: one model or a list (paths, run folders or torch modules; names are derived
+            from the paths) or a ``{name: model}`` mapping.
+        data: a CSV/folder (see :func:`wav2small.data.load_manifest`) or a loaded manifest.
+        teacher: a teacher name/folder, a torch teacher, or a label table (path or DataFrame).
+        progress: show progress bars.
+
+    Returns:
+        The :class:`Evaluation`.
+
+    Raises:
+        ValueError: nothing to compare with (no gold columns and no teacher).
+    """
+    from wav2small.data import load_manifest
+    from wav2small.metrics import ccc
+
+    manifest = data if isinstance(data, pd.DataFrame) else load_manifest(data, progress=progress)
+    references = references_of(manifest)
+    paths = manifest["path"].tolist()
+    predictions = {
+        name: predict(m, paths, progress=progress, desc=name) for name, m in _named(models).items()
+    }
+    if teacher is not None:
+        references[TEACHER] = teacher_values(teacher, manifest, progress=progress)
+    if not references:
+        raise ValueError(
+            f"{getattr(data, 'name', data)!s:.200}: nothing to compare with: no "
+            f"{', '.join(LABELS)} columns and no teacher"
+        )
+    if TEACHER in references:
+        predictions[TEACHER] = references[TEACHER]
+    rows = []
+    for name, values in predictions.items():
+        for ref, target in references.items():
+            if name == TEACHER and ref == TEACHER:
+                continue
+            scores = np.atleast_1d(ccc(values, target))
+            rows.append(
+                {
+                    "model": name,
+                    "reference": ref,
+                    "n": len(values),
+                    **dict(zip(LABELS, scores.tolist(), strict=True)),
+                    "mean": float(np.mean(scores)),
+                }
+            )
+    metrics = pd.DataFrame(rows, columns=["model", "reference", "n", *LABELS, "mean"])
+    return Evaluation(metrics, predictions, references, manifest["file"].tolist())
+
+
+def evaluate_cli(args) -> int:
+    """``wav2small evaluate MODEL [MODEL ...] --data CSV [--teacher T] [--json F] [--out DIR]``."""
+    result = evaluate(
+        list(args.models),
+        args.data,
+        teacher=args.teacher,
+        progress=not getattr(args, "no_progress", False),
+    )
+    print(result.table())
+    if args.json:
+        print(f"wrote {result.write_json(args.json)}")
+    if args.out:
+        written = result.save(args.out, plots=not args.no_plots)
+        print(f"wrote {len(written)} files to {args.out}")
+    return 0

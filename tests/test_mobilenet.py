@@ -1,0 +1,119 @@
+"""Tests for wav2small.models.mobilenet and every student's forward, backward and export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wav2small import SAMPLE_RATE
+from wav2small.models import count_parameters, create_model, list_models, load_model, save_model
+from wav2small.models.mobilenet import TIMM_ARCHS, MobileNetStudent, create_mobilenet
+from wav2small.signals import pseudo_speech
+
+#: timm parameter counts with in_chans=1, num_classes=3 (SPEC §1.3).
+SPEC_PARAMS_M = {
+    "mobilenetv4-small": 2.50,
+    "mobilenetv4-medium": 8.44,
+    "mobilenetv4-large": 31.3,
+    "mobilenetv3-large": 4.21,
+}
+STUDENTS = ["wav2small-tiny", "wav2small-paper", *SPEC_PARAMS_M]
+FAST = {"wav2small-tiny", "wav2small-paper", "mobilenetv4-small", "mobilenetv3-large"}
+
+
+def _speech(seconds: float, n: int = 2, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(np.stack([pseudo_speech(seconds, rng=rng) for _ in range(n)]))
+
+
+def test_presets_are_registered():
+    assert set(SPEC_PARAMS_M) <= set(list_models())
+    with pytest.raises(ValueError, match="unknown MobileNet preset"):
+        create_mobilenet("mobilenetv9")
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in SPEC_PARAMS_M]
+)
+def test_mobilenet_sizes_match_the_spec(name):
+    model = create_model(name)
+    assert isinstance(model, MobileNetStudent) and model.preset == name
+    assert model.arch == TIMM_ARCHS[name]
+    assert count_parameters(model) / 1e6 == pytest.approx(SPEC_PARAMS_M[name], rel=0.003)
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in STUDENTS]
+)
+def test_every_student_trains_forward_and_backward(name):
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    x = _speech(0.5)
+    out = model(x)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    out.pow(2).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_mobilenet_lengths_and_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mobilenetv4-small").eval()
+    x = _speech(1.0)
+    with torch.no_grad():
+        full = model(x)
+        same = model(x, torch.tensor([SAMPLE_RATE, SAMPLE_RATE]))
+        padded = torch.cat([x, torch.zeros(2, 800)], 1)
+        masked = model(padded, torch.tensor([SAMPLE_RATE, SAMPLE_RATE]))
+    torch.testing.assert_close(full, same)
+    assert torch.isfinite(masked).all()
+    save_model(model, tmp_path / "v4s.safetensors")
+    loaded = load_model(tmp_path / "v4s.safetensors")
+    assert isinstance(loaded, MobileNetStudent) and loaded.preset == "mobilenetv4-small"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), full)
+    with pytest.raises(ValueError, match="shorter than one frame"):
+        model(torch.zeros(1, 32))
+
+
+def _calibrated(name: str):
+    """Random weights with BatchNorm statistics from speech, as after (a little) training."""
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    with torch.no_grad():
+        for seed in range(3):
+            model(_speech(1.0, n=4, seed=seed))
+    return model.eval()
+
+
+def test_mobilenetv4_small_exports_with_fp32_parity(tmp_path):
+    from wav2small.export import PARITY_MAX_ABS, check_fp32_parity, export_onnx, read_metadata
+
+    model = _calibrated("mobilenetv4-small")
+    path = export_onnx(model, tmp_path / "model.onnx")
+    diffs = check_fp32_parity(model, path)
+    assert max(diffs.values()) <= PARITY_MAX_ABS, diffs
+    assert read_metadata(path)["preset"] == "mobilenetv4-small"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenetv4-small", "mobilenetv3-large"])
+def test_mobilenet_int8_export_runs(name, tmp_path):
+    from wav2small.export import export
+
+    report = export(_calibrated(name), tmp_path, int8=True, gate_int8=False)
+    assert report.passed, report.summary()
+    assert report.int8_bytes < report.fp32_bytes / 3
+    assert all(np.isfinite(v) for v in report.int8_ccc.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenetv4-medium", "mobilenetv4-large", "mobilenetv3-large"])
+def test_other_mobilenets_export_with_fp32_parity(name, tmp_path):
+    from wav2small.export import PARITY_MAX_ABS, check_fp32_parity, export_onnx
+
+    model = _calibrated(name)
+    diffs = check_fp32_parity(model, export_onnx(model, tmp_path / "model.onnx"))
+    assert max(diffs.values()) <= PARITY_MAX_ABS, diffs

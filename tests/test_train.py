@@ -1,0 +1,268 @@
+"""Tests for wav2small.train: online/cached distillation, the gold baseline, resume, configs.
+
+Everything is tiny: 1 s procedural clips, a ~1.5K-parameter stand-in teacher, wav2small-tiny,
+a handful of steps, no data-loader workers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from wav2small import LABELS, SAMPLE_RATE
+from wav2small.cli import main
+from wav2small.models import load_model
+from wav2small.signals import pseudo_speech
+from wav2small.train import (
+    TrainConfig,
+    fit,
+    lr_lambda,
+    parse_overrides,
+    resolve_config,
+)
+
+N_TRAIN, N_VAL = 8, 4
+#: Settings every test run shares: small, quiet, single-process.
+TINY = {
+    "student": "wav2small-tiny",
+    "batch_size": 4,
+    "num_workers": 0,
+    "progress": False,
+    "warmup_steps": 0,
+    "log_every": 1,
+    "crop_seconds": 1.0,
+    "aug_ratio": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Labelled train/val CSVs of 1 s clips, a tiny teacher folder, and cached labels."""
+    from wav2small.models.teacher import SYNTH_DEFAULTS, SynthTeacher, save_teacher
+
+    root = tmp_path_factory.mktemp("train_corpus")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", N_TRAIN), ("val", N_VAL)):
+        (root / split).mkdir()
+        rows = []
+        for i in range(n):
+            sf.write(root / split / f"{i}.wav", pseudo_speech(1.0, rng=rng), SAMPLE_RATE)
+            rows.append(
+                {"file": f"{split}/{i}.wav", **dict(zip(LABELS, rng.random(3), strict=True))}
+            )
+        pd.DataFrame(rows).to_csv(root / f"{split}.csv", index=False)
+    torch.manual_seed(0)
+    blocks = len(SYNTH_DEFAULTS["channels"])
+    teacher = SynthTeacher(
+        {"channels": [4] * blocks, "gru_hidden": 8, "n_mels": 32, "n_fft": 512}
+    ).eval()
+    # a random network's outputs hardly vary (std ≈ 0.002): spread them to ≈ 0.5 ± 0.2
+    head = [m for m in teacher.modules() if isinstance(m, torch.nn.Linear)][-1]
+    probe = torch.from_numpy(np.stack([pseudo_speech(1.0, rng=rng) for _ in range(8)]))
+    with torch.no_grad():
+        head.weight.mul_(100)
+        head.bias.sub_(teacher(probe).mean(0) - 0.5)
+        assert (teacher(probe).std(0) > 0.05).all()
+    save_teacher(teacher, root / "teacher")
+    labels = pd.read_csv(root / "train.csv")  # stand-in cached labels: 1 - gold
+    labels["file"] = [str(root / f) for f in labels["file"]]
+    labels[list(LABELS)] = 1 - labels[list(LABELS)]
+    labels.assign(start=0.0, end=1.0, teacher="t").to_parquet(root / "labels.parquet")
+    return root
+
+
+def _config(corpus, out, **overrides) -> TrainConfig:
+    base = {
+        "mode": "distill",
+        "teacher": str(corpus / "teacher"),
+        "audio": str(corpus / "train.csv"),
+        "val": str(corpus / "val.csv"),
+        "out": str(out),
+        "max_steps": 2,
+    }
+    return resolve_config(TINY, base, overrides)
+
+
+def _losses(run_dir) -> np.ndarray:
+    table = pd.read_csv(run_dir / "metrics.csv")
+    return table.dropna(subset=["train/loss"]).sort_values("step")["train/loss"].to_numpy()
+
+
+def test_online_distillation_loss_falls_and_writes_the_run(corpus, tmp_path):
+    # one fixed batch (all 8 clips of exactly the crop length, no augmentation): the student
+    # must fit the teacher's outputs on it
+    cfg = _config(
+        corpus,
+        tmp_path / "run",
+        max_steps=12,
+        batch_size=N_TRAIN,
+        aug_ratio=0.0,
+        lr=3e-3,
+        scheduler="constant",
+    )
+    result = fit(cfg)
+    losses = _losses(result.run_dir)
+    assert len(losses) == 12
+    assert losses[-3:].mean() < 0.75 * losses[:3].mean()
+    for name in (
+        "best.ckpt",
+        "last.ckpt",
+        "best.safetensors",
+        "config.yaml",
+        "summary.json",
+        "metrics.csv",
+    ):
+        assert (result.run_dir / name).is_file(), name
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert resolve_config(saved) == cfg
+    assert result.global_step == 12 and result.start_step == 0
+    # validated against the teacher at the last step; best.safetensors = best.ckpt
+    assert result.history[-1]["step"] == 12 and np.isfinite(result.best_score)
+    assert cfg.val_target == "teacher"
+    a, b = load_model(result.weights), load_model(result.best_checkpoint)
+    x = torch.from_numpy(pseudo_speech(1.0, rng=np.random.default_rng(5)))[None]
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 12 and summary["targets"] == "online"
+
+
+def test_resume_continues_from_the_saved_step(corpus, tmp_path):
+    first = fit(_config(corpus, tmp_path / "run", max_steps=2))
+    assert first.global_step == 2
+    second = fit(_config(corpus, tmp_path / "run", max_steps=4, resume="last"))
+    assert second.start_step == 2 and second.global_step == 4
+    steps = pd.read_csv(tmp_path / "run" / "metrics.csv").dropna(subset=["train/loss"])["step"]
+    assert len(steps) == 4  # both sessions' rows, merged
+    with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
+        fit(_config(corpus, tmp_path / "run", resume=str(tmp_path / "nothing.ckpt")))
+
+
+def test_cached_labels_via_the_cli(corpus, tmp_path, capsys):
+    out = tmp_path / "cached"
+    code = main(
+        [
+            "distill",
+            "--audio",
+            str(corpus / "train.csv"),
+            "--labels",
+            str(corpus / "labels.parquet"),
+            "--student",
+            "wav2small-tiny",
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--set",
+            "crop_seconds=1.0",
+            "val_fraction=0.25",
+        ]
+    )
+    assert code == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["targets"] == "cached" and saved["crop_seconds"] == 1.0
+    assert "val CCC mean" in capsys.readouterr().out
+    # the held-out clips are validated against their cached labels: no teacher was needed
+    assert json.loads((out / "summary.json").read_text())["val_target"] == "teacher"
+
+
+def test_gold_baseline_is_reproducible_from_its_seed(corpus, tmp_path):
+    def weights(out, seed):
+        cfg = resolve_config(
+            TINY,
+            {
+                "mode": "train",
+                "data": str(corpus / "train.csv"),
+                "val_fraction": 0.0,
+                "out": str(out),
+                "max_steps": 2,
+                "seed": seed,
+                "aug_ratio": 1.0,
+                "shift_prob": 0.5,
+            },
+        )
+        result = fit(cfg)
+        assert cfg.targets == "gold" and np.isnan(result.best_score)  # no validation set
+        return load_model(result.weights).state_dict()
+
+    a, b = weights(tmp_path / "a", 0), weights(tmp_path / "b", 0)
+    c = weights(tmp_path / "c", 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+# --- configuration --------------------------------------------------------------------------
+def test_config_layers_and_type_checks(tmp_path):
+    cfg = resolve_config(
+        {"lr": "0.01", "max_steps": 5},
+        {"max_steps": None},
+        parse_overrides(["batch_size=4", "noise_dir=null"]),
+    )
+    assert cfg.lr == 0.01 and cfg.max_steps == 5 and cfg.batch_size == 4
+    assert cfg.noise_dir is None
+    with pytest.raises(ValueError, match="unknown setting 'learning_rate'"):
+        resolve_config({"learning_rate": 1})
+    with pytest.raises(ValueError, match="max_steps"):
+        resolve_config({"max_steps": "many"})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["lr"])
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ValueError, match="teacher"):
+        TrainConfig(audio="x").validate()
+    with pytest.raises(ValueError, match="--labels"):
+        TrainConfig(audio="x", targets="cached").validate()
+    with pytest.raises(ValueError, match="--data"):
+        TrainConfig(mode="train").validate()
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(mode="train", data="x", batch_size=1).validate()
+    with pytest.raises(ValueError, match="aug"):
+        TrainConfig(mode="train", data="x", aug_ratio=2).validate()
+    cfg = TrainConfig(mode="train", data="x", targets="online").validate()
+    assert cfg.targets == "gold" and cfg.val_target == "gold"
+
+
+def test_default_yaml_matches_the_dataclass():
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "configs" / "distill.yaml"
+    values = yaml.safe_load(path.read_text())
+    defaults = TrainConfig().to_dict()
+    assert {k: defaults[k] for k in values} == values
+
+
+def test_learning_rate_schedule():
+    f = lr_lambda(TrainConfig(warmup_steps=10, max_steps=110))
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_training_data_errors(corpus, tmp_path):
+    unlabelled = pd.read_csv(corpus / "train.csv")[["file"]]
+    unlabelled["file"] = [str(corpus / f) for f in unlabelled["file"]]
+    unlabelled.to_csv(tmp_path / "unlabelled.csv", index=False)
+    with pytest.raises(ValueError, match="unlabelled.csv.*label columns"):
+        fit(
+            resolve_config(
+                TINY,
+                {
+                    "mode": "train",
+                    "data": str(tmp_path / "unlabelled.csv"),
+                    "out": str(tmp_path / "r1"),
+                },
+            )
+        )
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        fit(_config(corpus, tmp_path / "r2", batch_size=16))

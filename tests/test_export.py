@@ -73,8 +73,9 @@ def test_int8_quantises_the_trunk_and_keeps_the_front_end_float(tiny, tmp_path):
     quantized_inputs = {i for n in q.graph.node if n.op_type == "Conv" for i in n.input}
     dequantized = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
     assert len(quantized_inputs & dequantized) >= 2 * 9  # 9 VGG/attention convs: x and w
-    int8_weights = sum(int(np.prod(t.dims)) for t in q.graph.initializer
-                       if t.data_type == onnx.TensorProto.INT8)
+    int8_weights = sum(
+        int(np.prod(t.dims)) for t in q.graph.initializer if t.data_type == onnx.TensorProto.INT8
+    )
     assert int8_weights >= 0.95 * (10_806 - 7 * 2 * 13)  # all weights but the folded BN
     assert read_metadata(report.int8_path)["labels"] == ",".join(LABELS)
     assert json.loads((tmp_path / "export_report.json").read_text())["int8_bytes"] > 0
@@ -89,8 +90,9 @@ def _briefly_trained(steps: int = 40) -> torch.nn.Module:
 
     torch.manual_seed(0)
     model = create_model("wav2small-tiny")
-    clips = torch.from_numpy(np.stack([c[:8000] for c in pseudo_speech_set(48, seed=7,
-                                                                            seconds=(0.5, 0.6))]))
+    clips = torch.from_numpy(
+        np.stack([c[:8000] for c in pseudo_speech_set(48, seed=7, seconds=(0.5, 0.6))])
+    )
     with torch.no_grad():
         image = LogMel()(clips)[:, 0]
         y = torch.stack([image[..., a:b].mean((1, 2)) for a, b in [(0, 8), (8, 17), (17, 26)]], 1)
@@ -108,8 +110,13 @@ def _briefly_trained(steps: int = 40) -> torch.nn.Module:
 @pytest.mark.slow
 def test_int8_fidelity_on_held_out_audio(tmp_path):
     model = _briefly_trained()
-    report = export(model, tmp_path, int8=True, calibration=pseudo_speech_set(32, seed=1),
-                    validation=pseudo_speech_set(32, seed=2))
+    report = export(
+        model,
+        tmp_path,
+        int8=True,
+        calibration=pseudo_speech_set(32, seed=1),
+        validation=pseudo_speech_set(32, seed=2),
+    )
     assert set(report.int8_ccc) == set(LABELS)
     assert min(report.int8_ccc.values()) >= 0.99, report.int8_ccc
     assert report.passed

@@ -19,8 +19,17 @@ from wav2small.frontend import (
 
 def test_spectrogram_equals_stft_power():
     x = torch.randn(2, 4000)
-    ref = torch.stft(x, N_FFT, HOP, window=torch.hann_window(N_FFT, periodic=True),
-                     center=False, return_complex=True).abs() ** 2
+    ref = (
+        torch.stft(
+            x,
+            N_FFT,
+            HOP,
+            window=torch.hann_window(N_FFT, periodic=True),
+            center=False,
+            return_complex=True,
+        ).abs()
+        ** 2
+    )
     got = Spectrogram()(x)
     assert got.shape == ref.shape == (2, 33, num_frames(torch.tensor(4000)).item())
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)

@@ -25,9 +25,15 @@ def test_paper_preset_has_72k_parameters():
 
 def test_state_dict_keys_follow_the_released_layout():
     keys = set(create_model("wav2small-tiny").state_dict())
-    assert {"vgg7.spectrogram_extractor.conv_real.weight", "vgg7.logmel_extractor.melW",
-            "vgg7.l1.conv.weight", "vgg7.l7.norm.running_var", "vgg7.lin.weight",
-            "vgg7.sof.bias", "adv.weight"} <= keys
+    assert {
+        "vgg7.spectrogram_extractor.conv_real.weight",
+        "vgg7.logmel_extractor.melW",
+        "vgg7.l1.conv.weight",
+        "vgg7.l7.norm.running_var",
+        "vgg7.lin.weight",
+        "vgg7.sof.bias",
+        "adv.weight",
+    } <= keys
 
 
 @pytest.mark.parametrize("seconds, tokens", [(5.0, 1250), (1.0, 250), (0.1, 25)])

@@ -23,6 +23,9 @@ import numpy as np
 from wav2small import LABELS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
+# The dynamo exporter's passes log every rewrite at INFO; keep the CLI output readable.
+for _name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 INPUT_NAME = "signal"
 OUTPUT_NAME = "adv"

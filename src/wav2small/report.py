@@ -199,3 +199,31 @@ def plot_ccc_bars(metrics, out: str | os.PathLike, *, reference: str = "gold") -
     ax.set_title(f"CCC against {reference}", fontsize="medium")
     fig.tight_layout()
     return _save_figure(fig, out)
+
+
+# --- model size vs accuracy (demo, benchmarks) ----------------------------------------------
+def plot_size_vs_ccc(rows: list[dict], out: str | os.PathLike) -> Path:
+    """Scatter of parameters (log scale) against mean CCC vs gold, one point per model.
+
+    Args:
+        rows: dicts with ``model``, ``params`` and ``CCC A gold`` / ``CCC D gold`` /
+            ``CCC V gold``.
+        out: PNG path (written atomically).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        mean = sum(row[f"CCC {d} gold"] for d in "ADV") / 3
+        ax.scatter(row["params"], mean, s=40)
+        ax.annotate(row["model"], (row["params"], mean), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("mean CCC vs gold (A, D, V)")
+    ax.set_title("model size vs accuracy")
+    ax.grid(alpha=0.3)
+    return _save_figure(fig, out)

@@ -1,0 +1,277 @@
+"""The end-to-end job on the built-in corpus (``make demo`` / ``wav2small demo``).
+
+Stages, each with progress, all artefacts in one run folder:
+
+1. synthesise train / pool / test / test-ood splits of the built-in corpus;
+2. load the small synthetic-world teacher (a package asset; ``make teacher`` rebuilds it);
+3. distil ``wav2small-paper`` from the *unlabelled* pool (teacher outputs only);
+4. train the same student on the labelled train split's rater-mean labels (the baseline);
+5. evaluate teacher and students on test and test-ood (CCC vs gold, truth and teacher);
+6. export both students to ONNX fp32 + int8 with the parity gate; measure size, RAM, speed;
+7. predict the A/D/V timeline of a long example file with the int8 student;
+8. print the paper-style table and write report.md with plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wav2small import LABELS, SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+STUDENT = "wav2small-paper"
+TEACHER = "synth"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of one demo run."""
+
+    n_train: int
+    n_pool: int
+    n_test: int
+    n_ood: int
+    distill_steps: int
+    train_steps: int
+    batch_size: int
+    crop_seconds: float
+    long_file_clips: int
+
+
+# Budgets: FULL ≤ 15 min and QUICK ≤ 3 min on 2 cores. Training runs on ONE thread: on a shared
+# 2-core machine a second torch thread makes steps 3-14× slower whenever another job runs.
+FULL = DemoPlan(n_train=1000, n_pool=2000, n_test=300, n_ood=200, distill_steps=400,
+                train_steps=400, batch_size=8, crop_seconds=2.0, long_file_clips=16)
+QUICK = DemoPlan(n_train=160, n_pool=320, n_test=80, n_ood=60, distill_steps=40,
+                 train_steps=40, batch_size=8, crop_seconds=2.0, long_file_clips=6)
+
+
+class _Stages:
+    """Prints numbered stage headers with elapsed time."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.t0 = total, 0, time.perf_counter()
+
+    def __call__(self, title: str) -> None:
+        self.n += 1
+        print(f"\n[{self.n}/{self.total}] {title}  (t = {time.perf_counter() - self.t0:.0f} s)",
+              flush=True)
+
+
+def _synthesise(out: Path, plan: DemoPlan, seed: int, jobs: int) -> dict[str, Path]:
+    from wav2small.synth import generate
+
+    sizes = {"train": plan.n_train, "pool": plan.n_pool, "test": plan.n_test,
+             "test-ood": plan.n_ood}
+    return {split: generate(split, n, out, seed=seed, jobs=jobs, progress=True)
+            for split, n in sizes.items()}
+
+
+def _train(mode: str, csv: Path, out: Path, plan: DemoPlan, seed: int, steps: int,
+           teacher: str):
+    from wav2small.train import fit, resolve_config
+
+    settings = {
+        "mode": mode, "student": STUDENT, "out": str(out), "seed": seed, "max_steps": steps,
+        "batch_size": plan.batch_size, "crop_seconds": plan.crop_seconds, "num_workers": 0,
+        "warmup_steps": max(1, steps // 20), "val_fraction": 0.05, "val_every": steps // 4,
+        "resume": "last" if (out / "last.ckpt").is_file() else None,  # a rerun continues
+    }
+    if mode == "distill":
+        settings |= {"teacher": teacher, "audio": str(csv)}
+    else:
+        settings |= {"data": str(csv)}
+    return fit(resolve_config(settings))
+
+
+def _long_file(test_csv: Path, out: Path, n_clips: int) -> Path:
+    """Concatenate test clips (with 0.5 s gaps) into one long example file."""
+    import pandas as pd
+    import soundfile as sf
+
+    from wav2small.audio import read_audio
+
+    rows = pd.read_csv(test_csv).head(n_clips)
+    gap = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    parts = []
+    for file in rows["file"]:
+        parts += [read_audio(test_csv.parent / file), gap]
+    tmp = out.with_name(out.name + ".tmp.wav")
+    sf.write(tmp, np.concatenate(parts), SAMPLE_RATE, subtype="PCM_16")
+    os.replace(tmp, out)
+    return out
+
+
+def _measure_student(name: str, weights: Path, out: Path, calibration: list[np.ndarray]) -> dict:
+    from wav2small.bench import onnx_ms_per_clip, rss_increase_mb
+    from wav2small.export import export
+    from wav2small.models import count_parameters, load_model
+    from wav2small.models.wav2small import Wav2Small
+
+    model = load_model(weights)
+    report = export(model, out, int8=True, calibration=calibration)
+    print(report.summary())
+    return {
+        "model": name,
+        "params": count_parameters(model),
+        "int8 KB": report.int8_bytes / 1024,
+        "extra RAM MB": rss_increase_mb(report.int8_path)["total"],
+        "tokens/s": Wav2Small.tokens_per_second(),
+        "ms per 5 s": onnx_ms_per_clip(report.int8_path),
+        "int8 vs fp32 CCC (min)": min(report.int8_ccc.values()),
+        "parity gate": "passed" if report.passed else "FAILED",
+        "int8": report.int8_path,
+    }
+
+
+def _teacher_row(teacher) -> dict:
+    import torch
+
+    from wav2small.bench import median_ms
+    from wav2small.models import count_parameters
+
+    x = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (1, 5 * SAMPLE_RATE))
+                         .astype(np.float32))
+    with torch.no_grad():
+        ms = median_ms(lambda: teacher(x), repeats=10)
+    return {"model": "teacher (torch)", "params": count_parameters(teacher, trainable=False),
+            "int8 KB": float("nan"), "extra RAM MB": float("nan"), "tokens/s": float("nan"),
+            "ms per 5 s": ms}
+
+
+def _ccc_columns(ev, model: str) -> dict:
+    gold = ev.ccc(model, "gold")
+    row = {f"CCC {k[0].upper()} gold": gold[k] for k in LABELS}
+    if model != "teacher":
+        vs_t = ev.ccc(model, "teacher")
+        row |= {f"CCC {k[0].upper()} teacher": vs_t[k] for k in LABELS}
+    return row
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "—" if np.isnan(v) else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, float("nan"))) for c in columns) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def run_demo(*, out: str | os.PathLike = "runs/demo", quick: bool = False, seed: int = 0,
+             jobs: int = 2, teacher: str = TEACHER) -> int:
+    """Run the whole demo; returns a process exit code (0 when every gate passed).
+
+    Args:
+        out: run folder (reruns resume: finished clips and checkpoints are kept).
+        quick: the small plan (≈ 3 minutes) instead of the full one.
+        seed: the one seed of corpus, crops and weights.
+        jobs: corpus synthesis processes.
+        teacher: teacher name or folder (default: the built-in synthetic-world teacher).
+    """
+    import torch
+
+    from wav2small.evaluate import evaluate
+    from wav2small.infer import Predictor
+    from wav2small.models.teacher import load_teacher
+    from wav2small.report import plot_size_vs_ccc, plot_timeline
+
+    torch.set_num_threads(1)
+    plan = QUICK if quick else FULL
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = _Stages(8)
+    t_start = time.perf_counter()
+
+    stage(f"synthesise the built-in corpus ({plan.n_train} train, {plan.n_pool} pool, "
+          f"{plan.n_test} test, {plan.n_ood} test-ood clips)")
+    csv = _synthesise(out / "corpus", plan, seed, jobs)
+
+    stage(f"load the teacher '{teacher}'"
+          + (" (package asset; `make teacher` rebuilds it)" if teacher == TEACHER else ""))
+    teacher_name, teacher = teacher, load_teacher(teacher)
+
+    stage(f"distil {STUDENT} from the unlabelled pool ({plan.distill_steps} steps, "
+          "teacher outputs only)")
+    distilled = _train("distill", csv["pool"], out / "distilled", plan, seed,
+                       plan.distill_steps, teacher_name)
+
+    stage(f"train {STUDENT} on the labelled split's rater-mean labels ({plan.train_steps} steps)")
+    baseline = _train("train", csv["train"], out / "labelled-only", plan, seed,
+                      plan.train_steps, teacher_name)
+
+    stage("evaluate on test and test-ood (CCC vs gold, truth and teacher)")
+    models = {"distilled": distilled.weights, "labelled-only": baseline.weights}
+    evals = {}
+    for split in ("test", "test-ood"):
+        evals[split] = evaluate(models, csv[split], teacher=teacher, progress=True)
+        evals[split].save(out / "eval" / split)
+        print(f"\n{split}:\n{evals[split].table()}")
+
+    stage("export int8 ONNX (parity gate), measure size, RAM and speed")
+    import pandas as pd
+
+    from wav2small.audio import read_audio
+
+    pool = pd.read_csv(csv["pool"]).head(64)
+    calibration = [read_audio(csv["pool"].parent / f) for f in pool["file"]]
+    rows = [_teacher_row(teacher) | _ccc_columns(evals["test"], "teacher")]
+    for name, weights in models.items():
+        rows.append(_measure_student(name, weights, out / "export" / name, calibration)
+                    | _ccc_columns(evals["test"], name))
+
+    stage("predict the A/D/V timeline of a long example file with the int8 student")
+    long_wav = _long_file(csv["test"], out / "long_example.wav", plan.long_file_clips)
+    predictor = Predictor(rows[1]["int8"])
+    timeline = predictor.timeline(long_wav, step=0.5, context=4.0)
+    timeline.to_csv(out / "long_example_timeline.csv")
+    plot_timeline(timeline, out / "timeline.png", title="long example, distilled int8 student")
+
+    stage("report")
+    columns = ["model", "params", "int8 KB", "extra RAM MB", "tokens/s", "ms per 5 s",
+               "CCC A gold", "CCC D gold", "CCC V gold", "CCC A teacher", "CCC D teacher",
+               "CCC V teacher"]
+    table = _table(rows, columns)
+    plot_size_vs_ccc(rows, out / "size_vs_ccc.png")
+    minutes = (time.perf_counter() - t_start) / 60
+    _write_report(out, plan, seed, table, evals, rows, minutes, quick)
+    print("\n" + table)
+    print(f"\nAll artefacts in {out}/ (report.md). {minutes:.1f} min.")
+    return 0 if all(r.get("parity gate", "passed") == "passed" for r in rows) else 1
+
+
+def _write_report(out: Path, plan: DemoPlan, seed: int, table: str, evals: dict, rows: list,
+                  minutes: float, quick: bool) -> None:
+    command = "make demo" + (" QUICK=1" if quick else "")
+    parts = [
+        "# wav2small demo report", "",
+        f"Command: `{command}` (seed {seed}); {minutes:.1f} minutes on this machine.", "",
+        f"Corpus: {plan.n_train} labelled train clips, {plan.n_pool} unlabelled pool clips, "
+        f"{plan.n_test} test, {plan.n_ood} test-ood (built-in synthetic corpus, docs/SYNTH.md).",
+        f"Students: `{STUDENT}`; distilled for {plan.distill_steps} steps on teacher outputs, "
+        f"labelled-only for {plan.train_steps} steps on rater-mean labels; batch "
+        f"{plan.batch_size} × {plan.crop_seconds:g} s crops.", "",
+        "## Test split", "", table, "",
+        "int8 KB, extra RAM (peak-RSS increase of one run on 5 s in a fresh process) and ms per "
+        "5 s (onnxruntime, 1 thread, median of 20) are for the int8 students; the teacher row "
+        "is torch fp32.", "",
+    ]
+    for split, ev in evals.items():
+        parts += [f"## CCC on {split}", "", "```", ev.table(), "```", ""]
+    parts += ["## Plots", "", "![size vs CCC](size_vs_ccc.png)", "",
+              "![timeline](timeline.png)", ""]
+    for split in evals:
+        for png in sorted((out / "eval" / split).glob("*.png")):
+            parts.append(f"![{split} {png.stem}](eval/{split}/{png.name})")
+    (out / "report.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
+    (out / "table.json").write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")

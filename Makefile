@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 QUICK   ?=
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup demo test test-slow bench lint teacher clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=23"
 	# -c pins every package (torch/torchvision to the builds on local disk): never a multi-GB download.
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[train,synth,dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[train,synth,scale,dev]"
 	touch $(STAMP)
 
 demo: setup
@@ -23,8 +23,8 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: setup
-	$(BIN)/python -m pytest -q
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -223,7 +223,7 @@ def run_demo(*, out: str | os.PathLike = "runs/demo", quick: bool = False, seed:
 
     from wav2small.audio import read_audio
 
-    pool = pd.read_csv(csv["pool"]).head(64)
+    pool = pd.read_csv(csv["pool"]).head(96)  # 72 calibrate int8, 24 check its fidelity
     calibration = [read_audio(csv["pool"].parent / f) for f in pool["file"]]
     rows = [_teacher_row(teacher) | _ccc_columns(evals["test"], "teacher")]
     for name, weights in models.items():

@@ -45,12 +45,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo on the built-in corpus")
     p.add_argument("--quick", action="store_true", help="smaller, faster run")
     p.add_argument("--out", default="runs/demo", help="run folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="corpus synthesis processes")
+    p.add_argument("--teacher", default="synth",
+                   help="teacher name or folder (default: the built-in synthetic-world teacher)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from wav2small.demo import run_demo
 
-    return run_demo(out=args.out, quick=args.quick)
+    return run_demo(out=args.out, quick=args.quick, seed=args.seed, jobs=args.jobs,
+                    teacher=args.teacher)
 
 
 # --- synth ----------------------------------------------------------------------------------
@@ -123,16 +128,17 @@ def _add_train_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="labelled CSV: file, arousal, dominance, valence")
     p.add_argument("--out", required=True, help="output folder (Hugging Face layout)")
     p.add_argument("--val", help="validation CSV (default: hold out --val-fraction of --data)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--test", help="labelled CSV to score the best teacher on (test_ccc.json)")
     p.add_argument("--init", help="teacher to fine-tune (default: a new synthetic-world teacher)")
     p.add_argument("--model", help="JSON overrides of the new teacher's config")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--crop-seconds", type=float, default=4.0, help="0: whole clips")
-    p.add_argument("--gain-db", type=float, default=3.0, help="random gain of ± this many dB")
+    p.add_argument("--crop-seconds", type=float, default=0.0,
+                   help="random training crops of this length (default 0: whole clips)")
+    p.add_argument("--gain-db", type=float, default=0.0, help="random gain of ± this many dB")
     p.add_argument("--mse-weight", type=float, default=0.0, help="MSE added to the CCC loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
@@ -200,17 +206,18 @@ def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
         "selfdistill",
         help="fine-tune wav2vec2/WavLM with early exits that learn from the deepest head",
         description="Self-distillation (Ren et al. 2023). Plain fine-tuning: --exits none.")
-    p.add_argument("--backbone", required=True,
-                   help="random:wav2vec2-small|wav2vec2-base|wavlm-small|... (random init), "
-                        "a Hugging Face folder or a hub id")
-    p.add_argument("--data", required=True, help="labelled CSV (file + emotion or A/D/V)")
+    p.add_argument("--backbone",
+                   help="random:wav2vec2-small|wav2vec2-mini|wav2vec2-base|wavlm-small|... "
+                        "(random init), a Hugging Face folder or a hub id")
+    p.add_argument("--data", help="labelled CSV (file + emotion or A/D/V)")
+    p.add_argument("--config", help="YAML of settings (e.g. a run's config.yaml); flags win")
     p.add_argument("--val", help="validation CSV (default: hold out --val-fraction)")
     p.add_argument("--val-fraction", type=float)
-    p.add_argument("--task", choices=["classes", "adv"], default="classes")
+    p.add_argument("--task", choices=["classes", "adv"], help="default classes")
     p.add_argument("--label-column", help="class column (default: emotion)")
-    p.add_argument("--exits", default="3,8,10",
-                   help="layers followed by an exit, e.g. 3,8,10; 'none' for plain fine-tuning")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--exits",
+                   help="layers followed by an exit (default 3,8,10); 'none': plain fine-tuning")
+    p.add_argument("--out", help="run folder (default runs/selfdistill)")
     p.add_argument("--epochs", type=int, help="passes over the data (default 20)")
     p.add_argument("--max-steps", type=int, help="optimiser steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, help="default 16")
@@ -291,6 +298,10 @@ def _add_student_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--num-workers", type=int, help="data-loader workers")
     p.add_argument("--resume", help="'last' (the run folder's last.ckpt) or a .ckpt path")
+    p.add_argument("--accelerator", help="cpu, gpu or auto (default auto)")
+    p.add_argument("--devices", type=lambda v: int(v) if v.isdigit() else v,
+                   help="devices (processes with --strategy ddp); an int or auto (default 1)")
+    p.add_argument("--strategy", help="Lightning strategy: auto or ddp (gloo on CPU, NCCL on GPU)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                    help="any other setting of wav2small.train.TrainConfig, e.g. aug_ratio=0.8")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -432,7 +432,12 @@ class SeededSampler:
     """Shuffled ``(index, item_seed)`` pairs drawn from ``(seed, epoch)``.
 
     Lightning calls :meth:`set_epoch` at the start of every epoch. With ``world_size > 1``
-    each rank takes every ``world_size``-th pair of the same permutation.
+    each rank takes every ``world_size``-th pair of the same permutation, and the last
+    ``n % world_size`` pairs are left out so that every rank has the same number (DDP ranks
+    must run the same number of steps). An item's seed depends on its place in the permutation,
+    not on the rank: together the ranks draw the same crops as one process would.
+
+    :meth:`resume_at` continues a stream inside an epoch (exact resume from a mid-epoch step).
     """
 
     def __init__(
@@ -441,19 +446,34 @@ class SeededSampler:
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._offset = 0  # our epoch − the caller's epoch number (after a resume)
+        self._skip = 0  # pairs of this rank to skip in the next pass (after a resume)
+        self._anchor: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation and item seeds of ``epoch``."""
-        self.epoch = epoch
+        if self._anchor is not None:  # the first call after resume_at() is the resumed epoch
+            self._offset, self._anchor = self._anchor - epoch, None
+        self.epoch = epoch + self._offset
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Make the next pass the rest of ``epoch`` after this rank's first ``skip`` pairs.
+
+        The next :meth:`set_epoch` call means ``epoch`` whatever number it passes (Lightning's
+        epoch counter after a mid-epoch stop is not the data's); later calls follow on from it.
+        """
+        self.epoch, self._skip, self._anchor = epoch, skip, epoch
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size))
+        return self.n // self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        skip, self._skip = self._skip, 0
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         seeds = rng.integers(0, 2**62, size=self.n)
-        for i in range(self.rank, self.n, self.world_size):
+        first = self.rank + skip * self.world_size
+        for i in range(first, len(self) * self.world_size, self.world_size):
             yield int(order[i]), int(seeds[i])
 
 

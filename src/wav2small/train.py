@@ -104,6 +104,9 @@ class TrainConfig:
         log_every: log training metrics every this many steps.
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
         devices: Lightning devices (an int or ``auto``).
+        strategy: Lightning strategy: ``auto``, or ``ddp`` (one process per device; gloo on CPU,
+            NCCL on GPU; each process takes every ``devices``-th crop, so ``batch_size`` is per
+            process). See docs/SCALING.md.
         precision: Lightning precision (``32-true``, ``bf16-mixed``, ...).
         deterministic: ask torch for deterministic algorithms.
         progress: show progress bars.
@@ -145,6 +148,7 @@ class TrainConfig:
     log_every: int = 10
     accelerator: str = "auto"
     devices: Any = 1
+    strategy: str = "auto"
     precision: str = "32-true"
     deterministic: bool = False
     progress: bool = True
@@ -427,6 +431,7 @@ def build_module(model, cfg: TrainConfig, teacher=None):
             self.val_targets: np.ndarray | None = None
             self.start_step: int | None = None
             self.history: list[dict[str, float]] = []
+            self.sampler = None  # the training SeededSampler (set by fit)
 
         @property
         def teacher(self):
@@ -477,7 +482,8 @@ def build_module(model, cfg: TrainConfig, teacher=None):
             row = {f"val/ccc_{k}": float(v) for k, v in zip(LABELS, values, strict=True)}
             row[MONITOR] = float(values.mean())
             for key, value in row.items():
-                self.log(key, value, prog_bar=key == MONITOR)
+                # sync_dist: every DDP rank validates all clips; ranks agree on the value
+                self.log(key, value, prog_bar=key == MONITOR, sync_dist=True)
             self.history.append({"step": int(self.global_step), **row})
 
         def configure_optimizers(self):
@@ -488,6 +494,12 @@ def build_module(model, cfg: TrainConfig, teacher=None):
                 "optimizer": opt,
                 "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1},
             }
+
+        def on_load_checkpoint(self, checkpoint: dict) -> None:
+            if self.sampler is not None:  # exact resume: the data continue at the saved step
+                per_epoch = len(self.sampler) // self.cfg.batch_size
+                epoch, done = divmod(int(checkpoint["global_step"]), per_epoch)
+                self.sampler.resume_at(epoch, done * self.cfg.batch_size)
 
         def on_save_checkpoint(self, checkpoint: dict) -> None:
             checkpoint["wav2small"] = model_info(self.model)
@@ -625,6 +637,7 @@ def _trainer(cfg: TrainConfig, run_dir: Path, with_val: bool):
         max_epochs=-1,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        strategy=cfg.strategy,
         precision=cfg.precision,
         callbacks=[checkpoint, LearningRateMonitor(logging_interval="step")],
         logger=_loggers(run_dir),
@@ -680,6 +693,12 @@ def fit(cfg: TrainConfig) -> TrainResult:
     trainer, checkpoint = _trainer(cfg, run_dir, val_loader is not None)
     sampler = train_loader.sampler  # each DDP rank takes its share of every epoch
     sampler.rank, sampler.world_size = trainer.global_rank, trainer.world_size
+    module.sampler = sampler
+    if len(sampler) < cfg.batch_size:
+        raise ValueError(
+            f"{len(data.train)} training clips over {trainer.world_size} processes leave "
+            f"{len(sampler)} per process, fewer than one batch ({cfg.batch_size}); lower batch_size"
+        )
     logger.info(
         "%s %s: %d training clips, %d validation clips (targets %s, validation vs %s)",
         cfg.mode,
@@ -697,6 +716,17 @@ def fit(cfg: TrainConfig) -> TrainResult:
     last = run_dir / "last.ckpt"
     # the final step whatever the validation schedule (full state, so it can be resumed)
     trainer.save_checkpoint(str(last), weights_only=False)
+    if not trainer.is_global_zero:  # DDP: rank 0 writes the run's files
+        return TrainResult(
+            run_dir,
+            run_dir / "best.ckpt",
+            last,
+            run_dir / BEST_WEIGHTS,
+            int(trainer.global_step),
+            int(module.start_step or 0),
+            float("nan"),
+            module.history,
+        )
     best = run_dir / "best.ckpt"
     if val_loader is None or not checkpoint.best_model_path:
         shutil.copyfile(last, run_dir / "best.ckpt.tmp")
@@ -795,6 +825,9 @@ CLI_KEYS = (
     "resume",
     "num_workers",
     "val_target",
+    "accelerator",
+    "devices",
+    "strategy",
 )
 
 
@@ -813,6 +846,10 @@ def train_cli(args, *, mode: str) -> int:
     if mode == "distill" and getattr(args, "labels", None) and args.targets is None:
         cfg.targets = "cached"  # --labels means the cached labels (the teacher then validates)
     result = fit(cfg)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # DDP: the other ranks are quiet
+        return 0
     print(f"run folder   {result.run_dir}")
     print(f"steps        {result.start_step} → {result.global_step}")
     print(

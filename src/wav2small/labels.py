@@ -1,0 +1,419 @@
+"""Teacher labelling: audio files (or segments of them) → a Parquet table of A/D/V.
+
+Rows are ``(file, start, end, arousal, dominance, valence, teacher)``; times in seconds, ``file``
+as it appears in the input (a folder listing or the CSV's ``file`` column).
+
+How it runs:
+
+* the manifest's headers are probed first (duration of each file; unreadable files are skipped
+  or raise, see ``on_error``), then segments are sorted by length and grouped into batches of at
+  most ``batch_seconds`` of padded audio (the teacher's outputs do not depend on padding);
+* results go to shards ``<out>.parts/part-NNNNN.parquet``, each written under a temporary name
+  and renamed, so a killed run leaves only whole shards; a rerun skips every segment already in
+  a shard (or in an existing ``<out>``), labels the rest and merges everything, in manifest
+  order and without duplicates, into ``<out>`` (again temp name, then rename) before removing
+  the shards;
+* skipped segments are listed in the result and in ``<out stem>.skipped.csv``; they are retried
+  on the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wav2small import LABELS
+
+logger = logging.getLogger(__name__)
+
+#: Extensions picked up when a folder is given.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff", ".au")
+#: Output columns, in order.
+COLUMNS = ("file", "start", "end", *LABELS, "teacher")
+#: Most padded audio (seconds) per teacher call.
+DEFAULT_BATCH_SECONDS = 60.0
+#: Rows per shard.
+DEFAULT_SHARD_ROWS = 256
+ON_ERROR = ("raise", "skip")
+PARTS_SUFFIX = ".parts"
+#: Times are compared at this resolution (seconds) when matching rows to segments.
+_TIME_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One thing to label: ``file`` (as reported), ``path`` (as read), ``start``/``end`` seconds."""
+
+    file: str
+    path: str
+    start: float = 0.0
+    end: float | None = None
+
+    @property
+    def duration(self) -> float:
+        return float(self.end or 0.0) - self.start
+
+    def key(self) -> tuple[str, float, float]:
+        return _key(self.file, self.start, float(self.end or 0.0))
+
+
+def _key(file: str, start: float, end: float) -> tuple[str, float, float]:
+    return (str(file), round(float(start), _TIME_DECIMALS), round(float(end), _TIME_DECIMALS))
+
+
+@dataclass
+class LabelResult:
+    """What a labelling run did.
+
+    Attributes:
+        out: the Parquet file.
+        rows: rows in it.
+        labelled: segments labelled by this run (the others were already done).
+        skipped: (file, reason) for every segment that could not be labelled.
+        audio_seconds: seconds of audio labelled by this run.
+        wall_seconds: wall time of this run.
+    """
+
+    out: Path
+    rows: int
+    labelled: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def speed(self) -> float:
+        """Audio seconds labelled per wall second."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+
+# --- manifest ---------------------------------------------------------------------------------
+def read_manifest(audio: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Segment]:
+    """Segments to label from a folder (recursive), a CSV, one audio file, or a list of files.
+
+    A CSV needs a ``file`` column (paths relative to the CSV's folder are accepted) and may have
+    ``start``/``end`` columns in seconds (empty = whole file).
+
+    Raises:
+        FileNotFoundError: the folder/CSV does not exist.
+        ValueError: a CSV without a ``file`` column, or no audio found.
+    """
+    if not isinstance(audio, str | os.PathLike):
+        return [Segment(os.fspath(p), os.fspath(p)) for p in audio]
+    path = Path(audio)
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+        )
+        if not files:
+            raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+        return [Segment(str(p), str(p)) for p in files]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.suffix.lower() == ".csv":
+        return _csv_manifest(path)
+    return [Segment(str(path), str(path))]
+
+
+def _csv_manifest(path: Path) -> list[Segment]:
+    table = pd.read_csv(path)
+    if "file" not in table.columns:
+        raise ValueError(f"{path}: a manifest CSV needs a 'file' column; it has {list(table)}")
+    if table.empty:
+        raise ValueError(f"{path}: the manifest is empty")
+    starts = table["start"] if "start" in table else pd.Series(0.0, index=table.index)
+    ends = table["end"] if "end" in table else pd.Series(np.nan, index=table.index)
+    out = []
+    for file, start, end in zip(table["file"].astype(str), starts, ends, strict=True):
+        read = file if os.path.isabs(file) or os.path.exists(file) else str(path.parent / file)
+        start = 0.0 if pd.isna(start) else float(start)
+        out.append(Segment(file, read, start, None if pd.isna(end) else float(end)))
+    return out
+
+
+def probe(
+    segments: Sequence[Segment], *, on_error: str = "raise"
+) -> tuple[list[Segment], list[tuple[str, str]]]:
+    """Fill in each segment's end from the file header (whole files) and check the times.
+
+    Returns:
+        (segments with ends, skipped (file, reason)).
+    """
+    from wav2small.audio import AudioError, audio_info
+
+    durations: dict[str, float] = {}
+    done, skipped = [], []
+    for seg in segments:
+        try:
+            if seg.path not in durations:
+                durations[seg.path] = audio_info(seg.path).duration
+            total = durations[seg.path]
+            end = total if seg.end is None else min(seg.end, total)
+            if not 0 <= seg.start < end:
+                raise AudioError(
+                    f"{seg.path}: segment {seg.start:g}–{seg.end if seg.end is not None else ''}"
+                    f" s is outside the file ({total:.3f} s)"
+                )
+            done.append(Segment(seg.file, seg.path, seg.start, end))
+        except AudioError as e:
+            if on_error == "raise":
+                raise
+            skipped.append((seg.file, str(e)))
+    return done, skipped
+
+
+def batches(segments: Sequence[Segment], batch_seconds: float) -> Iterator[list[Segment]]:
+    """Length-sorted batches whose padded size (longest × count) stays within ``batch_seconds``."""
+    group: list[Segment] = []
+    for seg in sorted(segments, key=lambda s: (s.duration, s.file, s.start)):
+        if group and seg.duration * (len(group) + 1) > batch_seconds:
+            yield group
+            group = []
+        group.append(seg)
+    if group:
+        yield group
+
+
+# --- shards ------------------------------------------------------------------------------------
+def parts_dir(out: Path) -> Path:
+    """Folder of the shards of ``out``."""
+    return out.with_name(out.name + PARTS_SUFFIX)
+
+
+def skipped_path(out: Path) -> Path:
+    """Where the skipped segments of ``out`` are listed."""
+    return out.with_name(out.stem + ".skipped.csv")
+
+
+def _write_parquet(table: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _read_existing(out: Path) -> list[pd.DataFrame]:
+    tables = []
+    for path in ([out] if out.is_file() else []) + sorted(parts_dir(out).glob("part-*.parquet")):
+        try:
+            tables.append(pd.read_parquet(path))
+        except Exception as e:  # a shard is renamed only when complete, so this is real damage
+            raise RuntimeError(f"{path}: unreadable label shard ({e}); delete it and rerun") from e
+    return tables
+
+
+def _next_part(folder: Path) -> int:
+    numbers = [int(p.stem.split("-")[1]) for p in folder.glob("part-*.parquet")]
+    return max(numbers, default=-1) + 1
+
+
+class _ShardWriter:
+    def __init__(self, folder: Path, rows_per_shard: int) -> None:
+        self.folder, self.rows_per_shard = folder, rows_per_shard
+        self.rows: list[dict] = []
+        self.index = None
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        if len(self.rows) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.index = _next_part(self.folder) if self.index is None else self.index + 1
+        table = pd.DataFrame(self.rows, columns=list(COLUMNS))
+        _write_parquet(table, self.folder / f"part-{self.index:05d}.parquet")
+        self.rows = []
+
+
+# --- labelling ------------------------------------------------------------------------------------
+def _predict(teacher, waves: list[np.ndarray]) -> np.ndarray:
+    import torch
+
+    from wav2small.models.teacher import pad_batch
+
+    device = next(iter(teacher.parameters()), torch.zeros(0)).device
+    wave, lengths = pad_batch([torch.from_numpy(w) for w in waves])
+    with torch.inference_mode():
+        return teacher(wave.to(device), lengths.to(device)).float().cpu().numpy()
+
+
+def _read(batch: list[Segment], on_error: str, skipped: list[tuple[str, str]]):
+    from wav2small.audio import AudioError, read_audio
+
+    kept, waves = [], []
+    for seg in batch:
+        try:
+            waves.append(read_audio(seg.path, offset=seg.start, duration=seg.duration))
+            kept.append(seg)
+        except AudioError as e:
+            if on_error == "raise":
+                raise
+            skipped.append((seg.file, str(e)))
+    return kept, waves
+
+
+def label(
+    teacher,
+    audio: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    on_error: str = "raise",
+    teacher_name: str | None = None,
+    progress: bool = True,
+) -> LabelResult:
+    """Label audio with a teacher into a Parquet file (resumable, sharded, atomic).
+
+    Args:
+        teacher: a loaded teacher (see :func:`wav2small.models.teacher.load_teacher`) or any
+            module mapping ``(wave, lengths)`` to (batch, 3) A/D/V.
+        audio: folder, CSV manifest, audio file, or list of files (see :func:`read_manifest`).
+        out: output ``.parquet`` path.
+        batch_seconds: most padded audio per teacher call.
+        shard_rows: rows per shard file.
+        on_error: ``"raise"`` (stop at the first unreadable file; finished shards are kept) or
+            ``"skip"`` (list it and go on).
+        teacher_name: value of the ``teacher`` column (default: ``teacher.name``).
+        progress: show a progress bar in audio seconds per second.
+
+    Returns:
+        A :class:`LabelResult`.
+
+    Raises:
+        AudioError: an unreadable file with ``on_error="raise"`` (the message names it).
+        ValueError: bad arguments or an empty manifest.
+    """
+    from tqdm.auto import tqdm
+
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if batch_seconds <= 0 or shard_rows < 1:
+        raise ValueError("batch_seconds must be > 0 and shard_rows ≥ 1")
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    name = teacher_name or getattr(teacher, "name", type(teacher).__name__)
+    segments, skipped = probe(read_manifest(audio), on_error=on_error)
+    done = {
+        _key(f, s, e)
+        for table in _read_existing(out)
+        for f, s, e in zip(table["file"], table["start"], table["end"], strict=True)
+    }
+    todo = [s for s in segments if s.key() not in done]
+    seconds = sum(s.duration for s in todo)
+    writer = _ShardWriter(parts_dir(out), shard_rows)
+    labelled, labelled_seconds = 0, 0.0
+    with tqdm(
+        total=round(seconds, 2),
+        unit="audio-s",
+        desc="label",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
+        for batch in batches(todo, batch_seconds):
+            kept, waves = _read(batch, on_error, skipped)
+            if kept:
+                preds = _predict(teacher, waves)
+                writer.add(
+                    [
+                        {
+                            "file": s.file,
+                            "start": s.start,
+                            "end": s.end,
+                            **dict(zip(LABELS, map(float, p), strict=True)),
+                            "teacher": name,
+                        }
+                        for s, p in zip(kept, preds, strict=True)
+                    ]
+                )
+                labelled += len(kept)
+                labelled_seconds += sum(s.duration for s in kept)
+            bar.update(round(sum(s.duration for s in batch), 2))
+    writer.flush()
+    rows = _merge(out, segments)
+    _write_skipped(out, skipped)
+    for file, reason in skipped:
+        logger.warning("skipped %s: %s", file, reason)
+    return LabelResult(out, rows, labelled, skipped, labelled_seconds, time.perf_counter() - t0)
+
+
+def _merge(out: Path, segments: Sequence[Segment]) -> int:
+    """Shards + existing output → ``out`` in manifest order, deduplicated; shards removed."""
+    tables = _read_existing(out)
+    if not tables:
+        table = pd.DataFrame(columns=list(COLUMNS))
+    else:
+        table = pd.concat(tables, ignore_index=True)
+    keys = [
+        _key(f, s, e) for f, s, e in zip(table["file"], table["start"], table["end"], strict=True)
+    ]
+    rank = {seg.key(): i for i, seg in enumerate(segments)}
+    table = table.assign(_key=keys, _rank=[rank.get(k, len(rank)) for k in keys])
+    table = table.drop_duplicates("_key", keep="first").sort_values("_rank", kind="stable")
+    table = table.drop(columns=["_key", "_rank"]).reset_index(drop=True)
+    _write_parquet(table[list(COLUMNS)], out)
+    folder = parts_dir(out)
+    if folder.is_dir():
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+    return len(table)
+
+
+def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
+    path = skipped_path(out)
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(skipped, columns=["file", "reason"]).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def label_cli(args) -> int:
+    """``wav2small label`` entry point."""
+    import torch
+
+    from wav2small.models.teacher import load_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher = load_teacher(args.teacher, device=args.device, clip=args.clip)
+    result = label(
+        teacher,
+        args.audio,
+        args.out,
+        batch_seconds=args.batch_seconds,
+        shard_rows=args.shard_rows,
+        on_error=args.on_error,
+    )
+    print(
+        f"{result.out}: {result.rows} rows ({result.labelled} labelled now, "
+        f"{result.audio_seconds:.1f} s of audio at {result.speed:.1f} audio-s/s)"
+    )
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} (listed in {skipped_path(result.out)}):")
+        for file, reason in result.skipped:
+            print(f"  {file}: {reason}")
+    return 0
+
+
+__all__ = [
+    "COLUMNS",
+    "LabelResult",
+    "Segment",
+    "batches",
+    "label",
+    "probe",
+    "read_manifest",
+]

@@ -68,15 +68,7 @@ def plot_timeline(
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
     ax.set_title(title or str(file), fontsize="medium")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return _save_figure(fig, out)
 
 
 # --- evaluation plots (wav2small.evaluate) --------------------------------------------------------
@@ -90,11 +82,14 @@ def _save_figure(fig, out: str | os.PathLike) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
+    import matplotlib.pyplot as plt
+
     try:
         fig.savefig(tmp, format="png")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        plt.close(fig)  # long runs (demo, bench) draw many figures
     return out
 
 

@@ -56,10 +56,15 @@ def main() -> None:
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
-        print("| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v)
-                                 for v in row.values()) + " |")
-    print("\nint8 CCC vs fp32 is for untrained weights (near-constant outputs): see the export "
-          "gate on trained models. Timings: 1 thread, median of 20, this machine, this run.")
+        print(
+            "| "
+            + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values())
+            + " |"
+        )
+    print(
+        "\nint8 CCC vs fp32 is for untrained weights (near-constant outputs): see the export "
+        "gate on trained models. Timings: 1 thread, median of 20, this machine, this run."
+    )
 
 
 if __name__ == "__main__":

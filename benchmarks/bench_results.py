@@ -39,13 +39,17 @@ def student_rows(out: Path) -> list[dict]:
         torch.manual_seed(0)
         model = create_model(name)
         report = export(model, out / name, int8=True, gate_int8=False)
-        rows.append({
-            "model": name, "params": count_parameters(model),
-            "fp32 KB": report.fp32_bytes / 1024, "int8 KB": report.int8_bytes / 1024,
-            "int8 ms per 5 s": onnx_ms_per_clip(report.int8_path),
-            "fp32 ms per 5 s": onnx_ms_per_clip(report.fp32_path),
-            "int8 RSS+ MB": rss_increase_mb(report.int8_path)["total"],
-        })
+        rows.append(
+            {
+                "model": name,
+                "params": count_parameters(model),
+                "fp32 KB": report.fp32_bytes / 1024,
+                "int8 KB": report.int8_bytes / 1024,
+                "int8 ms per 5 s": onnx_ms_per_clip(report.int8_path),
+                "fp32 ms per 5 s": onnx_ms_per_clip(report.fp32_path),
+                "int8 RSS+ MB": rss_increase_mb(report.int8_path)["total"],
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -54,8 +58,9 @@ def dawn_ms_per_5s() -> tuple[float, int]:
     from wav2small.models import teacher as T
 
     model = T.Wav2Vec2Teacher(T.DAWN_ARCHITECTURE).eval()
-    x = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (1, 5 * SAMPLE_RATE))
-                         .astype(np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(0).normal(0, 0.1, (1, 5 * SAMPLE_RATE)).astype(np.float32)
+    )
     with torch.no_grad():
         ms = median_ms(lambda: model(x), repeats=5, warmup=1)
     return ms, count_parameters(model, trainable=False)
@@ -68,8 +73,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
         return f"{v:,}" if isinstance(v, int) else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, float("nan"))) for c in columns) + " |"
-              for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c, float("nan"))) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -113,20 +117,37 @@ def main() -> int:
     distilled = next(r for r in demo_rows if r["model"] == "distilled")
     ratio = {d: distilled[f"CCC {d} gold"] / teacher_row[f"CCC {d} gold"] for d in "ADV"}
     parts = [
-        "# Results", "",
+        "# Results",
+        "",
         f"Made by `{command}` (`make bench`), seed {args.seed}, on {platform.machine()} with "
         f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
         f"{(time.perf_counter() - t0) / 60:.1f} minutes. Timings: 1 thread, medians, one run "
-        "on a shared machine: read ratios, not absolute values.", "",
-        "## Students (untrained weights: size, speed, memory)", "",
-        table(students, ["model", "params", "fp32 KB", "int8 KB", "int8 ms per 5 s",
-                         "fp32 ms per 5 s", "int8 RSS+ MB"]), "",
+        "on a shared machine: read ratios, not absolute values.",
+        "",
+        "## Students (untrained weights: size, speed, memory)",
+        "",
+        table(
+            students,
+            [
+                "model",
+                "params",
+                "fp32 KB",
+                "int8 KB",
+                "int8 ms per 5 s",
+                "fp32 ms per 5 s",
+                "int8 RSS+ MB",
+            ],
+        ),
+        "",
         f"Full-size Dawn architecture (wav2vec2-large-robust-12, {dawn_params:,} params, random "
         f"weights), torch, 1 thread: **{dawn_ms:,.0f} ms per 5 s** → int8 `wav2small-paper` is "
         f"**{dawn_ms / paper['int8 ms per 5 s']:,.0f}× faster** on the same CPU and thread "
-        "count.", "",
-        "## Targets", "",
-        "| target | measured | met |", "|---|---|---|",
+        "count.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
         f"| int8 wav2small-paper ≤ 120 KB | {paper['int8 KB']:.1f} KB | "
         f"{'yes' if paper['int8 KB'] <= 120 else 'no'} |",
         f"| ≤ 72K (± 2 %) parameters | {paper['params']:,} | "
@@ -141,8 +162,10 @@ def main() -> int:
         f"{ratio['D']:.2f}× (V {ratio['V']:.2f}×) | "
         f"{'yes' if min(ratio['A'], ratio['D']) >= 0.9 else 'no'} |",
         f"| int8 vs fp32 CCC ≥ 0.99 | {distilled['int8 vs fp32 CCC (min)']:.4f} (min over "
-        f"A/D/V) | {'yes' if distilled['int8 vs fp32 CCC (min)'] >= 0.99 else 'no'} |", "",
-        "## The demo run (trained students)", "",
+        f"A/D/V) | {'yes' if distilled['int8 vs fp32 CCC (min)'] >= 0.99 else 'no'} |",
+        "",
+        "## The demo run (trained students)",
+        "",
         demo_report.split("## Test split", 1)[1].replace("](", "](results/"),
     ]
     _copy_plots(demo_dir, Path(args.out).parent / "results")

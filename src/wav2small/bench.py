@@ -25,8 +25,9 @@ def onnx_parameters(path: str | Path) -> dict[str, int]:
     from wav2small.export import _front_end_nodes
 
     proto = onnx.load(str(path))
-    front_inputs = {i for n in proto.graph.node if n.name in set(_front_end_nodes(proto))
-                    for i in n.input}
+    front_inputs = {
+        i for n in proto.graph.node if n.name in set(_front_end_nodes(proto)) for i in n.input
+    }
     sizes = {t.name: int(np.prod(t.dims)) for t in proto.graph.initializer}
     total = sum(v for v in sizes.values() if v > 1)  # skip scalar constants
     front = sum(v for k, v in sizes.items() if k in front_inputs)
@@ -56,8 +57,9 @@ def median_ms(fn, *, repeats: int = 20, warmup: int = 3) -> float:
     return 1000 * statistics.median(times)
 
 
-def onnx_ms_per_clip(path: str | Path, *, seconds: float = 5.0, threads: int = 1,
-                     repeats: int = 20) -> float:
+def onnx_ms_per_clip(
+    path: str | Path, *, seconds: float = 5.0, threads: int = 1, repeats: int = 20
+) -> float:
     """Median onnxruntime latency (ms) for one clip of ``seconds``."""
     sess = session(path, threads=threads)
     x = np.random.default_rng(0).normal(0, 0.1, (1, int(seconds * SAMPLE_RATE)))
@@ -87,8 +89,9 @@ print(json.dumps({"before_kb": before, "loaded_kb": loaded, "after_kb": status_k
 """
 
 
-def rss_increase_mb(path: str | Path, *, seconds: float = 5.0,
-                    arena: bool = False) -> dict[str, float]:
+def rss_increase_mb(
+    path: str | Path, *, seconds: float = 5.0, arena: bool = False
+) -> dict[str, float]:
     """Peak-RSS increase (MB) of loading a model, and of loading and running it once.
 
     Returns ``{"session": MB after creating the session, "total": MB after one run}``.
@@ -97,8 +100,14 @@ def rss_increase_mb(path: str | Path, *, seconds: float = 5.0,
     ``/proc/self/clear_refs`` once numpy and onnxruntime are imported and the input allocated)
     minus its RSS at that point.
     """
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), str(seconds),
-                          "1" if arena else "0"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(path), str(seconds), "1" if arena else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rss = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"session": (rss["loaded_kb"] - rss["before_kb"]) / 1024,
-            "total": (rss["after_kb"] - rss["before_kb"]) / 1024}
+    return {
+        "session": (rss["loaded_kb"] - rss["before_kb"]) / 1024,
+        "total": (rss["after_kb"] - rss["before_kb"]) / 1024,
+    }

@@ -17,8 +17,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="checkpoint file or preset name (see `wav2small models`)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--int8", action="store_true", help="also write a static-int8 model")
-    p.add_argument("--calibration", nargs="*", default=None,
-                   help="audio files/folders for int8 calibration (default: built-in signals)")
+    p.add_argument(
+        "--calibration",
+        nargs="*",
+        default=None,
+        help="audio files/folders for int8 calibration (default: built-in signals)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -47,15 +51,19 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="run folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="corpus synthesis processes")
-    p.add_argument("--teacher", default="synth",
-                   help="teacher name or folder (default: the built-in synthetic-world teacher)")
+    p.add_argument(
+        "--teacher",
+        default="synth",
+        help="teacher name or folder (default: the built-in synthetic-world teacher)",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from wav2small.demo import run_demo
 
-    return run_demo(out=args.out, quick=args.quick, seed=args.seed, jobs=args.jobs,
-                    teacher=args.teacher)
+    return run_demo(
+        out=args.out, quick=args.quick, seed=args.seed, jobs=args.jobs, teacher=args.teacher
+    )
 
 
 # --- synth ----------------------------------------------------------------------------------
@@ -66,11 +74,16 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (WAVs in OUT/SPLIT, OUT/SPLIT.csv)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--raters", type=int, default=5,
-                   help="simulated raters per clip; 0 publishes the true labels (default 5)")
+    p.add_argument(
+        "--raters",
+        type=int,
+        default=5,
+        help="simulated raters per clip; 0 publishes the true labels (default 5)",
+    )
     p.add_argument("--rater-bias", type=float, default=0.08, help="sd of rater bias (default 0.08)")
-    p.add_argument("--rater-noise", type=float, default=0.25,
-                   help="sd of rating noise (default 0.25)")
+    p.add_argument(
+        "--rater-noise", type=float, default=0.25, help="sd of rating noise (default 0.25)"
+    )
     p.add_argument("--clean", action="store_true", help="no room, filters, noise or dither")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -78,10 +91,18 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 def _run_synth(args: argparse.Namespace) -> int:
     from wav2small.synth import generate
 
-    csv_path = generate(args.split, args.n, args.out, seed=args.seed, jobs=args.jobs,
-                        raters=args.raters, rater_bias_sd=args.rater_bias,
-                        rater_noise_sd=args.rater_noise, clean=args.clean,
-                        progress=not args.no_progress)
+    csv_path = generate(
+        args.split,
+        args.n,
+        args.out,
+        seed=args.seed,
+        jobs=args.jobs,
+        raters=args.raters,
+        rater_bias_sd=args.rater_bias,
+        rater_noise_sd=args.rater_noise,
+        clean=args.clean,
+        progress=not args.no_progress,
+    )
     print(csv_path)
     return 0
 
@@ -89,27 +110,49 @@ def _run_synth(args: argparse.Namespace) -> int:
 # --- label ----------------------------------------------------------------------------------
 def _add_label(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("label", help="label audio with a teacher into a Parquet table (resumable)")
-    p.add_argument("--teacher", required=True,
-                   help="dawn, odyssey, ensemble, synth, a folder, a hub id or ensemble:A+B")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="dawn, odyssey, ensemble, synth, a folder, a hub id or ensemble:A+B",
+    )
     p.add_argument("--audio", required=True, help="folder, CSV (file[,start,end]) or audio file")
     p.add_argument("--out", required=True, help="output .parquet file")
-    p.add_argument("--batch-seconds", type=float, default=60.0,
-                   help="most padded audio per teacher call (default 60)")
+    p.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=60.0,
+        help="most padded audio per teacher call (default 60)",
+    )
     p.add_argument("--shard-rows", type=int, default=256, help="rows per shard (default 256)")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--clip", action="store_true", help="clip ensemble outputs to [0, 1]")
     # Ray engine (wav2small.labels_ray; needs `pip install wav2small[scale]`)
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local (this process) or ray (Ray Data: decode tasks + teacher actors)")
-    p.add_argument("--address", default=None,
-                   help="ray: cluster address, e.g. auto (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local (this process) or ray (Ray Data: decode tasks + teacher actors)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="ray: cluster address, e.g. auto (default: RAY_ADDRESS or a local Ray)",
+    )
     p.add_argument("--workers", type=int, default=1, help="ray: teacher actors (default 1)")
-    p.add_argument("--num-gpus-per-worker", type=float, default=0.0,
-                   help="ray: GPUs per teacher actor; fractions share a GPU (default 0: CPU)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0,
-                   help="ray: CPUs reserved per teacher actor (default 1)")
+    p.add_argument(
+        "--num-gpus-per-worker",
+        type=float,
+        default=0.0,
+        help="ray: GPUs per teacher actor; fractions share a GPU (default 0: CPU)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="ray: CPUs reserved per teacher actor (default 1)",
+    )
 
 
 def _run_label(args: argparse.Namespace) -> int:
@@ -136,8 +179,12 @@ def _add_train_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--crop-seconds", type=float, default=0.0,
-                   help="random training crops of this length (default 0: whole clips)")
+    p.add_argument(
+        "--crop-seconds",
+        type=float,
+        default=0.0,
+        help="random training crops of this length (default 0: whole clips)",
+    )
     p.add_argument("--gain-db", type=float, default=0.0, help="random gain of ± this many dB")
     p.add_argument("--mse-weight", type=float, default=0.0, help="MSE added to the CCC loss")
     p.add_argument("--seed", type=int, default=0)
@@ -153,10 +200,18 @@ def _run_train_teacher(args: argparse.Namespace) -> int:
 
 # --- predict / plot-timeline ----------------------------------------------------------------
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
-                   help="auto: ONNX Runtime for .onnx files (no torch), torch otherwise")
-    p.add_argument("--threads", type=int, default=None,
-                   help="ONNX Runtime intra-op threads (default 1); torch threads if given")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "onnx", "torch"],
+        default="auto",
+        help="auto: ONNX Runtime for .onnx files (no torch), torch otherwise",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default 1); torch threads if given",
+    )
     p.add_argument("--clip", action="store_true", help="clip outputs to [0, 1]")
 
 
@@ -164,13 +219,23 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="A/D/V of files/folders into a table (CSV/Parquet/JSON)")
     p.add_argument("model", help=".onnx file (torch-free), checkpoint or preset name (untrained)")
     p.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
-    p.add_argument("--win", type=float, default=None,
-                   help="window length in seconds: one row per window (default: one per file)")
+    p.add_argument(
+        "--win",
+        type=float,
+        default=None,
+        help="window length in seconds: one row per window (default: one per file)",
+    )
     p.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: win)")
-    p.add_argument("--timeline", type=float, default=None, metavar="STEP",
-                   help="one row every STEP seconds over the last --context seconds")
-    p.add_argument("--context", type=float, default=4.0,
-                   help="timeline context in seconds (default 4)")
+    p.add_argument(
+        "--timeline",
+        type=float,
+        default=None,
+        metavar="STEP",
+        help="one row every STEP seconds over the last --context seconds",
+    )
+    p.add_argument(
+        "--context", type=float, default=4.0, help="timeline context in seconds (default 4)"
+    )
     p.add_argument("--out", default=None, help="x.csv, x.parquet or x.json (default: print)")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
     p.add_argument("--workers", type=int, default=1, help="files processed concurrently")
@@ -189,8 +254,9 @@ def _add_plot_timeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="audio file")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--step", type=float, default=0.5, help="seconds between points (default 0.5)")
-    p.add_argument("--context", type=float, default=4.0,
-                   help="seconds behind each point (default 4)")
+    p.add_argument(
+        "--context", type=float, default=4.0, help="seconds behind each point (default 4)"
+    )
     _add_model_options(p)
 
 
@@ -205,18 +271,22 @@ def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "selfdistill",
         help="fine-tune wav2vec2/WavLM with early exits that learn from the deepest head",
-        description="Self-distillation (Ren et al. 2023). Plain fine-tuning: --exits none.")
-    p.add_argument("--backbone",
-                   help="random:wav2vec2-small|wav2vec2-mini|wav2vec2-base|wavlm-small|... "
-                        "(random init), a Hugging Face folder or a hub id")
+        description="Self-distillation (Ren et al. 2023). Plain fine-tuning: --exits none.",
+    )
+    p.add_argument(
+        "--backbone",
+        help="random:wav2vec2-small|wav2vec2-mini|wav2vec2-base|wavlm-small|... "
+        "(random init), a Hugging Face folder or a hub id",
+    )
     p.add_argument("--data", help="labelled CSV (file + emotion or A/D/V)")
     p.add_argument("--config", help="YAML of settings (e.g. a run's config.yaml); flags win")
     p.add_argument("--val", help="validation CSV (default: hold out --val-fraction)")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--task", choices=["classes", "adv"], help="default classes")
     p.add_argument("--label-column", help="class column (default: emotion)")
-    p.add_argument("--exits",
-                   help="layers followed by an exit (default 3,8,10); 'none': plain fine-tuning")
+    p.add_argument(
+        "--exits", help="layers followed by an exit (default 3,8,10); 'none': plain fine-tuning"
+    )
     p.add_argument("--out", help="run folder (default runs/selfdistill)")
     p.add_argument("--epochs", type=int, help="passes over the data (default 20)")
     p.add_argument("--max-steps", type=int, help="optimiser steps (overrides --epochs)")
@@ -228,8 +298,12 @@ def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
     for term in ("deepest", "exit", "kd", "feature"):
         p.add_argument(f"--w-{term}", type=float, help=f"weight of the {term} term (default 1)")
     p.add_argument("--feature-level", choices=["embedding", "linear"])
-    p.add_argument("--detach-teacher", action="store_true", default=None,
-                   help="no gradient through the deepest head in the kd/feature terms")
+    p.add_argument(
+        "--detach-teacher",
+        action="store_true",
+        default=None,
+        help="no gradient through the deepest head in the kd/feature terms",
+    )
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--val-every", type=int, help="validate every N steps (default: per epoch)")
     p.add_argument("--seed", type=int)
@@ -247,12 +321,18 @@ def _run_selfdistill(args: argparse.Namespace) -> int:
 
 
 def _add_selfdistill_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("selfdistill-eval",
-                       help="per-exit UAR/CCC, ms per 5 s and parameters of an early-exit model")
+    p = sub.add_parser(
+        "selfdistill-eval",
+        help="per-exit UAR/CCC, ms per 5 s and parameters of an early-exit model",
+    )
     p.add_argument("model", help="best.safetensors or a .ckpt of `wav2small selfdistill`")
     p.add_argument("--data", required=True, help="labelled CSV")
-    p.add_argument("--exit", nargs="*", default=None,
-                   help="exits to report: layer numbers, deepest, fusion (default: all)")
+    p.add_argument(
+        "--exit",
+        nargs="*",
+        default=None,
+        help="exits to report: layer numbers, deepest, fusion (default: all)",
+    )
     p.add_argument("--label-column", default="emotion")
     p.add_argument("--threads", type=int, default=1, help="threads of the latency figure")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per exit (median)")
@@ -268,8 +348,9 @@ def _run_selfdistill_eval(args: argparse.Namespace) -> int:
 
 
 def _add_selfdistill_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("selfdistill-export",
-                       help="export an early-exit model, truncated at one exit, to ONNX")
+    p = sub.add_parser(
+        "selfdistill-export", help="export an early-exit model, truncated at one exit, to ONNX"
+    )
     p.add_argument("model", help="best.safetensors or a .ckpt of `wav2small selfdistill`")
     p.add_argument("--exit", required=True, help="layer number, deepest or fusion")
     p.add_argument("--out", required=True, help="output .onnx file")
@@ -284,13 +365,17 @@ def _run_selfdistill_export(args: argparse.Namespace) -> int:
 
 # --- distill / train / evaluate ---------------------------------------------------------------
 def _add_student_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--student", help="student preset (see `wav2small models`; default "
-                   "wav2small-paper)")
+    p.add_argument(
+        "--student", help="student preset (see `wav2small models`; default wav2small-paper)"
+    )
     p.add_argument("--config", help="YAML file of settings (e.g. configs/distill.yaml)")
     p.add_argument("--val", help="validation CSV/folder (default: hold out val_fraction)")
-    p.add_argument("--val-target", choices=["auto", "gold", "teacher"],
-                   help="what validation CCC is measured against (default auto: teacher when "
-                   "distilling, gold when training)")
+    p.add_argument(
+        "--val-target",
+        choices=["auto", "gold", "teacher"],
+        help="what validation CCC is measured against (default auto: teacher when "
+        "distilling, gold when training)",
+    )
     p.add_argument("--out", help="run folder (default runs/distill)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps", type=int, help="optimiser steps")
@@ -299,11 +384,18 @@ def _add_student_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, help="data-loader workers")
     p.add_argument("--resume", help="'last' (the run folder's last.ckpt) or a .ckpt path")
     p.add_argument("--accelerator", help="cpu, gpu or auto (default auto)")
-    p.add_argument("--devices", type=lambda v: int(v) if v.isdigit() else v,
-                   help="devices (processes with --strategy ddp); an int or auto (default 1)")
+    p.add_argument(
+        "--devices",
+        type=lambda v: int(v) if v.isdigit() else v,
+        help="devices (processes with --strategy ddp); an int or auto (default 1)",
+    )
     p.add_argument("--strategy", help="Lightning strategy: auto or ddp (gloo on CPU, NCCL on GPU)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE",
-                   help="any other setting of wav2small.train.TrainConfig, e.g. aug_ratio=0.8")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="any other setting of wav2small.train.TrainConfig, e.g. aug_ratio=0.8",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -312,8 +404,11 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", help="teacher name or folder (online targets; validation)")
     p.add_argument("--audio", help="distillation audio: folder or CSV with a 'file' column")
     p.add_argument("--labels", help="cached teacher labels (.parquet from `wav2small label`)")
-    p.add_argument("--targets", choices=["online", "cached"],
-                   help="teacher on the same augmented crop (online, default) or cached labels")
+    p.add_argument(
+        "--targets",
+        choices=["online", "cached"],
+        help="teacher on the same augmented crop (online, default) or cached labels",
+    )
     _add_student_options(p)
 
 
@@ -338,8 +433,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="CCC of models vs gold labels and a teacher")
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help=".ckpt, .safetensors, .onnx or run folder; several are compared")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help=".ckpt, .safetensors, .onnx or run folder; several are compared",
+    )
     p.add_argument("--data", required=True, help="CSV with 'file' (+ gold columns) or a folder")
     p.add_argument("--teacher", help="teacher name/folder, or its label table (.parquet)")
     p.add_argument("--json", help="write the metrics as JSON to this file")
@@ -354,9 +453,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return evaluate_cli(args)
 
 
-COMMANDS = ["export", "models", "demo", "label", "synth", "train-teacher",
-            "predict", "plot-timeline", "selfdistill", "selfdistill-eval", "selfdistill-export",
-            "distill", "train", "evaluate"]
+COMMANDS = [
+    "export",
+    "models",
+    "demo",
+    "label",
+    "synth",
+    "train-teacher",
+    "predict",
+    "plot-timeline",
+    "selfdistill",
+    "selfdistill-eval",
+    "selfdistill-export",
+    "distill",
+    "train",
+    "evaluate",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,8 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     return globals()[f"_run_{args.command.replace('-', '_')}"](args) or 0
 
 

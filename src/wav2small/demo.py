@@ -48,10 +48,28 @@ class DemoPlan:
 
 # Budgets: FULL ≤ 15 min and QUICK ≤ 3 min on 2 cores. Training runs on ONE thread: on a shared
 # 2-core machine a second torch thread makes steps 3-14× slower whenever another job runs.
-FULL = DemoPlan(n_train=1000, n_pool=2000, n_test=300, n_ood=200, distill_steps=400,
-                train_steps=400, batch_size=8, crop_seconds=2.0, long_file_clips=16)
-QUICK = DemoPlan(n_train=160, n_pool=320, n_test=80, n_ood=60, distill_steps=40,
-                 train_steps=40, batch_size=8, crop_seconds=2.0, long_file_clips=6)
+FULL = DemoPlan(
+    n_train=1000,
+    n_pool=2000,
+    n_test=300,
+    n_ood=200,
+    distill_steps=400,
+    train_steps=400,
+    batch_size=8,
+    crop_seconds=2.0,
+    long_file_clips=16,
+)
+QUICK = DemoPlan(
+    n_train=160,
+    n_pool=320,
+    n_test=80,
+    n_ood=60,
+    distill_steps=40,
+    train_steps=40,
+    batch_size=8,
+    crop_seconds=2.0,
+    long_file_clips=6,
+)
 
 
 class _Stages:
@@ -62,27 +80,42 @@ class _Stages:
 
     def __call__(self, title: str) -> None:
         self.n += 1
-        print(f"\n[{self.n}/{self.total}] {title}  (t = {time.perf_counter() - self.t0:.0f} s)",
-              flush=True)
+        print(
+            f"\n[{self.n}/{self.total}] {title}  (t = {time.perf_counter() - self.t0:.0f} s)",
+            flush=True,
+        )
 
 
 def _synthesise(out: Path, plan: DemoPlan, seed: int, jobs: int) -> dict[str, Path]:
     from wav2small.synth import generate
 
-    sizes = {"train": plan.n_train, "pool": plan.n_pool, "test": plan.n_test,
-             "test-ood": plan.n_ood}
-    return {split: generate(split, n, out, seed=seed, jobs=jobs, progress=True)
-            for split, n in sizes.items()}
+    sizes = {
+        "train": plan.n_train,
+        "pool": plan.n_pool,
+        "test": plan.n_test,
+        "test-ood": plan.n_ood,
+    }
+    return {
+        split: generate(split, n, out, seed=seed, jobs=jobs, progress=True)
+        for split, n in sizes.items()
+    }
 
 
-def _train(mode: str, csv: Path, out: Path, plan: DemoPlan, seed: int, steps: int,
-           teacher: str):
+def _train(mode: str, csv: Path, out: Path, plan: DemoPlan, seed: int, steps: int, teacher: str):
     from wav2small.train import fit, resolve_config
 
     settings = {
-        "mode": mode, "student": STUDENT, "out": str(out), "seed": seed, "max_steps": steps,
-        "batch_size": plan.batch_size, "crop_seconds": plan.crop_seconds, "num_workers": 0,
-        "warmup_steps": max(1, steps // 20), "val_fraction": 0.05, "val_every": steps // 4,
+        "mode": mode,
+        "student": STUDENT,
+        "out": str(out),
+        "seed": seed,
+        "max_steps": steps,
+        "batch_size": plan.batch_size,
+        "crop_seconds": plan.crop_seconds,
+        "num_workers": 0,
+        "warmup_steps": max(1, steps // 20),
+        "val_fraction": 0.05,
+        "val_every": steps // 4,
         "resume": "last" if (out / "last.ckpt").is_file() else None,  # a rerun continues
     }
     if mode == "distill":
@@ -138,13 +171,19 @@ def _teacher_row(teacher) -> dict:
     from wav2small.bench import median_ms
     from wav2small.models import count_parameters
 
-    x = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (1, 5 * SAMPLE_RATE))
-                         .astype(np.float32))
+    x = torch.from_numpy(
+        np.random.default_rng(0).normal(0, 0.1, (1, 5 * SAMPLE_RATE)).astype(np.float32)
+    )
     with torch.no_grad():
         ms = median_ms(lambda: teacher(x), repeats=10)
-    return {"model": "teacher (torch)", "params": count_parameters(teacher, trainable=False),
-            "int8 KB": float("nan"), "extra RAM MB": float("nan"), "tokens/s": float("nan"),
-            "ms per 5 s": ms}
+    return {
+        "model": "teacher (torch)",
+        "params": count_parameters(teacher, trainable=False),
+        "int8 KB": float("nan"),
+        "extra RAM MB": float("nan"),
+        "tokens/s": float("nan"),
+        "ms per 5 s": ms,
+    }
 
 
 def _ccc_columns(ev, model: str) -> dict:
@@ -163,13 +202,18 @@ def _table(rows: list[dict], columns: list[str]) -> str:
         return str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, float("nan"))) for c in columns) + " |"
-              for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c, float("nan"))) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def run_demo(*, out: str | os.PathLike = "runs/demo", quick: bool = False, seed: int = 0,
-             jobs: int = 2, teacher: str = TEACHER) -> int:
+def run_demo(
+    *,
+    out: str | os.PathLike = "runs/demo",
+    quick: bool = False,
+    seed: int = 0,
+    jobs: int = 2,
+    teacher: str = TEACHER,
+) -> int:
     """Run the whole demo; returns a process exit code (0 when every gate passed).
 
     Args:
@@ -193,22 +237,30 @@ def run_demo(*, out: str | os.PathLike = "runs/demo", quick: bool = False, seed:
     stage = _Stages(8)
     t_start = time.perf_counter()
 
-    stage(f"synthesise the built-in corpus ({plan.n_train} train, {plan.n_pool} pool, "
-          f"{plan.n_test} test, {plan.n_ood} test-ood clips)")
+    stage(
+        f"synthesise the built-in corpus ({plan.n_train} train, {plan.n_pool} pool, "
+        f"{plan.n_test} test, {plan.n_ood} test-ood clips)"
+    )
     csv = _synthesise(out / "corpus", plan, seed, jobs)
 
-    stage(f"load the teacher '{teacher}'"
-          + (" (package asset; `make teacher` rebuilds it)" if teacher == TEACHER else ""))
+    stage(
+        f"load the teacher '{teacher}'"
+        + (" (package asset; `make teacher` rebuilds it)" if teacher == TEACHER else "")
+    )
     teacher_name, teacher = teacher, load_teacher(teacher)
 
-    stage(f"distil {STUDENT} from the unlabelled pool ({plan.distill_steps} steps, "
-          "teacher outputs only)")
-    distilled = _train("distill", csv["pool"], out / "distilled", plan, seed,
-                       plan.distill_steps, teacher_name)
+    stage(
+        f"distil {STUDENT} from the unlabelled pool ({plan.distill_steps} steps, "
+        "teacher outputs only)"
+    )
+    distilled = _train(
+        "distill", csv["pool"], out / "distilled", plan, seed, plan.distill_steps, teacher_name
+    )
 
     stage(f"train {STUDENT} on the labelled split's rater-mean labels ({plan.train_steps} steps)")
-    baseline = _train("train", csv["train"], out / "labelled-only", plan, seed,
-                      plan.train_steps, teacher_name)
+    baseline = _train(
+        "train", csv["train"], out / "labelled-only", plan, seed, plan.train_steps, teacher_name
+    )
 
     stage("evaluate on test and test-ood (CCC vs gold, truth and teacher)")
     models = {"distilled": distilled.weights, "labelled-only": baseline.weights}
@@ -227,8 +279,10 @@ def run_demo(*, out: str | os.PathLike = "runs/demo", quick: bool = False, seed:
     calibration = [read_audio(csv["pool"].parent / f) for f in pool["file"]]
     rows = [_teacher_row(teacher) | _ccc_columns(evals["test"], "teacher")]
     for name, weights in models.items():
-        rows.append(_measure_student(name, weights, out / "export" / name, calibration)
-                    | _ccc_columns(evals["test"], name))
+        rows.append(
+            _measure_student(name, weights, out / "export" / name, calibration)
+            | _ccc_columns(evals["test"], name)
+        )
 
     stage("predict the A/D/V timeline of a long example file with the int8 student")
     long_wav = _long_file(csv["test"], out / "long_example.wav", plan.long_file_clips)
@@ -238,9 +292,20 @@ def run_demo(*, out: str | os.PathLike = "runs/demo", quick: bool = False, seed:
     plot_timeline(timeline, out / "timeline.png", title="long example, distilled int8 student")
 
     stage("report")
-    columns = ["model", "params", "int8 KB", "extra RAM MB", "tokens/s", "ms per 5 s",
-               "CCC A gold", "CCC D gold", "CCC V gold", "CCC A teacher", "CCC D teacher",
-               "CCC V teacher"]
+    columns = [
+        "model",
+        "params",
+        "int8 KB",
+        "extra RAM MB",
+        "tokens/s",
+        "ms per 5 s",
+        "CCC A gold",
+        "CCC D gold",
+        "CCC V gold",
+        "CCC A teacher",
+        "CCC D teacher",
+        "CCC V teacher",
+    ]
     table = _table(rows, columns)
     plot_size_vs_ccc(rows, out / "size_vs_ccc.png")
     minutes = (time.perf_counter() - t_start) / 60
@@ -250,26 +315,47 @@ def run_demo(*, out: str | os.PathLike = "runs/demo", quick: bool = False, seed:
     return 0 if all(r.get("parity gate", "passed") == "passed" for r in rows) else 1
 
 
-def _write_report(out: Path, plan: DemoPlan, seed: int, table: str, evals: dict, rows: list,
-                  minutes: float, quick: bool) -> None:
+def _write_report(
+    out: Path,
+    plan: DemoPlan,
+    seed: int,
+    table: str,
+    evals: dict,
+    rows: list,
+    minutes: float,
+    quick: bool,
+) -> None:
     command = "make demo" + (" QUICK=1" if quick else "")
     parts = [
-        "# wav2small demo report", "",
-        f"Command: `{command}` (seed {seed}); {minutes:.1f} minutes on this machine.", "",
+        "# wav2small demo report",
+        "",
+        f"Command: `{command}` (seed {seed}); {minutes:.1f} minutes on this machine.",
+        "",
         f"Corpus: {plan.n_train} labelled train clips, {plan.n_pool} unlabelled pool clips, "
         f"{plan.n_test} test, {plan.n_ood} test-ood (built-in synthetic corpus, docs/SYNTH.md).",
         f"Students: `{STUDENT}`; distilled for {plan.distill_steps} steps on teacher outputs, "
         f"labelled-only for {plan.train_steps} steps on rater-mean labels; batch "
-        f"{plan.batch_size} × {plan.crop_seconds:g} s crops.", "",
-        "## Test split", "", table, "",
+        f"{plan.batch_size} × {plan.crop_seconds:g} s crops.",
+        "",
+        "## Test split",
+        "",
+        table,
+        "",
         "int8 KB, extra RAM (peak-RSS increase of one run on 5 s in a fresh process) and ms per "
         "5 s (onnxruntime, 1 thread, median of 20) are for the int8 students; the teacher row "
-        "is torch fp32.", "",
+        "is torch fp32.",
+        "",
     ]
     for split, ev in evals.items():
         parts += [f"## CCC on {split}", "", "```", ev.table(), "```", ""]
-    parts += ["## Plots", "", "![size vs CCC](size_vs_ccc.png)", "",
-              "![timeline](timeline.png)", ""]
+    parts += [
+        "## Plots",
+        "",
+        "![size vs CCC](size_vs_ccc.png)",
+        "",
+        "![timeline](timeline.png)",
+        "",
+    ]
     for split in evals:
         for png in sorted((out / "eval" / split).glob("*.png")):
             parts.append(f"![{split} {png.stem}](eval/{split}/{png.name})")

@@ -56,11 +56,15 @@ class ExportReport:
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
         lines = [f"fp32  {self.fp32_path}  {self.fp32_bytes / 1024:.1f} KB"]
-        lines += [f"  parity vs torch, {k}: max |diff| (relative above 1) = {v:.2e}"
-                  for k, v in self.max_abs_diff.items()]
+        lines += [
+            f"  parity vs torch, {k}: max |diff| (relative above 1) = {v:.2e}"
+            for k, v in self.max_abs_diff.items()
+        ]
         if self.int8_path:
-            lines.append(f"int8  {self.int8_path}  {self.int8_bytes / 1024:.1f} KB  "
-                         f"(int8 weights, {self.int8_activation_bits}-bit activations)")
+            lines.append(
+                f"int8  {self.int8_path}  {self.int8_bytes / 1024:.1f} KB  "
+                f"(int8 weights, {self.int8_activation_bits}-bit activations)"
+            )
             lines += [f"  CCC int8 vs fp32, {k}: {v:.4f}" for k, v in self.int8_ccc.items()]
         lines.append("parity gate: " + ("PASSED" if self.passed else "FAILED"))
         return "\n".join(lines)
@@ -86,9 +90,17 @@ def export_onnx(model, path: str | Path, *, metadata: dict[str, str] | None = No
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tmp_path = Path(tmp) / "model.onnx"
-        torch.onnx.export(model, (example,), str(tmp_path), input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_shapes=shapes, dynamo=True,
-                          opset_version=OPSET, verbose=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp_path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=shapes,
+            dynamo=True,
+            opset_version=OPSET,
+            verbose=False,
+        )
         proto = onnx.load(str(tmp_path))
     facts = {**model_info(model), **(metadata or {})}
     _set_metadata(proto, facts)
@@ -99,8 +111,12 @@ def export_onnx(model, path: str | Path, *, metadata: dict[str, str] | None = No
 def _strip(proto) -> None:
     """Drop exporter debug annotations (stack traces, node metadata): ~20 % of a small file."""
     del proto.graph.value_info[:]
-    for item in [*proto.graph.node, *proto.graph.initializer, *proto.graph.input,
-                 *proto.graph.output]:
+    for item in [
+        *proto.graph.node,
+        *proto.graph.initializer,
+        *proto.graph.input,
+        *proto.graph.output,
+    ]:
         del item.metadata_props[:]
         item.doc_string = ""
 
@@ -134,9 +150,15 @@ def _front_end_nodes(proto) -> list[str]:
     from onnx import numpy_helper
 
     shapes = {t.name: numpy_helper.to_array(t).shape for t in proto.graph.initializer}
-    dft = lambda n: n.op_type == "Conv" and len(shapes.get(n.input[1], ())) == 3  # noqa: E731
-    mel = lambda n: n.op_type == "MatMul" and any(  # noqa: E731
-        len(shapes.get(i, ())) == 2 and shapes[i][0] == 33 for i in n.input)
+
+    def dft(node) -> bool:  # Conv1d(1, 33, 64): weight of rank 3
+        return node.op_type == "Conv" and len(shapes.get(node.input[1], ())) == 3
+
+    def mel(node) -> bool:  # MatMul with the (33, 26) mel matrix
+        return node.op_type == "MatMul" and any(
+            len(shapes.get(i, ())) == 2 and shapes[i][0] == 33 for i in node.input
+        )
+
     return [n.name for n in proto.graph.node if dft(n) or mel(n)]
 
 
@@ -151,8 +173,13 @@ class _Reader:
         return None if clip is None else {INPUT_NAME: clip[None, :].astype(np.float32)}
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path, *,
-                  calibration: list[np.ndarray], activation_bits: int = 8) -> Path:
+def quantize_int8(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    *,
+    calibration: list[np.ndarray],
+    activation_bits: int = 8,
+) -> Path:
     """Static QDQ int8 quantisation calibrated on ``calibration`` clips.
 
     Measured on wav2small-paper (docs/ARCHITECTURE.md): quantising the output Gemm's *input*
@@ -178,8 +205,12 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, *,
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         quantize_static(
-            str(pre), str(out), _Reader(_fixed_length(calibration)),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True,
+            str(pre),
+            str(out),
+            _Reader(_fixed_length(calibration)),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"],
+            per_channel=True,
             activation_type=QuantType.QInt16 if activation_bits == 16 else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=_front_end_nodes(onnx.load(str(pre))),
@@ -189,8 +220,14 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, *,
         q = onnx.load(str(out))
     _quantize_gemm_weights(q)
     _shorten_names(q)
-    _set_metadata(q, facts | {"quantization": f"int8 weights; static QDQ (Conv) with "
-                                               f"{activation_bits}-bit activations"})
+    _set_metadata(
+        q,
+        facts
+        | {
+            "quantization": f"int8 weights; static QDQ (Conv) with "
+            f"{activation_bits}-bit activations"
+        },
+    )
     _save_atomic(q, int8_path)
     return int8_path
 
@@ -216,14 +253,23 @@ def _quantize_gemm_weights(proto) -> None:
         q = q if trans_b else q.T
         del proto.graph.initializer[inits[name]]
         inits = {t.name: i for i, t in enumerate(proto.graph.initializer)}
-        proto.graph.initializer.extend([
-            numpy_helper.from_array(q, name + "_q"),
-            numpy_helper.from_array(scale, name + "_s"),
-            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_z"),
-        ])
-        proto.graph.node.insert(0, helper.make_node(
-            "DequantizeLinear", [name + "_q", name + "_s", name + "_z"], [name],
-            axis=0 if trans_b else 1, name=name + "_dq"))
+        proto.graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, name + "_q"),
+                numpy_helper.from_array(scale, name + "_s"),
+                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_z"),
+            ]
+        )
+        proto.graph.node.insert(
+            0,
+            helper.make_node(
+                "DequantizeLinear",
+                [name + "_q", name + "_s", name + "_z"],
+                [name],
+                axis=0 if trans_b else 1,
+                name=name + "_dq",
+            ),
+        )
 
 
 def _shorten_names(proto) -> None:
@@ -254,8 +300,9 @@ def run_onnx(path_or_session, clips: list[np.ndarray]) -> np.ndarray:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         sess = ort.InferenceSession(str(path_or_session), opts, providers=["CPUExecutionProvider"])
-    return np.stack([sess.run(None, {INPUT_NAME: c[None, :].astype(np.float32)})[0][0]
-                     for c in clips])
+    return np.stack(
+        [sess.run(None, {INPUT_NAME: c[None, :].astype(np.float32)})[0][0] for c in clips]
+    )
 
 
 def check_fp32_parity(model, fp32_path: str | Path, *, seed: int = 0) -> dict[str, float]:
@@ -281,8 +328,9 @@ def check_fp32_parity(model, fp32_path: str | Path, *, seed: int = 0) -> dict[st
     return diffs
 
 
-def check_int8_fidelity(fp32_path: str | Path, int8_path: str | Path,
-                        clips: list[np.ndarray]) -> dict[str, float]:
+def check_int8_fidelity(
+    fp32_path: str | Path, int8_path: str | Path, clips: list[np.ndarray]
+) -> dict[str, float]:
     """CCC per dimension between int8 and fp32 outputs on ``clips``."""
     from wav2small.metrics import ccc
 
@@ -290,10 +338,17 @@ def check_int8_fidelity(fp32_path: str | Path, int8_path: str | Path,
     return {label: float(v) for label, v in zip(LABELS, values, strict=True)}
 
 
-def export(model, out_dir: str | Path, *, int8: bool = False,
-           calibration: list[np.ndarray] | None = None,
-           validation: list[np.ndarray] | None = None, seed: int = 0,
-           metadata: dict[str, str] | None = None, gate_int8: bool = True) -> ExportReport:
+def export(
+    model,
+    out_dir: str | Path,
+    *,
+    int8: bool = False,
+    calibration: list[np.ndarray] | None = None,
+    validation: list[np.ndarray] | None = None,
+    seed: int = 0,
+    metadata: dict[str, str] | None = None,
+    gate_int8: bool = True,
+) -> ExportReport:
     """Export ``model`` to ``out_dir``/model.onnx (and model.int8.onnx), run the parity gate.
 
     Args:
@@ -325,13 +380,17 @@ def export(model, out_dir: str | Path, *, int8: bool = False,
         calibration = calibration or pseudo_speech_set(N_CALIBRATION, seed=seed)
         validation = validation or pseudo_speech_set(N_VALIDATION, seed=seed + 1)
         for bits in ACTIVATION_BITS:
-            q = quantize_int8(fp32, out_dir / "model.int8.onnx", calibration=calibration,
-                              activation_bits=bits)
+            q = quantize_int8(
+                fp32, out_dir / "model.int8.onnx", calibration=calibration, activation_bits=bits
+            )
             report.int8_ccc = check_int8_fidelity(fp32, q, validation)
             if not gate_int8 or min(report.int8_ccc.values()) >= INT8_MIN_CCC:
                 break
-            log.warning("8-bit activations: int8 vs fp32 CCC %s < %.2f; retrying with 16-bit "
-                        "activations", _fmt(report.int8_ccc), INT8_MIN_CCC)
+            log.warning(
+                "8-bit activations: int8 vs fp32 CCC %s < %.2f; retrying with 16-bit activations",
+                _fmt(report.int8_ccc),
+                INT8_MIN_CCC,
+            )
         report.int8_path, report.int8_bytes = str(q), q.stat().st_size
         report.int8_activation_bits = bits
         if gate_int8:
@@ -344,8 +403,10 @@ def export(model, out_dir: str | Path, *, int8: bool = False,
 
 def _hold_out(clips: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Split clips into calibration (3 of 4) and held-out validation (every 4th)."""
-    return ([c for i, c in enumerate(clips) if i % 4 != 3],
-            [c for i, c in enumerate(clips) if i % 4 == 3])
+    return (
+        [c for i, c in enumerate(clips) if i % 4 != 3],
+        [c for i, c in enumerate(clips) if i % 4 == 3],
+    )
 
 
 def _fmt(values: dict[str, float]) -> str:
@@ -357,8 +418,11 @@ def _load_clips(paths: list[str]) -> list[np.ndarray]:
 
     files: list[Path] = []
     for p in map(Path, paths):
-        files += sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES) \
-            if p.is_dir() else [p]
+        files += (
+            sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+            if p.is_dir()
+            else [p]
+        )
     return [read_audio(f) for f in files]
 
 
@@ -371,8 +435,12 @@ def export_cli(args) -> int:
 
     untrained = args.model in list_models()
     if untrained:
-        log.warning("exporting UNTRAINED weights of preset %s (random init, seed %d); the int8 "
-                    "fidelity CCC is reported but not gated", args.model, args.seed)
+        log.warning(
+            "exporting UNTRAINED weights of preset %s (random init, seed %d); the int8 "
+            "fidelity CCC is reported but not gated",
+            args.model,
+            args.seed,
+        )
         import torch
 
         torch.manual_seed(args.seed)
@@ -380,7 +448,13 @@ def export_cli(args) -> int:
     else:
         model = load_model(args.model)
     calibration = _load_clips(args.calibration) if args.calibration else None
-    report = export(model, args.out, int8=args.int8, calibration=calibration,
-                    seed=args.seed, gate_int8=not untrained)
+    report = export(
+        model,
+        args.out,
+        int8=args.int8,
+        calibration=calibration,
+        seed=args.seed,
+        gate_int8=not untrained,
+    )
     print(report.summary())
     return 0 if report.passed else 1

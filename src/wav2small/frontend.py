@@ -54,8 +54,10 @@ def num_frames(lengths: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> tor
 def check_length(signal: torch.Tensor, n_fft: int = N_FFT) -> None:
     """Raise ValueError when the input is shorter than one analysis frame."""
     if signal.shape[-1] < n_fft:
-        raise ValueError(f"input of {signal.shape[-1]} samples is shorter than one frame "
-                         f"({n_fft} samples = {1000 * n_fft / SAMPLE_RATE:.0f} ms)")
+        raise ValueError(
+            f"input of {signal.shape[-1]} samples is shorter than one frame "
+            f"({n_fft} samples = {1000 * n_fft / SAMPLE_RATE:.0f} ms)"
+        )
 
 
 def hann_periodic(n: int) -> np.ndarray:
@@ -68,8 +70,9 @@ def _hz_to_mel(f: np.ndarray) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-12) / min_log_hz)
-                    / logstep, f / f_sp)
+    return np.where(
+        f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-12) / min_log_hz) / logstep, f / f_sp
+    )
 
 
 def _mel_to_hz(m: np.ndarray) -> np.ndarray:
@@ -79,8 +82,14 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
 
 
-def mel_filterbank(*, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
-                   fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    n_fft: int = N_FFT,
+    n_mels: int = N_MELS,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+) -> np.ndarray:
     """Slaney-normalised triangular mel filters, shape (n_mels, n_fft // 2 + 1).
 
     Equal to ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)`` (norm='slaney', htk=False).
@@ -121,8 +130,9 @@ class Spectrogram(nn.Module):
 class LogmelFilterBank(nn.Module):
     """Mel projection and dB: (batch, freq, frames) → (batch, 1, frames, n_mels)."""
 
-    def __init__(self, *, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT,
-                 n_mels: int = N_MELS) -> None:
+    def __init__(
+        self, *, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS
+    ) -> None:
         super().__init__()
         mel = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels)
         self.register_buffer("melW", torch.from_numpy(mel.T.copy()))

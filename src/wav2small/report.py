@@ -214,8 +214,13 @@ def plot_size_vs_ccc(rows: list[dict], out: str | os.PathLike) -> Path:
     for row in rows:
         mean = sum(row[f"CCC {d} gold"] for d in "ADV") / 3
         ax.scatter(row["params"], mean, s=40)
-        ax.annotate(row["model"], (row["params"], mean), textcoords="offset points",
-                    xytext=(5, 5), fontsize=8)
+        ax.annotate(
+            row["model"],
+            (row["params"], mean),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("mean CCC vs gold (A, D, V)")

@@ -19,8 +19,9 @@ def _resonator(x: np.ndarray, freq: float, bandwidth: float, sr: int) -> np.ndar
     return lfilter([1 - r], a, x)
 
 
-def pseudo_speech(seconds: float, *, rng: np.random.Generator,
-                  sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def pseudo_speech(
+    seconds: float, *, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """One float32 clip of speech-like audio (peak ≈ 0.5).
 
     Args:
@@ -38,17 +39,24 @@ def pseudo_speech(seconds: float, *, rng: np.random.Generator,
     for start in range(0, n, syllable):
         seg = slice(start, min(n, start + syllable))
         vowel = FORMANTS_HZ[rng.integers(len(FORMANTS_HZ))]
-        part = sum(_resonator(source[seg], f, 80 + 40 * i, sample_rate)
-                   for i, f in enumerate(vowel))
+        part = sum(
+            _resonator(source[seg], f, 80 + 40 * i, sample_rate) for i, f in enumerate(vowel)
+        )
         env = np.hanning(seg.stop - seg.start) * (rng.random() > 0.15)  # some pauses
         out[seg] = part * env
     out += rng.normal(0, 10 ** (-rng.uniform(20, 40) / 20), n) * np.std(out)
     return (0.5 * out / (np.max(np.abs(out)) + 1e-9)).astype(np.float32)
 
 
-def pseudo_speech_set(count: int, *, seed: int, seconds: tuple[float, float] = (2.0, 6.0),
-                      sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
+def pseudo_speech_set(
+    count: int,
+    *,
+    seed: int,
+    seconds: tuple[float, float] = (2.0, 6.0),
+    sample_rate: int = SAMPLE_RATE,
+) -> list[np.ndarray]:
     """``count`` clips of random duration within ``seconds``, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
-    return [pseudo_speech(rng.uniform(*seconds), rng=rng, sample_rate=sample_rate)
-            for _ in range(count)]
+    return [
+        pseudo_speech(rng.uniform(*seconds), rng=rng, sample_rate=sample_rate) for _ in range(count)
+    ]

@@ -31,8 +31,17 @@ def _mobilenet(name: str) -> Callable[[], nn.Module]:
 
 
 # timm MobileNets on the same log-mel image (SPEC §1.3; models/mobilenet.py).
-_PRESETS.update({name: _mobilenet(name) for name in (
-    "mobilenetv4-small", "mobilenetv4-medium", "mobilenetv4-large", "mobilenetv3-large")})
+_PRESETS.update(
+    {
+        name: _mobilenet(name)
+        for name in (
+            "mobilenetv4-small",
+            "mobilenetv4-medium",
+            "mobilenetv4-large",
+            "mobilenetv3-large",
+        )
+    }
+)
 
 
 def list_models() -> list[str]:
@@ -89,8 +98,11 @@ def build_from_info(info: dict[str, str]) -> nn.Module:
 
     preset = info["preset"]
     config = json.loads(info.get("config") or "{}")
-    model = Wav2Small(Wav2SmallConfig(**config)) if config and preset.startswith("wav2small") \
+    model = (
+        Wav2Small(Wav2SmallConfig(**config))
+        if config and preset.startswith("wav2small")
         else create_model(preset)
+    )
     model.preset = preset
     return model
 
@@ -134,8 +146,11 @@ def load_model(path) -> nn.Module:
         except Exception as exc:
             raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
         info = ckpt.get("wav2small", {}) if isinstance(ckpt, dict) else {}
-        state = {k.removeprefix("model."): v for k, v in ckpt.get("state_dict", {}).items()
-                 if k.startswith("model.")}
+        state = {
+            k.removeprefix("model."): v
+            for k, v in ckpt.get("state_dict", {}).items()
+            if k.startswith("model.")
+        }
     if "preset" not in info:
         raise ValueError(f"{path}: not a wav2small checkpoint (no 'preset' in its metadata)")
     model = build_from_info(info)

@@ -993,6 +993,9 @@ def load_teacher(
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files readable by the owner only
     os.replace(tmp, path)
 
 

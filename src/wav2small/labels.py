@@ -314,9 +314,10 @@ def label(
     writer = _ShardWriter(parts_dir(out), shard_rows)
     labelled, labelled_seconds = 0, 0.0
     with tqdm(
-        total=round(seconds, 2),
+        total=seconds,
         unit="audio-s",
         desc="label",
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}, {rate_fmt}]",
         disable=not progress,
         dynamic_ncols=True,
     ) as bar:
@@ -338,7 +339,7 @@ def label(
                 )
                 labelled += len(kept)
                 labelled_seconds += sum(s.duration for s in kept)
-            bar.update(round(sum(s.duration for s in batch), 2))
+            bar.update(min(sum(s.duration for s in batch), bar.total - bar.n))
     writer.flush()
     rows = _merge(out, segments)
     _write_skipped(out, skipped)

@@ -577,15 +577,6 @@ class SelfDistillResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _resume_path(cfg: SelfDistillConfig, run_dir: Path) -> str | None:
-    if not cfg.resume:
-        return None
-    path = run_dir / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-    return str(path)
-
-
 def _trainer(cfg: SelfDistillConfig, run_dir: Path, with_val: bool, steps_per_epoch: int):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -654,7 +645,9 @@ def fit_selfdistill(cfg: SelfDistillConfig) -> SelfDistillResult:
     cfg.validate()
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = _resume_path(cfg, run_dir)
+    from wav2small.train import resume_path
+
+    ckpt_path = resume_path(cfg.resume, run_dir)
     started = time.time()
     data = prepare_data(cfg)
     save_config(cfg, run_dir / CONFIG_FILE)

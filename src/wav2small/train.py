@@ -549,10 +549,11 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _resume_path(cfg: TrainConfig, run_dir: Path) -> str | None:
-    if not cfg.resume:
+def resume_path(resume: str | None, run_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``last`` (the run folder's last.ckpt), a path, or none."""
+    if not resume:
         return None
-    path = run_dir / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+    path = run_dir / "last.ckpt" if resume == "last" else Path(resume)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
     return str(path)
@@ -669,7 +670,7 @@ def fit(cfg: TrainConfig) -> TrainResult:
     cfg.validate()
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = _resume_path(cfg, run_dir)
+    ckpt_path = resume_path(cfg.resume, run_dir)
     if ckpt_path is None and (run_dir / "last.ckpt").exists():
         logger.warning(
             "%s holds an earlier run; starting afresh and overwriting its checkpoints "

@@ -119,12 +119,12 @@ def save_model(model: nn.Module, path, *, extra: dict[str, str] | None = None) -
     os.replace(tmp, path)
 
 
-def load_model(path) -> nn.Module:
-    """Load a student from a ``.safetensors`` file or a trainer ``.ckpt`` (eval mode).
+def read_checkpoint(path) -> tuple[dict[str, str], dict]:
+    """Facts and state dict of a ``.safetensors`` file or a trainer ``.ckpt`` (never unpickled).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a wav2small checkpoint.
+        ValueError: the file cannot be read as a checkpoint.
     """
     from pathlib import Path
 
@@ -137,20 +137,31 @@ def load_model(path) -> nn.Module:
 
         with safe_open(str(path), framework="pt") as f:
             info = f.metadata() or {}
-        state = load_file(str(path))
-    else:
-        import torch
+        return info, load_file(str(path))
+    import torch
 
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-        info = ckpt.get("wav2small", {}) if isinstance(ckpt, dict) else {}
-        state = {
-            k.removeprefix("model."): v
-            for k, v in ckpt.get("state_dict", {}).items()
-            if k.startswith("model.")
-        }
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict):
+        return {}, {}
+    state = {
+        k.removeprefix("model."): v
+        for k, v in ckpt.get("state_dict", {}).items()
+        if k.startswith("model.")
+    }
+    return ckpt.get("wav2small", {}), state
+
+
+def load_model(path) -> nn.Module:
+    """Load a student from a ``.safetensors`` file or a trainer ``.ckpt`` (eval mode).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a wav2small checkpoint.
+    """
+    info, state = read_checkpoint(path)
     if "preset" not in info:
         raise ValueError(f"{path}: not a wav2small checkpoint (no 'preset' in its metadata)")
     model = build_from_info(info)

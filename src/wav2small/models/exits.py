@@ -762,27 +762,12 @@ def load_exits_model(path: str | os.PathLike) -> EarlyExitModel:
         FileNotFoundError: no such file.
         ExitsError: not an early-exit checkpoint, or weights that do not fit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+    from wav2small.models import read_checkpoint
 
-        with safe_open(str(path), framework="pt") as f:
-            info = f.metadata() or {}
-        state = load_file(str(path))
-    else:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-            raise ExitsError(f"{path}: not a readable checkpoint ({e})") from e
-        info = ckpt.get("wav2small", {}) if isinstance(ckpt, dict) else {}
-        state = {
-            k.removeprefix("model."): v
-            for k, v in ckpt.get("state_dict", {}).items()
-            if k.startswith("model.")
-        }
+    try:
+        info, state = read_checkpoint(path)
+    except ValueError as e:
+        raise ExitsError(str(e)) from e
     model = model_from_info(info, str(path))
     try:
         model.load_state_dict(state)

@@ -50,7 +50,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="smaller, faster run")
     p.add_argument("--out", default="runs/demo", help="run folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=2, help="corpus synthesis processes")
+    p.add_argument(
+        "--jobs", type=int, default=2, help="processes (corpus synthesis; the two students)"
+    )
     p.add_argument(
         "--teacher",
         default="synth",

@@ -4,12 +4,14 @@ Stages, each with progress, all artefacts in one run folder:
 
 1. synthesise train / pool / test / test-ood splits of the built-in corpus;
 2. load the small synthetic-world teacher (a package asset; ``make teacher`` rebuilds it);
-3. distil ``wav2small-paper`` from the *unlabelled* pool (teacher outputs only);
-4. train the same student on the labelled train split's rater-mean labels (the baseline);
-5. evaluate teacher and students on test and test-ood (CCC vs gold, truth and teacher);
-6. export both students to ONNX fp32 + int8 with the parity gate; measure size, RAM, speed;
-7. predict the A/D/V timeline of a long example file with the int8 student;
-8. print the paper-style table and write report.md with plots.
+3. distil ``wav2small-paper`` from the *unlabelled* pool (teacher outputs only) and, at the same
+   time in a second process, train the same student on the labelled train split's rater-mean
+   labels (the baseline); one torch thread each;
+4. evaluate teacher and students on test and test-ood (CCC vs gold, truth and teacher);
+5. export both students to ONNX fp32 + int8 with the parity gate and a model card; measure
+   size, RAM, speed;
+6. predict the A/D/V timeline of a long example file with the int8 student;
+7. print the paper-style table and write report.md with plots.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class DemoPlan:
     train_steps: int
     batch_size: int
     crop_seconds: float
+    lr: float
     long_file_clips: int
 
 
@@ -57,6 +60,7 @@ FULL = DemoPlan(
     train_steps=400,
     batch_size=8,
     crop_seconds=2.0,
+    lr=2e-3,
     long_file_clips=16,
 )
 QUICK = DemoPlan(
@@ -68,6 +72,7 @@ QUICK = DemoPlan(
     train_steps=40,
     batch_size=8,
     crop_seconds=2.0,
+    lr=2e-3,
     long_file_clips=6,
 )
 
@@ -101,21 +106,48 @@ def _synthesise(out: Path, plan: DemoPlan, seed: int, jobs: int) -> dict[str, Pa
     }
 
 
-def _train(mode: str, csv: Path, out: Path, plan: DemoPlan, seed: int, steps: int, teacher: str):
+def train_student(
+    mode: str,
+    csv: Path,
+    out: Path,
+    plan: DemoPlan,
+    *,
+    seed: int,
+    teacher: str,
+    student: str = STUDENT,
+    progress: bool = True,
+    log_file: Path | None = None,
+):
+    """Distil (``mode="distill"``, from ``csv``'s audio) or train on ``csv``'s gold labels with
+    the plan's recipe; a rerun continues from the run folder's last checkpoint.
+
+    With ``log_file``, this process's output (fd 1 and 2) goes there: for a worker process.
+    """
+    import torch
+
     from wav2small.train import fit, resolve_config
 
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(log_file, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+    torch.set_num_threads(1)
+    steps = plan.distill_steps if mode == "distill" else plan.train_steps
     settings = {
         "mode": mode,
-        "student": STUDENT,
+        "student": student,
         "out": str(out),
         "seed": seed,
         "max_steps": steps,
         "batch_size": plan.batch_size,
         "crop_seconds": plan.crop_seconds,
+        "lr": plan.lr,
         "num_workers": 0,
         "warmup_steps": max(1, steps // 20),
         "val_fraction": 0.05,
-        "val_every": steps // 4,
+        "val_every": max(1, steps // 4),
+        "progress": progress,
         "resume": "last" if (out / "last.ckpt").is_file() else None,  # a rerun continues
     }
     if mode == "distill":
@@ -123,6 +155,27 @@ def _train(mode: str, csv: Path, out: Path, plan: DemoPlan, seed: int, steps: in
     else:
         settings |= {"data": str(csv)}
     return fit(resolve_config(settings))
+
+
+def train_in_parallel(jobs: list[dict], *, workers: int) -> list:
+    """Run :func:`train_student` for each keyword set; the first in this process (with its
+    progress bar), the others in ``workers - 1`` spawned processes of one thread each (a run
+    logs to ``<out>.log``). Results in the order of ``jobs``.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers <= 1 or len(jobs) == 1:
+        return [train_student(**job) for job in jobs]
+    first, rest = jobs[0], jobs[1:]
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers - 1, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(train_student, **job, progress=False, log_file=Path(f"{job['out']}.log"))
+            for job in rest
+        ]
+        results = [train_student(**first)]
+        return results + [f.result() for f in futures]
 
 
 def _long_file(test_csv: Path, out: Path, n_clips: int) -> Path:
@@ -143,14 +196,18 @@ def _long_file(test_csv: Path, out: Path, n_clips: int) -> Path:
     return out
 
 
-def _measure_student(name: str, weights: Path, out: Path, calibration: list[np.ndarray]) -> dict:
+def _measure_student(
+    name: str, weights: Path, out: Path, calibration: list[np.ndarray], card: dict
+) -> dict:
     from wav2small.bench import onnx_ms_per_clip, rss_increase_mb
+    from wav2small.card import run_facts
     from wav2small.export import export
     from wav2small.models import count_parameters, load_model
     from wav2small.models.wav2small import Wav2Small
 
     model = load_model(weights)
-    report = export(model, out, int8=True, calibration=calibration)
+    card = {"facts": run_facts(weights), **card}
+    report = export(model, out, int8=True, calibration=calibration, card=card)
     print(report.summary())
     return {
         "model": name,
@@ -195,6 +252,26 @@ def _ccc_columns(ev, model: str) -> dict:
     return row
 
 
+def _card_metrics(evals: dict, model: str) -> dict[str, dict[str, float]]:
+    return {
+        f"{split} ({len(ev.files)} clips) · {ref}": ev.ccc(model, ref)
+        for split, ev in evals.items()
+        for ref in ("gold", "teacher")
+    }
+
+
+def _card_data(plan: DemoPlan, model: str) -> str:
+    if model == "distilled":
+        return (
+            f"built-in synthetic corpus (espeak-ng, docs/SYNTH.md): {plan.n_pool} unlabelled "
+            "pool clips, teacher outputs only"
+        )
+    return (
+        f"built-in synthetic corpus (espeak-ng, docs/SYNTH.md): {plan.n_train} labelled train "
+        "clips, rater-mean labels"
+    )
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v):
         if isinstance(v, float):
@@ -213,6 +290,7 @@ def run_demo(
     seed: int = 0,
     jobs: int = 2,
     teacher: str = TEACHER,
+    plan: DemoPlan | None = None,
 ) -> int:
     """Run the whole demo; returns a process exit code (0 when every gate passed).
 
@@ -220,8 +298,9 @@ def run_demo(
         out: run folder (reruns resume: finished clips and checkpoints are kept).
         quick: the small plan (≈ 3 minutes) instead of the full one.
         seed: the one seed of corpus, crops and weights.
-        jobs: corpus synthesis processes.
+        jobs: processes for corpus synthesis and for training the two students side by side.
         teacher: teacher name or folder (default: the built-in synthetic-world teacher).
+        plan: sizes and budgets overriding ``quick`` (for tests and benchmarks).
     """
     import torch
 
@@ -231,10 +310,10 @@ def run_demo(
     from wav2small.report import plot_size_vs_ccc, plot_timeline
 
     torch.set_num_threads(1)
-    plan = QUICK if quick else FULL
+    plan = plan or (QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stage = _Stages(8)
+    stage = _Stages(7)
     t_start = time.perf_counter()
 
     stage(
@@ -250,16 +329,18 @@ def run_demo(
     teacher_name, teacher = teacher, load_teacher(teacher)
 
     stage(
-        f"distil {STUDENT} from the unlabelled pool ({plan.distill_steps} steps, "
-        "teacher outputs only)"
+        f"train the students: distil {STUDENT} from the unlabelled pool (teacher outputs only, "
+        f"{plan.distill_steps} steps) and train it on the labelled split's rater-mean labels "
+        f"({plan.train_steps} steps)"
+        + (" in a second process (log: labelled-only.log)" if jobs > 1 else "")
     )
-    distilled = _train(
-        "distill", csv["pool"], out / "distilled", plan, seed, plan.distill_steps, teacher_name
-    )
-
-    stage(f"train {STUDENT} on the labelled split's rater-mean labels ({plan.train_steps} steps)")
-    baseline = _train(
-        "train", csv["train"], out / "labelled-only", plan, seed, plan.train_steps, teacher_name
+    common = {"plan": plan, "seed": seed, "teacher": teacher_name}
+    distilled, baseline = train_in_parallel(
+        [
+            {"mode": "distill", "csv": csv["pool"], "out": out / "distilled", **common},
+            {"mode": "train", "csv": csv["train"], "out": out / "labelled-only", **common},
+        ],
+        workers=jobs,
     )
 
     stage("evaluate on test and test-ood (CCC vs gold, truth and teacher)")
@@ -279,8 +360,9 @@ def run_demo(
     calibration = [read_audio(csv["pool"].parent / f) for f in pool["file"]]
     rows = [_teacher_row(teacher) | _ccc_columns(evals["test"], "teacher")]
     for name, weights in models.items():
+        card = {"metrics": _card_metrics(evals, name), "data": _card_data(plan, name)}
         rows.append(
-            _measure_student(name, weights, out / "export" / name, calibration)
+            _measure_student(name, weights, out / "export" / name, calibration, card)
             | _ccc_columns(evals["test"], name)
         )
 
@@ -309,7 +391,7 @@ def run_demo(
     table = _table(rows, columns)
     plot_size_vs_ccc(rows, out / "size_vs_ccc.png")
     minutes = (time.perf_counter() - t_start) / 60
-    _write_report(out, plan, seed, table, evals, rows, minutes, quick)
+    _write_report(out, plan, seed, table, evals, rows, minutes)
     print("\n" + table)
     print(f"\nAll artefacts in {out}/ (report.md). {minutes:.1f} min.")
     return 0 if all(r.get("parity gate", "passed") == "passed" for r in rows) else 1
@@ -323,9 +405,8 @@ def _write_report(
     evals: dict,
     rows: list,
     minutes: float,
-    quick: bool,
 ) -> None:
-    command = "make demo" + (" QUICK=1" if quick else "")
+    command = {FULL: "make demo", QUICK: "make demo QUICK=1"}.get(plan, f"run_demo(plan={plan})")
     parts = [
         "# wav2small demo report",
         "",

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.card import CARD_NAME, model_card, run_facts, write_model_card
 
 log = logging.getLogger(__name__)
 # The dynamo exporter's passes log every rewrite at INFO; keep the CLI output readable.
@@ -348,6 +349,7 @@ def export(
     seed: int = 0,
     metadata: dict[str, str] | None = None,
     gate_int8: bool = True,
+    card: dict | None = None,
 ) -> ExportReport:
     """Export ``model`` to ``out_dir``/model.onnx (and model.int8.onnx), run the parity gate.
 
@@ -362,6 +364,8 @@ def export(
         metadata: extra ONNX metadata.
         gate_int8: whether the int8 CCC counts towards ``passed``. Untrained weights give nearly
             constant outputs (std ≈ 0.002), so their int8-vs-fp32 CCC is reported, not gated.
+        card: facts for the model card (keyword arguments of :func:`wav2small.card.model_card`:
+            ``facts``, ``metrics``, ``data``, ``untrained``); a card is always written.
 
     Returns:
         The report; ``report.passed`` is False when a gate failed (the files are still written).
@@ -398,6 +402,10 @@ def export(
     tmp = out_dir / "export_report.json.tmp"
     tmp.write_text(json.dumps(asdict(report), indent=2))
     os.replace(tmp, out_dir / "export_report.json")
+    from wav2small.models import model_info
+
+    info = {**model_info(model), **(metadata or {})}
+    write_model_card(out_dir, model_card(info=info, report=report, **(card or {})))
     return report
 
 
@@ -447,6 +455,7 @@ def export_cli(args) -> int:
         model = create_model(args.model)
     else:
         model = load_model(args.model)
+    card = {"untrained": True} if untrained else {"facts": run_facts(args.model)}
     calibration = _load_clips(args.calibration) if args.calibration else None
     report = export(
         model,
@@ -455,6 +464,13 @@ def export_cli(args) -> int:
         calibration=calibration,
         seed=args.seed,
         gate_int8=not untrained,
+        card=card,
     )
     print(report.summary())
+    print(f"model card: {Path(args.out) / CARD_NAME}")
+    if not report.passed and args.int8 and not args.calibration:
+        print(
+            "hint: int8 was calibrated on built-in signals; pass --calibration with a few dozen "
+            "clips of the audio the model will see"
+        )
     return 0 if report.passed else 1

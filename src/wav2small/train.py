@@ -496,6 +496,8 @@ def build_module(model, cfg: TrainConfig, teacher=None):
             }
 
         def on_load_checkpoint(self, checkpoint: dict) -> None:
+            # set here too: resuming a finished run starts no training (no on_train_start)
+            self.start_step = int(checkpoint["global_step"])
             if self.sampler is not None:  # exact resume: the data continue at the saved step
                 per_epoch = len(self.sampler) // self.cfg.batch_size
                 epoch, done = divmod(int(checkpoint["global_step"]), per_epoch)

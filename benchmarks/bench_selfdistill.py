@@ -8,9 +8,9 @@ Each exit is then scored on the synthetic ``test`` split (new speakers and texts
 after the exit, median) and parameters used.
 
 Honest scale: no pretrained wav2vec2/WavLM weights exist offline, and the run must finish on a
-2-core CPU in about 10 minutes, so the backbone is ``random:wav2vec2-mini`` (randomly initialised
+2-core CPU in about 15 minutes, so the backbone is ``random:wav2vec2-mini`` (randomly initialised
 wav2vec2 layout: hidden 128, 12 layers, 4 heads, FFN 512, 64-channel conv encoder, 2.5M
-parameters) trained from scratch for 200 steps — not the paper's fine-tuning of a pretrained
+parameters) trained from scratch for 1000 steps — not the paper's fine-tuning of a pretrained
 wav2vec2-base. The learning rate is raised (5e-4 with warm-up instead of 3e-5) because a random
 backbone learns nothing at 3e-5 in that time. ``--backbone random:wav2vec2-small`` (hidden 256,
 10.1M parameters) is the larger alternative; it needs about twice the time. The two runs train
@@ -44,11 +44,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--exits", default="3,8,10")
     p.add_argument("--train", type=int, default=480, help="synthetic train clips")
     p.add_argument("--test", type=int, default=120, help="synthetic test clips")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop-seconds", type=float, default=1.5)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=10, help="timed runs per exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="corpus generation workers")

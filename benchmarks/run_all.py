@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/run_all.py [--only models synth ...]
 
 Each ``bench_<name>.py`` runs in its own process, one after the other (timings on a shared
-machine are noisy enough without two benchmarks competing).
+machine are noisy enough without two benchmarks competing); ``bench_results.py`` runs last, as it
+collects the self-distillation table into docs/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    scripts = sorted(HERE.glob("bench_*.py"))
+    scripts = sorted(HERE.glob("bench_*.py"), key=lambda s: (s.stem == "bench_results", s.name))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="names, e.g. models synth (default: all)")
     args = parser.parse_args()

@@ -4,14 +4,15 @@ Stages, each with progress, all artefacts in one run folder:
 
 1. synthesise train / pool / test / test-ood splits of the built-in corpus;
 2. load the small synthetic-world teacher (a package asset; ``make teacher`` rebuilds it);
-3. distil ``wav2small-paper`` from the *unlabelled* pool (teacher outputs only) and, at the same
-   time in a second process, train the same student on the labelled train split's rater-mean
-   labels (the baseline); one torch thread each;
-4. evaluate teacher and students on test and test-ood (CCC vs gold, truth and teacher);
-5. export both students to ONNX fp32 + int8 with the parity gate and a model card; measure
+3. the teacher labels the unlabelled pool once (``pool_labels.parquet``: its whole-clip outputs);
+4. distil ``wav2small-paper`` on the pool's audio with those targets only and, at the same time
+   in a second process, train the same student on the labelled train split's rater-mean labels
+   (the baseline) with the same recipe; one torch thread each;
+5. evaluate teacher and students on test and test-ood (CCC vs gold, truth and teacher);
+6. export both students to ONNX fp32 + int8 with the parity gate and a model card; measure
    size, RAM, speed;
-6. predict the A/D/V timeline of a long example file with the int8 student;
-7. print the paper-style table and write report.md with plots.
+7. predict the A/D/V timeline of a long example file with the int8 student;
+8. print the paper-style table and write report.md with plots.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ FULL = DemoPlan(
     n_pool=2000,
     n_test=300,
     n_ood=200,
-    distill_steps=400,
-    train_steps=400,
+    distill_steps=1000,
+    train_steps=1000,
     batch_size=8,
     crop_seconds=2.0,
     lr=2e-3,
@@ -68,8 +69,8 @@ QUICK = DemoPlan(
     n_pool=320,
     n_test=80,
     n_ood=60,
-    distill_steps=40,
-    train_steps=40,
+    distill_steps=200,
+    train_steps=200,
     batch_size=8,
     crop_seconds=2.0,
     lr=2e-3,
@@ -115,11 +116,15 @@ def train_student(
     seed: int,
     teacher: str,
     student: str = STUDENT,
+    labels: Path | None = None,
     progress: bool = True,
     log_file: Path | None = None,
 ):
     """Distil (``mode="distill"``, from ``csv``'s audio) or train on ``csv``'s gold labels with
     the plan's recipe; a rerun continues from the run folder's last checkpoint.
+
+    Distillation uses ``labels`` (the teacher's cached outputs from ``wav2small label``) when
+    given, else runs ``teacher`` on every crop.
 
     With ``log_file``, this process's output (fd 1 and 2) goes there: for a worker process.
     """
@@ -152,30 +157,40 @@ def train_student(
     }
     if mode == "distill":
         settings |= {"teacher": teacher, "audio": str(csv)}
+        if labels is not None:
+            settings |= {"targets": "cached", "labels": str(labels)}
     else:
         settings |= {"data": str(csv)}
     return fit(resolve_config(settings))
 
 
-def train_in_parallel(jobs: list[dict], *, workers: int) -> list:
-    """Run :func:`train_student` for each keyword set; the first in this process (with its
-    progress bar), the others in ``workers - 1`` spawned processes of one thread each (a run
-    logs to ``<out>.log``). Results in the order of ``jobs``.
+def train_in_parallel(jobs: list[dict], *, workers: int, foreground: bool = True) -> list:
+    """Run :func:`train_student` for each keyword set in up to ``workers`` processes of one
+    thread each; results in the order of ``jobs``.
+
+    With ``foreground``, the first job runs in this process with its progress bar and the others
+    in ``workers - 1`` spawned processes; without, all run in ``workers`` spawned processes and
+    a line is printed as each finishes. A spawned run logs to ``<out>.log``.
     """
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     if workers <= 1 or len(jobs) == 1:
         return [train_student(**job) for job in jobs]
-    first, rest = jobs[0], jobs[1:]
+    here = jobs[:1] if foreground else []
+    away = jobs[len(here) :]
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers - 1, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(workers - len(here), mp_context=ctx) as pool:
         futures = [
             pool.submit(train_student, **job, progress=False, log_file=Path(f"{job['out']}.log"))
-            for job in rest
+            for job in away
         ]
-        results = [train_student(**first)]
-        return results + [f.result() for f in futures]
+        results = [train_student(**job) for job in here]
+        for job, future in zip(away, futures, strict=True):
+            results.append(future.result())
+            if not foreground:
+                print(f"  trained {job['out']} ({results[-1].global_step} steps)", flush=True)
+        return results
 
 
 def _long_file(test_csv: Path, out: Path, n_clips: int) -> Path:
@@ -306,6 +321,7 @@ def run_demo(
 
     from wav2small.evaluate import evaluate
     from wav2small.infer import Predictor
+    from wav2small.labels import label
     from wav2small.models.teacher import load_teacher
     from wav2small.report import plot_size_vs_ccc, plot_timeline
 
@@ -313,7 +329,7 @@ def run_demo(
     plan = plan or (QUICK if quick else FULL)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stage = _Stages(7)
+    stage = _Stages(8)
     t_start = time.perf_counter()
 
     stage(
@@ -328,6 +344,10 @@ def run_demo(
     )
     teacher_name, teacher = teacher, load_teacher(teacher)
 
+    stage("the teacher labels the unlabelled pool once (its outputs are the students' targets)")
+    labelled = label(teacher, csv["pool"], out / "pool_labels.parquet", teacher_name=teacher_name)
+    print(f"{labelled.out}: {labelled.rows} clips ({labelled.speed:.0f} audio-s/s)")
+
     stage(
         f"train the students: distil {STUDENT} from the unlabelled pool (teacher outputs only, "
         f"{plan.distill_steps} steps) and train it on the labelled split's rater-mean labels "
@@ -337,7 +357,13 @@ def run_demo(
     common = {"plan": plan, "seed": seed, "teacher": teacher_name}
     distilled, baseline = train_in_parallel(
         [
-            {"mode": "distill", "csv": csv["pool"], "out": out / "distilled", **common},
+            {
+                "mode": "distill",
+                "csv": csv["pool"],
+                "out": out / "distilled",
+                "labels": out / "pool_labels.parquet",
+                **common,
+            },
             {"mode": "train", "csv": csv["train"], "out": out / "labelled-only", **common},
         ],
         workers=jobs,

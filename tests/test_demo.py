@@ -57,3 +57,12 @@ def test_demo_rerun_resumes_without_retraining(demo_run):
     for name in ("distilled", "labelled-only"):
         summary = json.loads((out / name / "summary.json").read_text())
         assert summary["start_step"] == summary["global_step"] == 4  # resumed at its end
+
+
+@pytest.mark.slow
+def test_demo_can_train_its_own_teacher(tmp_path):
+    code = run_demo(out=tmp_path, plan=MICRO, jobs=1, train_teacher_minutes=0.5)
+    assert code in (0, 1)
+    assert (tmp_path / "teacher" / "model.safetensors").is_file()
+    card = (tmp_path / "export" / "distilled" / CARD_NAME).read_text()
+    assert str(tmp_path / "teacher") in card  # the card names the teacher it learned from

@@ -142,3 +142,10 @@ def test_cli_train_teacher_with_test_split(tmp_path, corpus, capsys):
     test = json.loads((out / "test_ccc.json").read_text())
     assert set(test) == set(LABELS)
     assert "test CCC" in capsys.readouterr().out
+
+
+def test_a_one_clip_validation_set_still_saves_a_teacher(tmp_path, corpus):
+    # 64 clips × 0.01 → one validation clip: its CCC is undefined (NaN) every epoch
+    result = train_teacher(_cfg(corpus, tmp_path / "t", epochs=2, val_fraction=0.01))
+    assert result.best_epoch == 1
+    assert (tmp_path / "t" / "model.safetensors").is_file()

@@ -58,13 +58,24 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default="synth",
         help="teacher name or folder (default: the built-in synthetic-world teacher)",
     )
+    p.add_argument(
+        "--train-teacher",
+        type=float,
+        metavar="MINUTES",
+        help="train a new teacher on the labelled split for at most MINUTES instead of --teacher",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from wav2small.demo import run_demo
 
     return run_demo(
-        out=args.out, quick=args.quick, seed=args.seed, jobs=args.jobs, teacher=args.teacher
+        out=args.out,
+        quick=args.quick,
+        seed=args.seed,
+        jobs=args.jobs,
+        teacher=args.teacher,
+        train_teacher_minutes=args.train_teacher,
     )
 
 

@@ -193,6 +193,26 @@ def train_in_parallel(jobs: list[dict], *, workers: int, foreground: bool = True
         return results
 
 
+def _train_teacher(train_csv: Path, out: Path, seed: int, minutes: float) -> Path:
+    from wav2small.teacher_train import TrainConfig, train_teacher
+
+    cfg = TrainConfig(
+        data=str(train_csv),
+        out=str(out),
+        epochs=15,
+        max_minutes=minutes,
+        seed=seed,
+        threads=1,
+        resume=True,
+    )
+    result = train_teacher(cfg)
+    print(
+        f"teacher: best epoch {result.best_epoch}, validation CCC "
+        + " / ".join(f"{v:.3f}" for v in result.best_ccc.values())
+    )
+    return result.out
+
+
 def _long_file(test_csv: Path, out: Path, n_clips: int) -> Path:
     """Concatenate test clips (with 0.5 s gaps) into one long example file."""
     import pandas as pd
@@ -306,6 +326,7 @@ def run_demo(
     jobs: int = 2,
     teacher: str = TEACHER,
     plan: DemoPlan | None = None,
+    train_teacher_minutes: float | None = None,
 ) -> int:
     """Run the whole demo; returns a process exit code (0 when every gate passed).
 
@@ -316,6 +337,9 @@ def run_demo(
         jobs: processes for corpus synthesis and for training the two students side by side.
         teacher: teacher name or folder (default: the built-in synthetic-world teacher).
         plan: sizes and budgets overriding ``quick`` (for tests and benchmarks).
+        train_teacher_minutes: instead of loading ``teacher``, train a new synthetic-world
+            teacher on the labelled train split for at most this many minutes (15 epochs at
+            most) and distil from it. The shipped teacher had 12,000 clips and 25 minutes.
     """
     import torch
 
@@ -338,10 +362,17 @@ def run_demo(
     )
     csv = _synthesise(out / "corpus", plan, seed, jobs)
 
-    stage(
-        f"load the teacher '{teacher}'"
-        + (" (package asset; `make teacher` rebuilds it)" if teacher == TEACHER else "")
-    )
+    if train_teacher_minutes is None:
+        stage(
+            f"load the teacher '{teacher}'"
+            + (" (package asset; `make teacher` rebuilds it)" if teacher == TEACHER else "")
+        )
+    else:
+        stage(
+            f"train a teacher on the {plan.n_train} labelled clips "
+            f"(≤ {train_teacher_minutes:g} min, ≤ 15 epochs)"
+        )
+        teacher = str(_train_teacher(csv["train"], out / "teacher", seed, train_teacher_minutes))
     teacher_name, teacher = teacher, load_teacher(teacher)
 
     stage("the teacher labels the unlabelled pool once (its outputs are the students' targets)")

@@ -432,7 +432,7 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
         }
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val="/".join(f"{v:.2f}" for v in val))
-        if score > state["best_score"]:
+        if score > state["best_score"] or not state["best_epoch"]:  # NaN: too few val clips
             state["best_score"], state["best_epoch"] = score, state["epoch"]
             save_teacher(model, out)
         _write_metrics(out, history)

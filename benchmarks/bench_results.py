@@ -331,9 +331,11 @@ def main() -> int:
         f"`wav2small-paper`, the demo's recipe ({plan.distill_steps} steps of "
         f"{plan.batch_size} × {plan.crop_seconds:g} s crops); {plan.n_train:,} labelled clips; "
         "pools of unlabelled clips 1×, 2× (the demo's) and 4× that; CCC on the "
-        f"{plan.n_test}-clip test split, A / D / V. The teacher and the distilled students never "
-        "see a label, so only the labelled-only column is retrained without rater noise; the "
-        "reference changes with the row.",
+        f"{plan.n_test}-clip test split, A / D / V. The distilled students never see a label "
+        "(the shipped teacher learned from labels with the default rater noise), so only the "
+        "labelled-only column is retrained without rater noise; the reference changes with the "
+        "row. All runs have the same number of steps, so a larger pool means fewer passes over "
+        "each clip, not more training.",
         "",
         comparison,
         "",

@@ -420,7 +420,7 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
         state["epoch"] += 1
         pred = predict_features(model, val_x) if features else predict_waves(model, val_x)
         val = _ccc(pred, val_y)
-        score = float(np.nanmean(val))
+        score = float(np.nanmean(val)) if np.isfinite(val).any() else float("nan")
         state["elapsed"] = time.perf_counter() - run_start
         row = {
             "epoch": state["epoch"],

@@ -48,6 +48,9 @@ class DemoPlan:
     crop_seconds: float
     lr: float
     long_file_clips: int
+    mse_weight: float = 1.0  # CCC loss + MSE: without it a student's outputs can blow up early
+    # augmentation mixes noise only: mixing in another clip would make a whole-clip target wrong
+    aug_mix_clip: float = 0.0
 
 
 # Budgets: FULL ≤ 15 min and QUICK ≤ 3 min on 2 cores. Training runs on ONE thread: on a shared
@@ -148,6 +151,8 @@ def train_student(
         "batch_size": plan.batch_size,
         "crop_seconds": plan.crop_seconds,
         "lr": plan.lr,
+        "mse_weight": plan.mse_weight,
+        "aug_mix_clip": plan.aug_mix_clip,
         "num_workers": 0,
         "warmup_steps": max(1, steps // 20),
         "val_fraction": 0.05,
@@ -471,9 +476,11 @@ def _write_report(
         "",
         f"Corpus: {plan.n_train} labelled train clips, {plan.n_pool} unlabelled pool clips, "
         f"{plan.n_test} test, {plan.n_ood} test-ood (built-in synthetic corpus, docs/SYNTH.md).",
-        f"Students: `{STUDENT}`; distilled for {plan.distill_steps} steps on teacher outputs, "
-        f"labelled-only for {plan.train_steps} steps on rater-mean labels; batch "
-        f"{plan.batch_size} × {plan.crop_seconds:g} s crops.",
+        f"Students: `{STUDENT}`; distilled for {plan.distill_steps} steps on the teacher's "
+        f"outputs for the pool (labelled once, `pool_labels.parquet`), labelled-only for "
+        f"{plan.train_steps} steps on rater-mean labels; batch {plan.batch_size} × "
+        f"{plan.crop_seconds:g} s crops (half of them mixed with noise at 5–30 dB SNR), AdamW "
+        f"lr {plan.lr:g}, loss (1 − CCC) + {plan.mse_weight:g} · MSE; seed {seed}.",
         "",
         "## Test split",
         "",

@@ -392,7 +392,8 @@ def main() -> int:
             "\n".join(
                 [
                     f"`make bench`, {time.strftime('%Y-%m-%d')}, seed {args.seed}; test split of "
-                    f"the built-in corpus ({plan.n_test} clips), CCC vs gold; int8 ONNX, 1 thread. "
+                    f"the built-in corpus ({plan.n_test} clips), CCC vs gold; students int8 ONNX, "
+                    "teacher torch, 1 thread. "
                     "Full tables, targets met and missed, and plots: docs/RESULTS.md.",
                     "",
                     table(

@@ -175,7 +175,8 @@ def train_in_parallel(jobs: list[dict], *, workers: int, foreground: bool = True
 
     With ``foreground``, the first job runs in this process with its progress bar and the others
     in ``workers - 1`` spawned processes; without, all run in ``workers`` spawned processes and
-    a line is printed as each finishes. A spawned run logs to ``<out>.log``.
+    a line is printed per finished run (in the order of ``jobs``). A spawned run logs to
+    ``<out>.log``.
     """
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor

@@ -222,6 +222,7 @@ def plot_size_vs_ccc(rows: list[dict], out: str | os.PathLike) -> Path:
             fontsize=8,
         )
     ax.set_xscale("log")
+    ax.margins(x=0.2)  # room for the labels of the largest models
     ax.set_xlabel("parameters")
     ax.set_ylabel("mean CCC vs gold (A, D, V)")
     ax.set_title("model size vs accuracy")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wav2small import SAMPLE_RATE
+from wav2small import LABELS, SAMPLE_RATE
 from wav2small.bench import median_ms, onnx_ms_per_clip, rss_increase_mb
 from wav2small.export import export
 from wav2small.models import count_parameters, create_model, list_models
@@ -77,14 +77,14 @@ def _labels(teacher: str, csv: Path, out: Path) -> Path:
 
 
 def _cells(values: dict[str, float]) -> str:
-    return " / ".join(f"{values[k]:.3f}" for k in ("arousal", "dominance", "valence"))
+    return " / ".join(f"{values[k]:.3f}" for k in LABELS)
 
 
 def all_students(demo_dir: Path, plan, seed: int, steps: int, workers: int) -> list[dict]:
     """Distil every student preset from the demo's pool with one budget; CCC on test."""
     from dataclasses import replace
 
-    from wav2small.demo import TEACHER, train_in_parallel
+    from wav2small.demo import TEACHER, ccc_columns, train_in_parallel
     from wav2small.evaluate import evaluate
 
     corpus = demo_dir / "corpus"
@@ -108,22 +108,13 @@ def all_students(demo_dir: Path, plan, seed: int, steps: int, workers: int) -> l
     results = train_in_parallel(jobs, workers=workers, foreground=False)
     models = {name: r.weights for name, r in zip(by_cost, results, strict=True)}
     ev = evaluate(models, corpus / "test.csv", teacher=TEACHER, progress=True)
-    rows = []
-    for name in sorted(models):
-        gold, vs_teacher = ev.ccc(name, "gold"), ev.ccc(name, "teacher")
-        rows.append(
-            {"model": name}
-            | {f"CCC {k[0].upper()} gold": gold[k] for k in ("arousal", "dominance", "valence")}
-            | {
-                f"CCC {k[0].upper()} teacher": vs_teacher[k]
-                for k in ("arousal", "dominance", "valence")
-            }
-        )
-        print(rows[-1], flush=True)
+    rows = [{"model": name} | ccc_columns(ev, name) for name in sorted(models)]
+    for row in rows:
+        print(row, flush=True)
     return rows
 
 
-def noise_and_pool(demo_dir: Path, plan, seed: int, workers: int) -> tuple[str, dict]:
+def noise_and_pool(demo_dir: Path, plan, seed: int, workers: int) -> str:
     """Distilled vs labelled-only at two rater-noise levels and two pool sizes (1× and 4× the
     labelled set; the demo's own pool is 2×).
 
@@ -144,7 +135,7 @@ def noise_and_pool(demo_dir: Path, plan, seed: int, workers: int) -> tuple[str, 
     pd.read_csv(big).head(n).to_csv(one, index=False)
     clean = corpus / "train-raters0.csv"
     train = pd.read_csv(corpus / "train.csv")
-    for k in ("arousal", "dominance", "valence"):
+    for k in LABELS:
         train[k] = train[f"{k}_true"]
     train.to_csv(clean, index=False)
     labels = _labels(TEACHER, big, big.with_name("pool_labels.parquet"))
@@ -170,7 +161,6 @@ def noise_and_pool(demo_dir: Path, plan, seed: int, workers: int) -> tuple[str, 
         + " |",
         "|---" * (len(columns) + 2) + "|",
     ]
-    figures = {}
     for noise, ref, baseline in (
         ("5 raters, default (rater mean · test gold)", "gold", "labelled-only"),
         ("none, `--raters 0` (truth · test truth)", "truth", "labelled-only, no rater noise"),
@@ -178,11 +168,10 @@ def noise_and_pool(demo_dir: Path, plan, seed: int, workers: int) -> tuple[str, 
         cells = [ev.ccc("teacher", ref)] + [
             ev.ccc(baseline if c == "labelled-only" else c, ref) for c in columns
         ]
-        figures[ref] = dict(zip(["teacher", *columns], cells, strict=True))
         lines.append(f"| {noise} | " + " | ".join(_cells(c) for c in cells) + " |")
     text = "\n".join(lines)
     print(text, flush=True)
-    return text, figures
+    return text
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -284,7 +273,7 @@ def main() -> int:
         [r for r in students if "CCC A gold" in r] + [{**demo_rows[0], "model": "teacher"}],
         results_dir / "students_size_vs_ccc.png",
     )
-    comparison, figures = noise_and_pool(demo_dir, plan, args.seed, args.workers)
+    comparison = noise_and_pool(demo_dir, plan, args.seed, args.workers)
 
     command = f"python benchmarks/bench_results.py{' --quick' if args.quick else ''}"
     teacher_row = demo_rows[0]

@@ -284,7 +284,8 @@ def _teacher_row(teacher) -> dict:
     }
 
 
-def _ccc_columns(ev, model: str) -> dict:
+def ccc_columns(ev, model: str) -> dict:
+    """Table columns ``CCC A gold`` … (and ``CCC A teacher`` … for students) of one model."""
     gold = ev.ccc(model, "gold")
     row = {f"CCC {k[0].upper()} gold": gold[k] for k in LABELS}
     if model != "teacher":
@@ -421,12 +422,12 @@ def run_demo(
 
     pool = pd.read_csv(csv["pool"]).head(96)  # 72 calibrate int8, 24 check its fidelity
     calibration = [read_audio(csv["pool"].parent / f) for f in pool["file"]]
-    rows = [_teacher_row(teacher) | _ccc_columns(evals["test"], "teacher")]
+    rows = [_teacher_row(teacher) | ccc_columns(evals["test"], "teacher")]
     for name, weights in models.items():
         card = {"metrics": _card_metrics(evals, name), "data": _card_data(plan, name)}
         rows.append(
             _measure_student(name, weights, out / "export" / name, calibration, card)
-            | _ccc_columns(evals["test"], name)
+            | ccc_columns(evals["test"], name)
         )
 
     stage("predict the A/D/V timeline of a long example file with the int8 student")

@@ -1,13 +1,15 @@
 """The end-to-end demo on a micro plan: every stage runs, every artefact lands in the run folder."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from wav2small.card import CARD_NAME
-from wav2small.demo import DemoPlan, run_demo
+from wav2small.demo import QUICK, run_demo
 
-MICRO = DemoPlan(
+MICRO = replace(
+    QUICK,
     n_train=16,
     n_pool=24,
     n_test=12,
@@ -16,7 +18,6 @@ MICRO = DemoPlan(
     train_steps=4,
     batch_size=4,
     crop_seconds=1.0,
-    lr=2e-3,
     long_file_clips=3,
 )
 

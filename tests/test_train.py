@@ -266,3 +266,12 @@ def test_training_data_errors(corpus, tmp_path):
         )
     with pytest.raises(ValueError, match="fewer than one batch"):
         fit(_config(corpus, tmp_path / "r2", batch_size=16))
+
+
+def test_clip_mixing_defaults_to_off_for_whole_clip_targets():
+    online = TrainConfig(audio="x", teacher="synth").validate()
+    cached = TrainConfig(audio="x", targets="cached", labels="l.parquet").validate()
+    gold = TrainConfig(mode="train", data="x").validate()
+    assert (online.aug_mix_clip, cached.aug_mix_clip, gold.aug_mix_clip) == (0.5, 0.0, 0.0)
+    chosen = resolve_config({"mode": "train", "data": "x"}, {"aug_mix_clip": "0.3"}).validate()
+    assert chosen.aug_mix_clip == 0.3

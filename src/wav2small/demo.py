@@ -49,8 +49,6 @@ class DemoPlan:
     lr: float
     long_file_clips: int
     mse_weight: float = 1.0  # CCC loss + MSE: without it a student's outputs can blow up early
-    # augmentation mixes noise only: mixing in another clip would make a whole-clip target wrong
-    aug_mix_clip: float = 0.0
 
 
 # Budgets: FULL ≤ 15 min and QUICK ≤ 3 min on 2 cores. Training runs on ONE thread: on a shared
@@ -152,7 +150,6 @@ def train_student(
         "crop_seconds": plan.crop_seconds,
         "lr": plan.lr,
         "mse_weight": plan.mse_weight,
-        "aug_mix_clip": plan.aug_mix_clip,
         "num_workers": 0,
         "warmup_steps": max(1, steps // 20),
         "val_fraction": 0.05,

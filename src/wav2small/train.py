@@ -86,7 +86,9 @@ class TrainConfig:
         batch_size: crops per step.
         num_workers: data-loader worker processes.
         aug_ratio: probability of mixing a crop with another clip or noise ("augmentation ratio").
-        aug_mix_clip: of the mixed crops, the share mixed with another clip (else noise).
+        aug_mix_clip: of the mixed crops, the share mixed with another clip (else noise);
+            default 0.5 with online targets (the teacher labels the mixture) and 0 with cached
+            or gold targets (a whole-clip label is wrong for a crop mixed with another clip).
         snr_low: lowest mixing SNR in dB.
         snr_high: highest mixing SNR in dB.
         noise_dir: folder of noise recordings (default: generated white/pink/brown noise).
@@ -130,7 +132,7 @@ class TrainConfig:
     batch_size: int = 16
     num_workers: int = 2
     aug_ratio: float = 0.5
-    aug_mix_clip: float = 0.5
+    aug_mix_clip: float | None = None
     snr_low: float = 5.0
     snr_high: float = 30.0
     noise_dir: str | None = None
@@ -181,6 +183,8 @@ class TrainConfig:
                 )
         if self.val_target == "auto":
             self.val_target = "teacher" if self.mode == "distill" else "gold"
+        if self.aug_mix_clip is None:
+            self.aug_mix_clip = 0.5 if self.targets == "online" else 0.0
         positive = ("batch_size", "max_steps", "log_every", "lr")
         for key in positive:
             if not getattr(self, key) > 0:

@@ -29,7 +29,7 @@ def measure(name: str, out: Path) -> dict:
     torch.manual_seed(0)
     model = create_model(name)
     report = export(model, out / name, int8=True, gate_int8=False)
-    tokens = Wav2Small.tokens_per_second() if isinstance(model, Wav2Small) else float("nan")
+    tokens = model.tokens_per_second() if isinstance(model, Wav2Small) else float("nan")
     return {
         "preset": name,
         "trainable": count_parameters(model),

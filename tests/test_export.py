@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from wav2small import LABELS
+from wav2small.backends import onnx_session
 from wav2small.cli import main
 from wav2small.export import (
     _front_end_nodes,
@@ -42,7 +42,7 @@ def tiny_onnx(tiny, tmp_path_factory):
 
 
 def test_fp32_matches_torch_on_dynamic_batch_and_length(tiny, tiny_onnx):
-    sess = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    sess = onnx_session(tiny_onnx)
     rng = np.random.default_rng(0)
     for batch, seconds in [(1, 1.0), (3, 4.0), (2, 10.0), (1, 0.1)]:
         x = np.stack([pseudo_speech(seconds, rng=rng) for _ in range(batch)])

@@ -97,3 +97,76 @@ def test_load_model_errors_name_the_file(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ValueError, match="foreign.ckpt: not a wav2small checkpoint"):
         load_model(foreign)
+
+
+# --- stages, token geometry, receptive field ---------------------------------------------------
+def _reference_forward(model, signal, lengths=None):
+    """The forward as written before the stage split (one monolithic function)."""
+    from wav2small.frontend import num_frames, prenorm, time_mask
+
+    v = model.vgg7
+    x = v.logmel_extractor(v.spectrogram_extractor(prenorm(signal, lengths)))
+    frames = None if lengths is None else num_frames(lengths)
+
+    def mask(x, n):
+        return x if n is None else x * time_mask(n, x.shape[2])[:, None, :, None].to(x.dtype)
+
+    for block in (v.l1, v.l2, v.l3):
+        x = block(mask(x, frames))
+    x = v.maxpool_A(mask(x, frames))
+    tokens = None if frames is None else torch.div(frames + 1, 2, rounding_mode="floor")
+    for block in (v.l4, v.l5, v.l6, v.l7):
+        x = block(mask(x, tokens))
+    scores = v.sof(x)
+    if tokens is not None:
+        scores = scores.masked_fill(~time_mask(tokens, x.shape[2])[:, None, :, None], -torch.inf)
+    x = (v.lin(x) * scores.softmax(2)).sum(2)
+    x = torch.cat([x, torch.bmm(x, x.transpose(1, 2))], 2).flatten(1)
+    if model.cfg.head:
+        x = torch.relu(model.hidden(x))
+    return model.adv(x)
+
+
+@pytest.mark.parametrize("name", ["wav2small-tiny", "wav2small-paper"])
+def test_staged_forward_equals_the_monolithic_one(name):
+    model = _trained_like(name)
+    batch, lengths = torch.randn(3, 20000), torch.tensor([20000, 9001, 640])
+    with torch.no_grad():
+        ref = _reference_forward(model, batch)
+        torch.testing.assert_close(model(batch), ref, atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            model(batch, lengths), _reference_forward(model, batch, lengths), atol=1e-6, rtol=0
+        )
+
+
+def test_token_geometry_is_declared_and_matches_the_maps():
+    model = create_model("wav2small-paper")
+    assert model.token_samples() == 64 and model.tokens_per_second() == 250.0
+    assert model.receptive_field() == (384, 448)  # 6 tokens left, 7 right (24 ms / 28 ms)
+    with torch.no_grad():
+        for n in (64, 100, 1000, 16000, 16033):
+            lin, sof = model.tokens(torch.randn(1, n))
+            assert lin.shape == sof.shape and lin.shape[2] == model.num_tokens(n)
+
+
+@pytest.mark.parametrize("name", ["wav2small-tiny", "wav2small-paper"])
+def test_receptive_field_perturbing_outside_changes_nothing(name):
+    """Token t depends on samples [t·S − left, t·S + right) and on no other (fixed statistics)."""
+    model = _trained_like(name)
+    left, right = model.receptive_field()
+    s = model.token_samples()
+    x = torch.randn(1, 8000)
+    norm = torch.tensor([[0.01, 0.9]])
+    t = 50
+    lo, hi = t * s - left, t * s + right
+    with torch.no_grad():
+        ref = torch.cat(model.tokens(x, norm), 1)[:, :, t]
+        outside = x.clone()
+        outside[:, :lo] += torch.randn(1, lo)
+        outside[:, hi:] += torch.randn(1, 8000 - hi)
+        torch.testing.assert_close(torch.cat(model.tokens(outside, norm), 1)[:, :, t], ref)
+        # the bound is tight (the periodic Hann window weighs a frame's first sample by 0)
+        for i in (lo + 1, hi - 1):
+            inside = x.clone()
+            inside[:, i] += 5.0
+            assert not torch.allclose(torch.cat(model.tokens(inside, norm), 1)[:, :, t], ref)

@@ -35,14 +35,10 @@ def onnx_parameters(path: str | Path) -> dict[str, int]:
 
 
 def session(path: str | Path, *, threads: int = 1, arena: bool = True):
-    """An onnxruntime CPU session with a fixed thread count."""
-    import onnxruntime as ort
+    """An onnxruntime CPU session with a fixed thread count (see :mod:`wav2small.backends`)."""
+    from wav2small.backends import onnx_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.enable_cpu_mem_arena = arena
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return onnx_session(path, threads=threads, mem_arena=arena)
 
 
 def median_ms(fn, *, repeats: int = 20, warmup: int = 3) -> float:
@@ -70,7 +66,8 @@ def onnx_ms_per_clip(
 _RSS_SCRIPT = r"""
 import json, sys
 import numpy as np
-import onnxruntime as ort
+import onnxruntime
+from wav2small.backends import onnx_session
 def status_kb(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
@@ -79,10 +76,7 @@ x = np.random.default_rng(0).normal(0, 0.1, (1, int(float(sys.argv[2]) * 16000))
 with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
     f.write("5")
 before = status_kb("VmRSS:")
-opts = ort.SessionOptions()
-opts.intra_op_num_threads = 1
-opts.enable_cpu_mem_arena = sys.argv[3] == "1"
-sess = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
+sess = onnx_session(sys.argv[1], threads=1, mem_arena=sys.argv[3] == "1")
 loaded = status_kb("VmHWM:")
 sess.run(None, {"signal": x})
 print(json.dumps({"before_kb": before, "loaded_kb": loaded, "after_kb": status_kb("VmHWM:")}))

@@ -90,12 +90,10 @@ def load_predictor(model) -> Predictor:
         return _torch_predictor(model)
     path = resolve_model_path(model)
     if path.suffix == ".onnx":
-        import onnxruntime as ort
+        from wav2small.backends import OnnxBackend
 
-        from wav2small.export import run_onnx
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda wave: run_onnx(session, [wave])[0]
+        backend = OnnxBackend(path)
+        return lambda wave: backend(np.asarray(wave, np.float32)[None])[0]
     from wav2small.models import load_model
 
     return _torch_predictor(load_model(path))

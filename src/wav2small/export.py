@@ -140,10 +140,9 @@ def _save_atomic(proto, path: Path) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file (labels, preset, sample_rate, …)."""
-    import onnxruntime as ort
+    from wav2small.backends import onnx_metadata
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return dict(sess.get_modelmeta().custom_metadata_map)
+    return onnx_metadata(path)
 
 
 def _front_end_nodes(proto) -> list[str]:
@@ -293,14 +292,12 @@ def _shorten_names(proto) -> None:
 
 
 def run_onnx(path_or_session, clips: list[np.ndarray]) -> np.ndarray:
-    """Run an ONNX model clip by clip → (n_clips, 3)."""
-    import onnxruntime as ort
+    """Run an ONNX model clip by clip → (n_clips, 3) (raw output order)."""
+    from wav2small.backends import onnx_session
 
     sess = path_or_session
-    if not isinstance(sess, ort.InferenceSession):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        sess = ort.InferenceSession(str(path_or_session), opts, providers=["CPUExecutionProvider"])
+    if isinstance(sess, str | os.PathLike):
+        sess = onnx_session(sess, threads=1)
     return np.stack(
         [sess.run(None, {INPUT_NAME: c[None, :].astype(np.float32)})[0][0] for c in clips]
     )
@@ -312,13 +309,13 @@ def check_fp32_parity(model, fp32_path: str | Path, *, seed: int = 0) -> dict[st
     For outputs in the usual [0, 1] range this is the absolute difference; untrained MobileNets
     output values near 1e3, where float32 rounding alone exceeds 1e-4 absolute.
     """
-    import onnxruntime as ort
     import torch
 
+    from wav2small.backends import onnx_session
     from wav2small.signals import pseudo_speech
 
     rng = np.random.default_rng(seed + 1000)
-    sess = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    sess = onnx_session(fp32_path)
     diffs = {}
     for seconds in PARITY_SECONDS:
         x = np.stack([pseudo_speech(seconds, rng=rng) for _ in range(2)])

@@ -47,6 +47,14 @@ import pandas as pd
 
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.audio import AudioError, audio_info, iter_windows, read_audio, to_mono_16k
+from wav2small.backends import (  # noqa: F401  (public names, also importable from here)
+    BACKENDS,
+    DEFAULT_THREADS,
+    Backend,
+    OnnxBackend,
+    TorchBackend,
+    make_backend,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +63,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".
 #: Index levels of every result table.
 INDEX = ("file", "start", "end")
 ON_ERROR = ("raise", "skip")
-BACKENDS = ("auto", "onnx", "torch")
 TORCH_SUFFIXES = (".safetensors", ".ckpt", ".pt")
-#: ONNX Runtime intra-op threads unless told otherwise.
-DEFAULT_THREADS = 1
 #: Longest piece run in one pass in one-row-per-file mode (longer files are averaged over pieces).
 MAX_SECONDS = 20.0
 #: Most audio (seconds) stacked into one batch of equal-length windows.
@@ -77,127 +82,6 @@ TIMELINE_BLOCK_SECONDS = 10.0
 TIME_DECIMALS = 6
 
 Row = tuple[str, float, float, np.ndarray]
-Backend = Callable[[np.ndarray], np.ndarray]
-
-
-# --- backends -------------------------------------------------------------------------------
-def _label_order(labels: str | None, source: str) -> list[int]:
-    """Column indices that put a model's outputs in LABELS order."""
-    if not labels:
-        logger.warning("%s: no 'labels' metadata; assuming %s", source, ",".join(LABELS))
-        return list(range(len(LABELS)))
-    names = [s.strip() for s in labels.split(",")]
-    if sorted(names) != sorted(LABELS):
-        raise ValueError(f"{source}: model outputs {names}, expected {list(LABELS)}")
-    return [names.index(label) for label in LABELS]
-
-
-class OnnxBackend:
-    """ONNX Runtime on CPU: (batch, samples) float32 → (batch, 3) in LABELS order.
-
-    Args:
-        path: ``.onnx`` file written by :mod:`wav2small.export` (fp32 or int8).
-        threads: intra-op threads (default 1; the session is sequential).
-        mem_arena: ONNX Runtime's CPU memory arena (default on). Turning it off looks like it
-            should lower RSS, but measured over repeated calls (20 × 20 s, int8, glibc) it
-            raised the peak from 164 to 311 MB: freed activations fragment the malloc heap,
-            while the arena reuses one block sized for the largest input.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a loadable ONNX model, or not a 16 kHz A/D/V model.
-    """
-
-    name = "onnx"
-
-    def __init__(
-        self, path: str | os.PathLike, *, threads: int | None = None, mem_arena: bool = True
-    ) -> None:
-        import onnxruntime as ort
-
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such model file")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or DEFAULT_THREADS
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.enable_cpu_mem_arena = mem_arena
-        try:
-            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ValueError(f"{path}: not a loadable ONNX model: {exc}") from exc
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        rate = int(self.metadata.get("sample_rate", SAMPLE_RATE))
-        if rate != SAMPLE_RATE:
-            raise ValueError(f"{path}: model expects {rate} Hz input, not {SAMPLE_RATE} Hz")
-        self.order = _label_order(self.metadata.get("labels"), path)
-        self.input_name = self.session.get_inputs()[0].name
-        self.path = path
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
-        return out[:, self.order]
-
-
-class TorchBackend:
-    """A torch model on CPU (or ``device``): (batch, samples) float32 → (batch, 3).
-
-    Args:
-        model: a torch module, a checkpoint path (``.safetensors``/``.ckpt``) or a preset name
-            (untrained weights, for plumbing; logged as a warning).
-        threads: if given, ``torch.set_num_threads(threads)`` (process-wide).
-        device: torch device.
-
-    Raises:
-        ImportError: torch is not installed.
-    """
-
-    name = "torch"
-
-    def __init__(self, model, *, threads: int | None = None, device: str = "cpu") -> None:
-        try:
-            import torch
-        except ImportError as exc:
-            raise ImportError(
-                "a torch checkpoint needs torch (pip install 'wav2small[train]'); "
-                "the torch-free runtime runs ONNX models only"
-            ) from exc
-        from wav2small.models import create_model, list_models, load_model
-
-        if isinstance(model, str | os.PathLike):
-            name = os.fspath(model)
-            if name in list_models() and not os.path.exists(name):
-                logger.warning("%s: UNTRAINED weights (random init); for plumbing only", name)
-                model = create_model(name)
-            else:
-                model = load_model(name)
-        if threads:
-            torch.set_num_threads(threads)
-        self.torch, self.device = torch, device
-        self.model = model.eval().to(device)
-        self.metadata = {"preset": getattr(model, "preset", type(model).__name__)}
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            x = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            return self.model(x.to(self.device)).float().cpu().numpy()
-
-
-def make_backend(
-    model, *, backend: str = "auto", threads: int | None = None, mem_arena: bool = True
-) -> OnnxBackend | TorchBackend:
-    """Pick and build the backend for ``model`` (``auto``: ONNX for ``.onnx`` files)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    is_path = isinstance(model, str | os.PathLike)
-    if backend == "auto":
-        backend = "onnx" if is_path and os.fspath(model).endswith(".onnx") else "torch"
-    if backend == "onnx":
-        if not is_path:
-            raise ValueError("the onnx backend needs a path to an .onnx file")
-        return OnnxBackend(model, threads=threads, mem_arena=mem_arena)
-    return TorchBackend(model, threads=threads)
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -347,7 +231,8 @@ class Predictor:
             ``torch.set_num_threads`` (process-wide).
         max_seconds: longest piece run in one pass in one-row-per-file mode (see module doc).
         batch_size: most equal-length windows per model call in windowed mode.
-        mem_arena: ONNX only: keep ONNX Runtime's CPU memory arena (see :class:`OnnxBackend`).
+        mem_arena: ONNX only: keep ONNX Runtime's CPU memory arena (see
+            :func:`wav2small.backends.session_options`).
 
     Example:
         >>> import wav2small

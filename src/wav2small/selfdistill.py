@@ -993,13 +993,13 @@ def export_exit(
 
 def exit_parity(module, path: str | os.PathLike, *, seed: int = 0) -> dict[str, float]:
     """Max |torch − ONNX| on 1, 4 and 10 s speech-like inputs (batch of 2)."""
-    import onnxruntime as ort
     import torch
 
+    from wav2small.backends import onnx_session
     from wav2small.signals import pseudo_speech
 
     rng = np.random.default_rng(seed + 1000)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = onnx_session(path)
     diffs = {}
     for seconds in PARITY_SECONDS:
         x = np.stack([pseudo_speech(seconds, rng=rng) for _ in range(2)])

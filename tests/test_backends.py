@@ -1,0 +1,153 @@
+"""Tests for wav2small.backends: session options, ONNX sessions and metadata, the two backends,
+and that nothing else in the package builds an ONNX Runtime session."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import wav2small
+from wav2small import LABELS
+from wav2small.backends import (
+    OnnxBackend,
+    TorchBackend,
+    label_order,
+    make_backend,
+    onnx_metadata,
+    onnx_session,
+    session_options,
+)
+from wav2small.signals import pseudo_speech
+
+PACKAGE = Path(wav2small.__file__).parent
+REPO = PACKAGE.parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """An untrained wav2small-tiny (head amplified so outputs differ by input): module, checkpoint
+    and fp32 ONNX."""
+    from wav2small.export import export_onnx
+    from wav2small.models import create_model, save_model
+
+    out = tmp_path_factory.mktemp("backends")
+    torch.manual_seed(0)
+    model = create_model("wav2small-tiny").eval()
+    with torch.no_grad():
+        model.adv.weight.mul_(100.0)
+    save_model(model, out / "tiny.safetensors")
+    export_onnx(model, out / "tiny.onnx")
+    return {"module": model, "torch": out / "tiny.safetensors", "onnx": out / "tiny.onnx"}
+
+
+def _batch(seconds: float = 1.0, n: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return np.stack([pseudo_speech(seconds, rng=rng) for _ in range(n)]).astype(np.float32)
+
+
+def _relabel(src: Path, dst: Path, labels: str) -> Path:
+    proto = onnx.load(str(src))
+    for prop in proto.metadata_props:
+        if prop.key == "labels":
+            prop.value = labels
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_session_options_threads_and_arena():
+    opts = session_options(threads=2, mem_arena=False)
+    assert opts.intra_op_num_threads == 2
+    assert opts.inter_op_num_threads == 1
+    assert opts.enable_cpu_mem_arena is False
+    default = session_options()
+    assert default.intra_op_num_threads == 1
+    assert default.enable_cpu_mem_arena is True
+    with pytest.raises(ValueError, match="threads"):
+        session_options(threads=-1)
+
+
+def test_onnx_session_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.onnx: no such model file"):
+        onnx_session(tmp_path / "nothere.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not a model" * 50)
+    with pytest.raises(ValueError, match="garbage.onnx: not a loadable ONNX model"):
+        onnx_session(garbage)
+
+
+def test_onnx_session_and_metadata(tiny):
+    sess = onnx_session(tiny["onnx"], threads=1)
+    meta = onnx_metadata(tiny["onnx"])
+    assert meta == onnx_metadata(sess)
+    assert meta["labels"] == ",".join(LABELS)
+    x = _batch()
+    with torch.inference_mode():
+        ref = tiny["module"](torch.from_numpy(x)).numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-2)  # head gain 100 × the 1e-4 export gate
+
+
+def test_label_order():
+    assert label_order("arousal,dominance,valence", "m") == [0, 1, 2]
+    assert label_order("valence, arousal, dominance", "m") == [1, 2, 0]
+    assert label_order(None, "m") == [0, 1, 2]
+    with pytest.raises(ValueError, match="m.onnx: model outputs"):
+        label_order("happy,sad,angry", "m.onnx")
+
+
+def test_onnx_backend_reorders_by_metadata(tiny, tmp_path):
+    x = _batch()
+    plain = OnnxBackend(tiny["onnx"])(x)
+    swapped = _relabel(tiny["onnx"], tmp_path / "swapped.onnx", "valence,arousal,dominance")
+    got = OnnxBackend(swapped)(x)
+    # the model's 1st output is now called valence: it moves to the last column
+    np.testing.assert_allclose(got[:, 2], plain[:, 0])
+    np.testing.assert_allclose(got[:, 0], plain[:, 1])
+    np.testing.assert_allclose(got[:, 1], plain[:, 2])
+
+
+def test_torch_backend_matches_onnx_for_file_and_module(tiny):
+    x = _batch(2.0, 3)
+    onnx_out = OnnxBackend(tiny["onnx"])(x)
+    for model in (tiny["torch"], tiny["module"]):
+        backend = TorchBackend(model)
+        assert backend.name == "torch"
+        out = backend(x)
+        assert out.shape == (3, len(LABELS)) and out.dtype == np.float32
+        np.testing.assert_allclose(out, onnx_out, atol=1e-2)
+
+
+def test_make_backend_picks_and_rejects(tiny):
+    assert make_backend(tiny["onnx"]).name == "onnx"
+    assert make_backend(str(tiny["torch"])).name == "torch"
+    assert make_backend(tiny["module"]).name == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make_backend(tiny["onnx"], backend="tpu")
+    with pytest.raises(ValueError, match="needs a path"):
+        make_backend(tiny["module"], backend="onnx")
+
+
+def test_infer_reexports_the_backends():
+    from wav2small import backends, infer
+
+    for name in ("OnnxBackend", "TorchBackend", "make_backend", "BACKENDS", "DEFAULT_THREADS"):
+        assert getattr(infer, name) is getattr(backends, name)
+
+
+def test_no_other_module_builds_an_onnx_session():
+    """One place builds sessions: no InferenceSession/SessionOptions outside backends.py."""
+    pattern = re.compile(r"\b(InferenceSession|SessionOptions)\s*\(")
+    roots = [PACKAGE, REPO / "benchmarks"]
+    offenders = [
+        str(p)
+        for root in roots
+        if root.is_dir()
+        for p in root.rglob("*.py")
+        if p.name != "backends.py" and pattern.search(p.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []

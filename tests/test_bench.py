@@ -1,0 +1,38 @@
+"""Tests for wav2small.bench: ONNX parameter counts, latency and peak-RSS helpers (sessions come
+from wav2small.backends)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wav2small.bench import median_ms, onnx_ms_per_clip, onnx_parameters, rss_increase_mb, session
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    from wav2small.export import export_onnx
+    from wav2small.models import count_parameters, create_model
+
+    torch.manual_seed(0)
+    model = create_model("wav2small-tiny").eval()
+    path = export_onnx(model, tmp_path_factory.mktemp("bench") / "tiny.onnx")
+    return path, count_parameters(model)
+
+
+def test_session_has_the_requested_threads(tiny_onnx):
+    sess = session(tiny_onnx[0], threads=2, arena=False)
+    opts = sess.get_session_options()
+    assert opts.intra_op_num_threads == 2
+    assert opts.enable_cpu_mem_arena is False
+
+
+def test_parameters_latency_and_rss(tiny_onnx):
+    path, trainable = tiny_onnx
+    counts = onnx_parameters(path)
+    assert 0 < counts["graph_without_front_end"] < counts["graph"]
+    assert counts["graph_without_front_end"] >= trainable * 0.9
+    assert onnx_ms_per_clip(path, seconds=1.0, repeats=3) > 0
+    assert median_ms(lambda: None, repeats=3, warmup=0) >= 0
+    rss = rss_increase_mb(path, seconds=1.0)
+    assert 0 < rss["session"] <= rss["total"] < 500

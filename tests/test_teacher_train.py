@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from wav2small import LABELS, SAMPLE_RATE
@@ -65,12 +66,14 @@ def test_training_improves_ccc_and_saves_a_loadable_teacher(tmp_path, corpus):
     teacher = load_teacher(result.out)
     assert isinstance(teacher, SynthTeacher) and not teacher.training
     assert (tmp_path / "t" / "metrics.csv").is_file()
-    assert json.loads((tmp_path / "t" / "train_config.json").read_text())["epochs"] == 10
+    saved = yaml.safe_load((tmp_path / "t" / "config.yaml").read_text())
+    assert saved["epochs"] == 10 and saved["model"] == TINY
     # the saved teacher scores what training reported on the held-out clips
     files, gold = read_labelled(corpus / "data.csv")
-    from wav2small.teacher_train import _split, load_waves, predict_waves
+    from wav2small.runs import split_indices
+    from wav2small.teacher_train import load_waves, predict_waves
 
-    _, val = _split(len(files), 0.25, 0)
+    _, val = split_indices(len(files), 0.25, seed=0)
     pred = predict_waves(teacher, load_waves([files[i] for i in val]))
     from wav2small.metrics import ccc
 

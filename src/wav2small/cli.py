@@ -7,6 +7,7 @@ function that imports what it needs lazily (so ``wav2small --help`` is instant).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -179,30 +180,61 @@ def _run_label(args: argparse.Namespace) -> int:
 
 
 # --- train-teacher --------------------------------------------------------------------------
+def _add_training_options(p: argparse.ArgumentParser, cls: type) -> None:
+    """Options every trainer shares (``--config``, ``--set``, ``--on-error``, ``--resume``, ...)."""
+    from wav2small.config import ON_ERROR, cli_default
+
+    p.add_argument("--config", help="YAML file of settings (e.g. a run's config.yaml); flags win")
+    p.add_argument(
+        "--set",
+        action="append",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help=f"any setting of {cls.__module__}.{cls.__name__}, e.g. lr=0.001 (repeatable; "
+        "values are read as YAML and checked against the setting's type)",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=ON_ERROR,
+        help="raise at the first bad training file (unreadable, too short, non-finite), or skip "
+        f"it and list it in OUT/skipped.csv (default {cli_default(cls, 'on_error')})",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        help="continue the run in --out (or from PATH) with the same settings",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def _add_train_teacher(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import TeacherConfig
+    from wav2small.config import cli_default as default
+
+    d = functools.partial(default, TeacherConfig)
     p = sub.add_parser("train-teacher", help="train (or fine-tune) a teacher with the CCC loss")
-    p.add_argument("--data", required=True, help="labelled CSV: file, arousal, dominance, valence")
-    p.add_argument("--out", required=True, help="output folder (Hugging Face layout)")
+    p.add_argument("--data", help="labelled CSV: file, arousal, dominance, valence")
+    p.add_argument("--out", help=f"output folder (Hugging Face layout; default {d('out')})")
     p.add_argument("--val", help="validation CSV (default: hold out --val-fraction of --data)")
-    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--val-fraction", type=float, help=f"default {d('val_fraction')}")
     p.add_argument("--test", help="labelled CSV to score the best teacher on (test_ccc.json)")
     p.add_argument("--init", help="teacher to fine-tune (default: a new synthetic-world teacher)")
     p.add_argument("--model", help="JSON overrides of the new teacher's config")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this long")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--epochs", type=int, help=f"default {d('epochs')}")
+    p.add_argument("--max-minutes", type=float, help="stop after this long (default: no limit)")
+    p.add_argument("--batch-size", type=int, help=f"default {d('batch_size')}")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d('lr')})")
     p.add_argument(
         "--crop-seconds",
         type=float,
-        default=0.0,
         help="random training crops of this length (default 0: whole clips)",
     )
-    p.add_argument("--gain-db", type=float, default=0.0, help="random gain of ± this many dB")
-    p.add_argument("--mse-weight", type=float, default=0.0, help="MSE added to the CCC loss")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--gain-db", type=float, help="random gain of ± this many dB (default 0)")
+    p.add_argument("--mse-weight", type=float, help="MSE added to the CCC loss (default 0)")
+    p.add_argument("--seed", type=int, help=f"default {d('seed')}")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    _add_training_options(p, TeacherConfig)
 
 
 def _run_train_teacher(args: argparse.Namespace) -> int:
@@ -281,6 +313,10 @@ def _run_plot_timeline(args: argparse.Namespace) -> int:
 
 # --- selfdistill / selfdistill-eval / selfdistill-export ---------------------------------------
 def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import SelfDistillConfig
+    from wav2small.config import cli_default as default
+
+    d = functools.partial(default, SelfDistillConfig)
     p = sub.add_parser(
         "selfdistill",
         help="fine-tune wav2vec2/WavLM with early exits that learn from the deepest head",
@@ -289,25 +325,31 @@ def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backbone",
         help="random:wav2vec2-small|wav2vec2-mini|wav2vec2-base|wavlm-small|... "
-        "(random init), a Hugging Face folder or a hub id",
+        f"(random init), a Hugging Face folder or a hub id (default {d('backbone')})",
     )
     p.add_argument("--data", help="labelled CSV (file + emotion or A/D/V)")
-    p.add_argument("--config", help="YAML of settings (e.g. a run's config.yaml); flags win")
     p.add_argument("--val", help="validation CSV (default: hold out --val-fraction)")
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--task", choices=["classes", "adv"], help="default classes")
-    p.add_argument("--label-column", help="class column (default: emotion)")
+    p.add_argument("--val-fraction", type=float, help=f"default {d('val_fraction')}")
+    p.add_argument("--task", choices=["classes", "adv"], help=f"default {d('task')}")
+    p.add_argument("--label-column", help=f"class column (default {d('label_column')})")
     p.add_argument(
-        "--exits", help="layers followed by an exit (default 3,8,10); 'none': plain fine-tuning"
+        "--exits",
+        help="layers followed by an exit (default "
+        + ",".join(map(str, d("exits")))
+        + "); 'none': plain fine-tuning",
     )
-    p.add_argument("--out", help="run folder (default runs/selfdistill)")
-    p.add_argument("--epochs", type=int, help="passes over the data (default 20)")
+    p.add_argument("--out", help=f"run folder (default {d('out')})")
+    p.add_argument("--epochs", type=int, help=f"passes over the data (default {d('epochs')})")
     p.add_argument("--max-steps", type=int, help="optimiser steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, help="default 16")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-5)")
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--crop-seconds", type=float, help="longest training crop (default 4)")
-    p.add_argument("--temperature", type=float, help="KL temperature (default 1)")
+    p.add_argument("--batch-size", type=int, help=f"default {d('batch_size')}")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d('lr')})")
+    p.add_argument(
+        "--warmup-steps", type=float, help="warm-up steps, or a fraction of the run if < 1"
+    )
+    p.add_argument(
+        "--crop-seconds", type=float, help=f"longest training crop (default {d('crop_seconds')})"
+    )
+    p.add_argument("--temperature", type=float, help=f"KL temperature (default {d('temperature')})")
     for term in ("deepest", "exit", "kd", "feature"):
         p.add_argument(f"--w-{term}", type=float, help=f"weight of the {term} term (default 1)")
     p.add_argument("--feature-level", choices=["embedding", "linear"])
@@ -322,9 +364,8 @@ def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--num-workers", type=int)
     p.add_argument("--accelerator", help="cpu, gpu or auto")
-    p.add_argument("--resume", nargs="?", const="last", help="continue from last.ckpt (or PATH)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--no-progress", action="store_true")
+    _add_training_options(p, SelfDistillConfig)
 
 
 def _run_selfdistill(args: argparse.Namespace) -> int:
@@ -378,10 +419,13 @@ def _run_selfdistill_export(args: argparse.Namespace) -> int:
 
 # --- distill / train / evaluate ---------------------------------------------------------------
 def _add_student_options(p: argparse.ArgumentParser) -> None:
+    from wav2small.config import StudentConfig
+    from wav2small.config import cli_default as default
+
+    d = functools.partial(default, StudentConfig)
     p.add_argument(
-        "--student", help="student preset (see `wav2small models`; default wav2small-paper)"
+        "--student", help=f"student preset (see `wav2small models`; default {d('student')})"
     )
-    p.add_argument("--config", help="YAML file of settings (e.g. configs/distill.yaml)")
     p.add_argument("--val", help="validation CSV/folder (default: hold out val_fraction)")
     p.add_argument(
         "--val-target",
@@ -389,27 +433,22 @@ def _add_student_options(p: argparse.ArgumentParser) -> None:
         help="what validation CCC is measured against (default auto: teacher when "
         "distilling, gold when training)",
     )
-    p.add_argument("--out", help="run folder (default runs/distill)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-steps", type=int, help="optimiser steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--num-workers", type=int, help="data-loader workers")
-    p.add_argument("--resume", help="'last' (the run folder's last.ckpt) or a .ckpt path")
-    p.add_argument("--accelerator", help="cpu, gpu or auto (default auto)")
+    p.add_argument("--out", help=f"run folder (default {d('out')})")
+    p.add_argument("--seed", type=int, help=f"default {d('seed')}")
+    p.add_argument("--max-steps", type=int, help=f"optimiser steps (default {d('max_steps')})")
+    p.add_argument("--batch-size", type=int, help=f"default {d('batch_size')}")
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d('lr')})")
+    p.add_argument(
+        "--num-workers", type=int, help=f"data-loader workers (default {d('num_workers')})"
+    )
+    p.add_argument("--accelerator", help=f"cpu, gpu or auto (default {d('accelerator')})")
     p.add_argument(
         "--devices",
         type=lambda v: int(v) if v.isdigit() else v,
-        help="devices (processes with --strategy ddp); an int or auto (default 1)",
+        help=f"devices (processes with --strategy ddp); an int or auto (default {d('devices')})",
     )
     p.add_argument("--strategy", help="Lightning strategy: auto or ddp (gloo on CPU, NCCL on GPU)")
-    p.add_argument(
-        "--set",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="any other setting of wav2small.train.TrainConfig, e.g. aug_ratio=0.8",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_training_options(p, StudentConfig)
 
 
 def _add_distill(sub: argparse._SubParsersAction) -> None:

@@ -140,14 +140,19 @@ def load_manifest(
 
 
 def check_labels(table: pd.DataFrame, name: str) -> None:
-    """Raise ValueError unless ``table`` has complete ``arousal, dominance, valence`` columns."""
+    """Raise ValueError unless ``table`` has complete, finite ``arousal, dominance, valence``
+    columns (:class:`wav2small.errors.NonFiniteError` for empty/NaN/Inf values)."""
     missing = [c for c in LABELS if c not in table.columns]
     if missing:
         raise ValueError(f"{name}: needs label columns {', '.join(LABELS)}; missing {missing}")
-    bad = table[list(LABELS)].isna().any(axis=1)
+    values = table[list(LABELS)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise ValueError(
-            f"{name}: {int(bad.sum())} rows have empty labels, e.g. {table['file'][bad].iloc[0]}"
+        from wav2small.errors import NonFiniteError
+
+        raise NonFiniteError(
+            f"{name}: {int(bad.sum())} rows have empty, non-numeric or non-finite labels, "
+            f"e.g. {table['file'][bad].iloc[0]}"
         )
 
 
@@ -255,15 +260,9 @@ def split_manifest(
     Raises:
         ValueError: fraction outside [0, 1), or nothing left to train on.
     """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
-    n_val = int(round(fraction * len(manifest)))
-    n_val = max(n_val, 1) if fraction > 0 else 0
-    if n_val >= len(manifest):
-        raise ValueError(f"cannot hold out {n_val} of {len(manifest)} clips for validation")
-    order = np.random.default_rng([seed, 7]).permutation(len(manifest))
-    val_idx = np.sort(order[:n_val])
-    train_idx = np.sort(order[n_val:])
+    from wav2small.runs import split_indices
+
+    train_idx, val_idx = split_indices(len(manifest), fraction, seed=seed)
     return (
         manifest.iloc[train_idx].reset_index(drop=True),
         manifest.iloc[val_idx].reset_index(drop=True),

@@ -39,7 +39,6 @@ with a torch-vs-ONNX parity check.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -54,17 +53,22 @@ from typing import Any
 import numpy as np
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.config import DEFAULT_LABEL_COLUMN, SelfDistillConfig
+from wav2small.errors import UserError
+from wav2small.runs import BEST_WEIGHTS, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunResult
 
 logger = logging.getLogger(__name__)
 
 #: The checkpoint-selecting metric: mean over heads of UAR (classes) or mean CCC (A/D/V).
 MONITOR = "val/score"
-CONFIG_FILE = "config.yaml"
-BEST_WEIGHTS = "best.safetensors"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.csv"
-#: Label column of the synthetic corpus's categorical view (``wav2small.synth``).
-DEFAULT_LABEL_COLUMN = "emotion"
+__all__ = [
+    "BEST_WEIGHTS",
+    "CONFIG_FILE",
+    "DEFAULT_LABEL_COLUMN",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "SelfDistillConfig",
+]
 #: Input lengths of the ONNX parity check (seconds) and its tolerance.
 PARITY_SECONDS = (1.0, 4.0, 10.0)
 PARITY_MAX_ABS = 1e-4
@@ -228,124 +232,55 @@ def targets_of(
     return np.array([index[v] for v in column.astype(str)], dtype=np.int64)
 
 
-# --- configuration ----------------------------------------------------------------------------
-@dataclass
-class SelfDistillConfig:
-    """Every setting of a self-distillation (or plain fine-tuning) run.
-
-    Attributes:
-        backbone: ``random:<preset>``, a folder or a hub id (see ``load_backbone``).
-        data: labelled CSV (``file`` + ``emotion`` or ``arousal, dominance, valence``).
-        val: validation CSV; default: hold out ``val_fraction`` of ``data``.
-        val_fraction: share held out when ``val`` is not given.
-        task: ``classes`` or ``adv``.
-        label_column: class column (task classes).
-        exits: layers followed by an exit; empty for plain fine-tuning.
-        out: run folder.
-        epochs: passes over the data (the paper: 20); ignored when ``max_steps`` > 0.
-        max_steps: optimiser steps (0: use ``epochs``).
-        batch_size: crops per step (the paper: 16).
-        lr: Adam learning rate (the paper: 3e-5).
-        warmup_steps: linear warm-up steps (the paper: none), constant afterwards.
-        crop_seconds: longest random training crop.
-        min_crop_seconds: shortest batch crop (shorter clips are zero-padded, with lengths).
-        temperature: KL temperature (classes).
-        w_deepest: weight of the deepest head's task loss.
-        w_exit: weight of the exits' task loss.
-        w_kd: weight of the exit-vs-deepest output term.
-        w_feature: weight of the pooled-feature MSE.
-        detach_teacher: stop gradients through the deepest head in the kd/feature terms.
-        feature_level: ``embedding`` (H-dim) or ``linear`` (256-dim) pooled feature.
-        grad_clip: gradient-norm clipping (0: off).
-        val_every: validate every this many steps (0: every epoch).
-        seed: the one seed (weights of random backbones and heads, split, crops).
-        num_workers: data-loader workers.
-        accelerator: Lightning accelerator.
-        precision: Lightning precision.
-        progress: progress bars.
-        resume: ``last`` or a ``.ckpt`` path to continue from; empty: a fresh run.
-    """
-
-    backbone: str = "random:wav2vec2-small"
-    data: str = ""
-    val: str | None = None
-    val_fraction: float = 0.1
-    task: str = "classes"
-    label_column: str = DEFAULT_LABEL_COLUMN
-    exits: tuple[int, ...] = (3, 8, 10)
-    out: str = "runs/selfdistill"
-    epochs: int = 20
-    max_steps: int = 0
-    batch_size: int = 16
-    lr: float = 3e-5
-    warmup_steps: int = 0
-    crop_seconds: float = 4.0
-    min_crop_seconds: float = 1.0
-    temperature: float = 1.0
-    w_deepest: float = 1.0
-    w_exit: float = 1.0
-    w_kd: float = 1.0
-    w_feature: float = 1.0
-    detach_teacher: bool = False
-    feature_level: str = "embedding"
-    grad_clip: float = 0.0
-    val_every: int = 0
-    seed: int = 0
-    num_workers: int = 0
-    accelerator: str = "auto"
-    precision: str = "32-true"
-    progress: bool = True
-    resume: str | None = None
-
-    def weights(self) -> LossWeights:
-        """The loss weights."""
-        return LossWeights(self.w_deepest, self.w_exit, self.w_kd, self.w_feature)
-
-    def validate(self) -> None:
-        """Raise ValueError on settings that cannot work."""
-        if self.task not in ("classes", "adv"):
-            raise ValueError(f"task must be 'classes' or 'adv', got {self.task!r}")
-        if not self.data:
-            raise ValueError("no training data: set data (a labelled CSV)")
-        if self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
-            raise ValueError("batch_size, lr and temperature must be positive")
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise ValueError("set epochs or max_steps to a positive number")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain fields (for config.yaml and the checkpoint)."""
-        out = dataclasses.asdict(self)
-        out["exits"] = list(self.exits)
-        return out
-
-
+# --- configuration (wav2small.config) ---------------------------------------------------------
 def save_config(cfg: SelfDistillConfig, path: str | os.PathLike) -> None:
     """Write the resolved configuration as YAML (atomically)."""
-    import yaml
+    from wav2small.config import save_config as save
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    save(cfg, path)
 
 
 # --- data loading -----------------------------------------------------------------------------
 @dataclass
 class RunData:
-    """Manifests and targets of one run."""
+    """Manifests and targets of one run (``skipped``: ``(file, reason)`` of left-out clips)."""
 
     train: Any
     val: Any
     train_targets: np.ndarray
     val_targets: np.ndarray | None
     classes: tuple[str, ...]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def drop_short(data: RunData, cfg: SelfDistillConfig, shortest: int) -> RunData:
+    """Reject (or with ``on_error: skip`` leave out, listed) clips shorter than ``shortest``."""
+    from wav2small.runs import usable_clips
+
+    parts = {}
+    for split, table, targets, name in (
+        ("train", data.train, data.train_targets, cfg.data),
+        ("val", data.val, data.val_targets, cfg.val or cfg.data),
+    ):
+        if table.empty:
+            parts[split] = (table, targets)
+            continue
+        keep = np.round(table["duration"].to_numpy(np.float64) * SAMPLE_RATE) >= shortest
+        _, skipped = usable_clips(table, shortest=shortest, on_error=cfg.on_error, name=name)
+        data.skipped += skipped
+        parts[split] = (
+            table[keep].reset_index(drop=True),
+            None if targets is None else targets[keep],
+        )
+    (data.train, data.train_targets), (data.val, data.val_targets) = parts["train"], parts["val"]
+    return data
 
 
 def prepare_data(cfg: SelfDistillConfig) -> RunData:
     """Read the labelled CSV(s), pick the classes, split off validation clips."""
     from wav2small.data import load_manifest, split_manifest
 
-    table = load_manifest(cfg.data)
+    table = load_manifest(cfg.data, on_error=cfg.on_error, progress=cfg.progress)
     classes: tuple[str, ...] = ()
     if cfg.task == "classes":
         if cfg.label_column not in table.columns:
@@ -355,7 +290,7 @@ def prepare_data(cfg: SelfDistillConfig) -> RunData:
             )
         classes = class_names(table[cfg.label_column].dropna())
     if cfg.val:
-        train, val = table, load_manifest(cfg.val)
+        train, val = table, load_manifest(cfg.val, on_error=cfg.on_error)
     else:
         train, val = split_manifest(table, cfg.val_fraction, seed=cfg.seed)
     train_t = targets_of(
@@ -433,6 +368,7 @@ def head_scores(outputs: dict, target: np.ndarray, *, task: str) -> dict[str, di
         task: ``classes`` or ``adv``.
     """
     from wav2small.metrics import ccc, uar
+    from wav2small.runs import mean_score
 
     scores = {}
     for head, pred in outputs.items():
@@ -445,7 +381,7 @@ def head_scores(outputs: dict, target: np.ndarray, *, task: str) -> dict[str, di
         else:
             values = np.atleast_1d(ccc(pred, target))
             row = {f"ccc_{k}": float(v) for k, v in zip(LABELS, values, strict=True)}
-            row["ccc_mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+            row["ccc_mean"] = mean_score(values)  # the one NaN policy (wav2small.runs)
             scores[str(head)] = row
     return scores
 
@@ -464,34 +400,22 @@ def _all_heads(model, wave, lengths) -> dict[str, Any]:
 # --- the Lightning module ---------------------------------------------------------------------
 def build_module(model, cfg: SelfDistillConfig):
     """A LightningModule holding the early-exit model as ``.model``."""
-    import lightning.pytorch as pl
     import torch
 
     from wav2small.models.exits import exits_info
+    from wav2small.runs import lightning_module, mean_score
 
     score_key = "uar" if cfg.task == "classes" else "ccc_mean"
 
-    class SelfDistillModule(pl.LightningModule):
+    class SelfDistillModule(lightning_module()):
         """Self-distillation training; per-head validation."""
 
         def __init__(self) -> None:
-            super().__init__()
+            super().__init__(cfg)
             self.model = model
             self._val: dict[str, list] = {}
             self._val_index: list = []
             self.val_targets: np.ndarray | None = None
-            self.history: list[dict[str, float]] = []
-            self.start_step: int | None = None
-            self.sampler = None  # the training SeededSampler, for an exact resume
-
-        def on_load_checkpoint(self, checkpoint: dict) -> None:
-            if self.sampler is not None and hasattr(self.sampler, "resume_at"):
-                per_epoch = max(1, len(self.sampler) // cfg.batch_size)
-                epoch, done = divmod(int(checkpoint["global_step"]), per_epoch)
-                self.sampler.resume_at(epoch, done * cfg.batch_size)  # data go on from the step
-
-        def on_train_start(self) -> None:
-            self.start_step = int(self.global_step)
 
         def training_step(self, batch: dict, batch_idx: int):
             out = self.model.forward_all(batch["wave"], batch["lengths"])
@@ -503,18 +427,16 @@ def build_module(model, cfg: SelfDistillConfig):
                 temperature=cfg.temperature,
                 detach_teacher=cfg.detach_teacher,
             )
+            self.checked(terms["total"], batch)
             size = len(batch["wave"])
             for key, value in terms.items():
                 self.log(f"train/{key}", value, prog_bar=key == "total", batch_size=size)
             return terms["total"]
 
-        def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-            if self.global_step >= self.trainer.max_steps:
-                self.trainer.should_stop = True  # makes Lightning validate at the final step
-
         def validation_step(self, batch: dict, batch_idx: int) -> None:
             for head, pred in _all_heads(self.model, batch["wave"], batch["lengths"]).items():
-                self._val.setdefault(head, []).append(pred.float().cpu())
+                pred = self.check_outputs(pred.float(), batch, f"validation, head {head}")
+                self._val.setdefault(head, []).append(pred.cpu())
             self._val_index.append(batch["index"].cpu())
 
         def on_validation_epoch_end(self) -> None:
@@ -525,24 +447,16 @@ def build_module(model, cfg: SelfDistillConfig):
             self._val, self._val_index = {}, []
             scores = head_scores(outputs, self.val_targets[index], task=cfg.task)
             row = {f"val/{score_key}_{h}": s[score_key] for h, s in scores.items()}
-            real = [s[score_key] for h, s in scores.items() if h != "fusion"]
-            row[MONITOR] = float(np.nan_to_num(np.mean(real), nan=0.0))
+            # the one NaN policy: undefined heads are left out; none defined → NaN, never 0
+            row[MONITOR] = mean_score([s[score_key] for h, s in scores.items() if h != "fusion"])
             for key, value in row.items():
                 self.log(key, value, prog_bar=key == MONITOR)
             self.history.append({"step": int(self.global_step), **row})
 
-        def configure_optimizers(self):
-            opt = torch.optim.Adam(
+        def optimizer(self):
+            return torch.optim.Adam(
                 self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
             )
-            warm = cfg.warmup_steps
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0
-            )
-            return {
-                "optimizer": opt,
-                "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1},
-            }
 
         def on_save_checkpoint(self, checkpoint: dict) -> None:
             checkpoint["wav2small"] = exits_info(self.model)
@@ -551,71 +465,8 @@ def build_module(model, cfg: SelfDistillConfig):
     return SelfDistillModule()
 
 
-# --- running ----------------------------------------------------------------------------------
-@dataclass
-class SelfDistillResult:
-    """What :func:`fit_selfdistill` produced.
-
-    Attributes:
-        run_dir: the run folder.
-        best_checkpoint: Lightning checkpoint with the best ``val/score`` (or the last one).
-        last_checkpoint: checkpoint at the final step.
-        weights: ``best.safetensors`` (load with ``wav2small.models.exits.load_exits_model``).
-        global_step: optimiser steps done in total.
-        start_step: step this session started from.
-        best_score: best ``val/score`` (NaN without validation).
-        history: validation rows of this session.
-    """
-
-    run_dir: Path
-    best_checkpoint: Path
-    last_checkpoint: Path
-    weights: Path
-    global_step: int
-    start_step: int
-    best_score: float
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def _trainer(cfg: SelfDistillConfig, run_dir: Path, with_val: bool, steps_per_epoch: int):
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
-    checkpoint = ModelCheckpoint(
-        dirpath=str(run_dir),
-        filename="best",
-        monitor=MONITOR if with_val else None,
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
-    val_args: dict[str, Any] = {"limit_val_batches": 1.0 if with_val else 0}
-    if with_val and cfg.val_every:
-        val_args.update(
-            val_check_interval=min(cfg.val_every, steps_per_epoch), check_val_every_n_epoch=None
-        )
-    trainer = pl.Trainer(
-        default_root_dir=str(run_dir),
-        max_steps=steps,
-        max_epochs=-1,  # steps decide (resume)
-        accelerator=cfg.accelerator,
-        devices=1,
-        precision=cfg.precision,
-        callbacks=[checkpoint],
-        logger=CSVLogger(save_dir=str(run_dir), name="logs"),
-        log_every_n_steps=10,
-        gradient_clip_val=cfg.grad_clip or None,
-        enable_progress_bar=cfg.progress,
-        enable_model_summary=cfg.progress,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        **val_args,
-    )
-    return trainer, checkpoint
+#: What :func:`fit_selfdistill` returns (the shared :class:`wav2small.runs.RunResult`).
+SelfDistillResult = RunResult
 
 
 def build_model(cfg: SelfDistillConfig, classes: Sequence[str]):
@@ -635,29 +486,29 @@ def fit_selfdistill(cfg: SelfDistillConfig) -> SelfDistillResult:
     """Run (or resume) self-distillation as configured (plain fine-tuning without exits).
 
     Raises:
-        ValueError: invalid configuration or data.
+        UserError: invalid configuration or data (a ``ValueError``).
+        NonFiniteError: a non-finite label, loss or weight (the run stops).
         FileNotFoundError: missing data or resume checkpoint.
     """
     import lightning.pytorch as pl
 
     from wav2small.models.exits import load_exits_model, save_exits_model
+    from wav2small.runs import min_samples, open_run, run_lightning, write_skipped
 
     cfg.validate()
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    from wav2small.train import resume_path
-
-    ckpt_path = resume_path(cfg.resume, run_dir)
     started = time.time()
+    run_dir, ckpt_path = open_run(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = prepare_data(cfg)
-    save_config(cfg, run_dir / CONFIG_FILE)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg, data.classes)
+    data = drop_short(data, cfg, min_samples(model))
+    write_skipped(run_dir, data.skipped)
     module = build_module(model, cfg)
     module.val_targets = data.val_targets
+    module.train_paths = data.train["file"].tolist()
+    module.val_paths = data.val["file"].tolist()
     train_loader, val_loader = _loaders(cfg, data)
-    module.sampler = train_loader.sampler
-    trainer, checkpoint = _trainer(cfg, run_dir, val_loader is not None, len(train_loader))
     logger.info(
         "selfdistill %s, exits %s, task %s: %d training clips, %d validation clips",
         cfg.backbone,
@@ -666,68 +517,30 @@ def fit_selfdistill(cfg: SelfDistillConfig) -> SelfDistillResult:
         len(data.train),
         len(data.val),
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
-    last = run_dir / "last.ckpt"
-    trainer.save_checkpoint(str(last), weights_only=False)
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
-    score = checkpoint.best_model_score
-    best_score = float(score) if score is not None else float("nan")
-    save_exits_model(load_exits_model(best), run_dir / BEST_WEIGHTS)
-    _merge_metrics(run_dir)
-    result = SelfDistillResult(
-        run_dir,
-        best,
-        last,
-        run_dir / BEST_WEIGHTS,
-        int(trainer.global_step),
-        int(module.start_step or 0),
-        best_score,
-        module.history,
+
+    def save_best(best: Path, score: float) -> None:
+        save_exits_model(load_exits_model(best), run_dir / BEST_WEIGHTS)
+
+    steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * len(train_loader)
+    return run_lightning(
+        cfg,
+        module,
+        train_loader,
+        val_loader,
+        run_dir=run_dir,
+        ckpt_path=ckpt_path,
+        monitor=MONITOR,
+        max_steps=steps,
+        save_best=save_best,
+        summary={
+            "backbone": cfg.backbone,
+            "task": cfg.task,
+            "exits": list(cfg.exits),
+            "skipped": len(data.skipped),
+        },
+        score_key="best_val_score",
+        started=started,
     )
-    _write_summary(result, cfg, time.time() - started)
-    return result
-
-
-def _merge_metrics(run_dir: Path) -> None:
-    """Concatenate the per-session CSV logs into ``metrics.csv`` (resumed rows replace later)."""
-    import pandas as pd
-
-    versions = sorted(
-        (run_dir / "logs").glob("version_*/metrics.csv"),
-        key=lambda p: int(p.parent.name.split("_")[-1]),
-    )
-    frames = []
-    for path in versions:
-        try:
-            frame = pd.read_csv(path)
-        except (pd.errors.EmptyDataError, OSError):
-            continue
-        if frames and "step" in frame and len(frame):
-            first = frame["step"].min()
-            frames = [f[f["step"] < first] if "step" in f else f for f in frames]
-        frames.append(frame)
-    if frames:
-        tmp = run_dir / (METRICS_FILE + ".tmp")
-        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
-        os.replace(tmp, run_dir / METRICS_FILE)
-
-
-def _write_summary(result: SelfDistillResult, cfg: SelfDistillConfig, seconds: float) -> None:
-    summary = {
-        "backbone": cfg.backbone,
-        "task": cfg.task,
-        "exits": list(cfg.exits),
-        "global_step": result.global_step,
-        "start_step": result.start_step,
-        "best_val_score": result.best_score,
-        "best_checkpoint": result.best_checkpoint.name,
-        "weights": result.weights.name,
-        "seconds": round(seconds, 1),
-        "history": result.history,
-    }
-    tmp = result.run_dir / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, allow_nan=True))
-    os.replace(tmp, result.run_dir / SUMMARY_FILE)
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -1015,38 +828,30 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Settings from a YAML file (e.g. a run folder's ``config.yaml``).
 
     Raises:
-        ValueError: unreadable YAML, not a mapping, or unknown keys (named).
+        UserError: unreadable YAML, not a mapping, or unknown keys (named).
     """
-    import yaml
+    from wav2small.config import fields, load_yaml
 
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read the YAML config: {e}") from e
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of settings")
-    fields = {f.name for f in dataclasses.fields(SelfDistillConfig)}
-    unknown = sorted(set(values) - fields)
+    values = load_yaml(path)
+    unknown = sorted(set(values) - set(fields(SelfDistillConfig)))
     if unknown:
-        raise ValueError(f"{path}: unknown settings {unknown}")
+        raise UserError(f"{path}: unknown settings {unknown}")
     return values
 
 
 def cli_config(args) -> SelfDistillConfig:
-    """Defaults ← ``--config`` YAML ← explicit ``wav2small selfdistill`` flags."""
-    from wav2small.models.exits import parse_exits
+    """Defaults ← ``--config`` YAML ← explicit ``wav2small selfdistill`` flags ← ``--set``."""
+    from wav2small.config import from_cli
 
-    values = load_config(args.config) if getattr(args, "config", None) else {}
-    fields = {f.name for f in dataclasses.fields(SelfDistillConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
-    values["exits"] = parse_exits(values.get("exits", SelfDistillConfig.exits))
-    if getattr(args, "no_progress", False):
-        values["progress"] = False
-    return SelfDistillConfig(**values)
+    if getattr(args, "config", None):
+        load_config(args.config)  # names unknown settings with the file
+    return from_cli(SelfDistillConfig, args)
 
 
 def selfdistill_cli(args) -> int:
     """``wav2small selfdistill``: train, print where the results are."""
+    from wav2small.runs import format_score
+
     if getattr(args, "threads", 0):
         import torch
 
@@ -1055,7 +860,9 @@ def selfdistill_cli(args) -> int:
     result = fit_selfdistill(cfg)
     print(f"run folder   {result.run_dir}")
     print(f"steps        {result.start_step} → {result.global_step}")
-    print(f"best         {result.best_checkpoint.name}  {MONITOR} {result.best_score:.4f}")
+    print(
+        f"best         {result.best_checkpoint.name}  {MONITOR} {format_score(result.best_score)}"
+    )
     print(f"weights      {result.weights}")
     return 0
 

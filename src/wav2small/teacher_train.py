@@ -15,22 +15,25 @@ from scratch; ``init`` fine-tunes any loadable teacher instead (Dawn, Odyssey, a
   :func:`~wav2small.models.teacher.load_teacher` reads. ``out/checkpoint/`` holds the last epoch
   (weights as safetensors; optimizer, scheduler and random-generator states in ``state.pt``, read
   back with ``torch.load(weights_only=True)``), so ``resume=True`` continues exactly where the
-  run stopped — a resumed run gives the same weights as an uninterrupted one.
+  run stopped — a resumed run gives the same weights as an uninterrupted one — and refuses
+  changed settings (the resolved ``config.yaml`` is written to ``out``).
+* The run folder, split, schedule and NaN policy are :mod:`wav2small.runs`; the settings
+  :class:`wav2small.config.TeacherConfig` (alias :class:`TrainConfig`). Clips too short for the
+  teacher, non-finite or absurd audio and labels are rejected by name (or left out with
+  ``on_error: skip``, listed in ``skipped.csv``); a non-finite loss stops the run with
+  :class:`wav2small.errors.NonFiniteError`, and non-finite weights are never saved.
 
 A plain loop rather than Lightning: Lightning checkpoints are pickles, and the loop is short.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,63 +41,33 @@ import torch
 import torch.nn.functional as F
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.config import TeacherConfig
+from wav2small.errors import UserError
+from wav2small.runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    check_loss,
+    check_targets,
+    check_wave,
+    lr_factor,
+    mean_score,
+    open_run,
+    split_indices,
+    warmup_length,
+    write_atomic,
+    write_json,
+    write_skipped,
+)
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "TrainConfig", "TrainResult", "train_teacher"]
+
 CHECKPOINT_DIR = "checkpoint"
-METRICS_FILE = "metrics.csv"
-CONFIG_FILE = "train_config.json"
 #: Frames of log-mel computed per batch during feature extraction (bounded memory).
 _FEATURE_BATCH_SECONDS = 120.0
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one ``train-teacher`` run (saved as ``train_config.json`` in ``out``).
-
-    Attributes:
-        data: labelled CSV (file, arousal, dominance, valence).
-        out: output folder.
-        val: validation CSV; default: hold out ``val_fraction`` of ``data``.
-        val_fraction: hold-out fraction when ``val`` is not given.
-        init: teacher to fine-tune (name or path); default: a new SynthTeacher.
-        model: SynthTeacher config overrides (new teachers only).
-        epochs: training epochs.
-        max_minutes: stop (after an epoch) when the run has taken this long; ``None``: no limit.
-        batch_size: clips per step.
-        lr: peak learning rate (AdamW, linear warm-up for ``warmup_epochs`` then cosine decay).
-        warmup_epochs: linear warm-up length.
-        weight_decay: AdamW weight decay.
-        mse_weight: weight of an MSE term added to the CCC loss.
-        crop_seconds: random training crops of this length (``None``: whole clips, the default:
-            on the built-in corpus valence needs the pitch contour from the first word to the last).
-        gain_db: random gain of ±``gain_db`` dB per training clip (default 0: on the built-in
-            corpus the level carries arousal and the channel already varies the gain).
-        seed: seeds the split, the initial weights, shuffling and augmentation.
-        threads: torch threads (0: leave torch's default).
-        resume: continue from ``out/checkpoint`` if it exists.
-        progress: show a progress bar.
-    """
-
-    data: str
-    out: str
-    val: str | None = None
-    val_fraction: float = 0.05
-    init: str | None = None
-    model: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 15
-    max_minutes: float | None = None
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_epochs: float = 1.0
-    weight_decay: float = 1e-2
-    mse_weight: float = 0.0
-    crop_seconds: float | None = None
-    gain_db: float = 0.0
-    seed: int = 0
-    threads: int = 0
-    resume: bool = False
-    progress: bool = True
+#: The settings of a run (:class:`wav2small.config.TeacherConfig`).
+TrainConfig = TeacherConfig
 
 
 @dataclass
@@ -128,7 +101,10 @@ def read_labelled(csv_path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     bad = ~np.isfinite(targets).all(1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{path}: row {row} ({table['file'].iloc[row]}) has a missing label")
+        raise UserError(
+            f"{path}: row {row} ({table['file'].iloc[row]}) has a missing label "
+            f"(empty, NaN or Inf: {targets[row].tolist()})"
+        )
     files = [
         f if os.path.isabs(f) or os.path.exists(f) else str(path.parent / f)
         for f in table["file"].astype(str)
@@ -142,17 +118,41 @@ def load_waves(files: list[str], *, progress: bool = False) -> list[np.ndarray]:
 
     from wav2small.audio import read_audio
 
-    return [read_audio(f) for f in tqdm(files, desc="read audio", disable=not progress)]
+    return [
+        check_wave(read_audio(f), f) for f in tqdm(files, desc="read audio", disable=not progress)
+    ]
 
 
-def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if not 0 < fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * fraction)))
-    if n - n_val < 2:
-        raise ValueError(f"{n} labelled clips are too few to hold out a validation set")
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+def usable(
+    files: list[str], *, shortest: int, on_error: str, progress: bool = False
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Read every file once: indices of the usable ones and ``(file, reason)`` of the others.
+
+    A file is unusable when it cannot be read, has non-finite or absurd samples, or is shorter
+    than ``shortest`` samples. With ``on_error="raise"`` the first one raises.
+
+    Raises:
+        AudioError / NonFiniteError / UserError: the file and the problem (``on_error="raise"``).
+    """
+    from tqdm.auto import tqdm
+
+    from wav2small.audio import AudioError, read_audio
+
+    keep, skipped = [], []
+    for i, f in enumerate(tqdm(files, desc="check audio", disable=not progress)):
+        try:
+            n = len(check_wave(read_audio(f), f))
+            if n < shortest:
+                raise UserError(
+                    f"{f}: {n} samples, shorter than the teacher's shortest input ({shortest}); "
+                    "remove it or set on_error=skip"
+                )
+            keep.append(i)
+        except (AudioError, UserError) as e:
+            if on_error == "raise":
+                raise
+            skipped.append((f, str(e)))
+    return keep, skipped
 
 
 @torch.no_grad()
@@ -180,9 +180,14 @@ def compute_features(model, waves: list[np.ndarray]) -> list[torch.Tensor]:
 
 
 def features_from_files(
-    model, files: list[str], *, progress: bool = False, chunk: int = 256
+    model, files: list[str], *, progress: bool = False, chunk: int = 256, shortest: int = 0
 ) -> list[torch.Tensor]:
-    """:func:`compute_features` of audio files, read ``chunk`` files at a time."""
+    """:func:`compute_features` of audio files, read ``chunk`` files at a time.
+
+    Raises:
+        UserError: a file shorter than ``shortest`` samples (named).
+        NonFiniteError: non-finite or absurd samples (named).
+    """
     from tqdm.auto import tqdm
 
     from wav2small.audio import read_audio
@@ -190,7 +195,13 @@ def features_from_files(
     out: list[torch.Tensor] = []
     with tqdm(total=len(files), desc="log-mel", disable=not progress) as bar:
         for s in range(0, len(files), chunk):
-            waves = [read_audio(f) for f in files[s : s + chunk]]
+            waves = [check_wave(read_audio(f), f) for f in files[s : s + chunk]]
+            for f, w in zip(files[s : s + chunk], waves, strict=True):
+                if len(w) < shortest:
+                    raise UserError(
+                        f"{f}: {len(w)} samples, shorter than the teacher's shortest input "
+                        f"({shortest}); remove it or set on_error=skip"
+                    )
             out.extend(compute_features(model, waves))
             bar.update(len(waves))
     return out
@@ -266,17 +277,8 @@ def predict_waves(model, waves: list[np.ndarray]) -> np.ndarray:
 
 
 # --- checkpoints --------------------------------------------------------------------------------
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _save_checkpoint(folder: Path, model, optimizer, scheduler, gen, state: dict) -> None:
-    from wav2small.models.teacher import save_teacher
-
-    save_teacher(model, folder)
+    save_checked(model, folder)
     blob = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -288,16 +290,27 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, gen, state: dict
         "best_score": state["best_score"],
         "elapsed": state["elapsed"],
     }
-    tmp = folder / "state.pt.tmp"
+    tmp = folder / f".state.pt.{os.getpid()}.tmp"
     torch.save(blob, tmp)
     os.replace(tmp, folder / "state.pt")
 
 
+def save_checked(model, folder: Path) -> None:
+    """``save_teacher`` after checking every weight is finite.
+
+    Raises:
+        NonFiniteError: a NaN/Inf weight (named); nothing is written.
+    """
+    from wav2small.models import check_finite_state
+    from wav2small.models.teacher import save_teacher
+
+    check_finite_state(model.state_dict(), f"teacher for {folder}")
+    save_teacher(model, folder)
+
+
 def _write_metrics(out: Path, history: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(history)
-    tmp = out / (METRICS_FILE + ".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out / METRICS_FILE)
+    write_atomic(out / METRICS_FILE, table.to_csv(index=False))
     return table
 
 
@@ -313,10 +326,7 @@ def _build_model(cfg: TrainConfig):
 
     torch.manual_seed(cfg.seed)
     if cfg.init:
-        model = load_teacher(cfg.init)
-        if cfg.model:
-            raise ValueError("model overrides apply to new teachers only, not with init")
-        return model, False
+        return load_teacher(cfg.init), False
     return SynthTeacher(cfg.model), True
 
 
@@ -327,35 +337,48 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
         A :class:`TrainResult`; the best teacher is in ``cfg.out``.
 
     Raises:
-        FileNotFoundError / ValueError: bad data (the file or row is named).
+        FileNotFoundError / UserError: bad data or settings (the file, row or setting is named).
         AudioError: an unreadable audio file (named).
+        NonFiniteError: non-finite audio, labels, loss or weights (the run stops).
     """
     from tqdm.auto import tqdm
 
     from wav2small.metrics import ccc_loss
-    from wav2small.models.teacher import SynthTeacher, load_teacher, save_teacher
+    from wav2small.models.teacher import SynthTeacher, load_teacher
 
+    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / CHECKPOINT_DIR
-    resuming = cfg.resume and (ckpt / "state.pt").is_file()
     t_start = time.perf_counter()
+    out, state_path = open_run(cfg, checkpoint=f"{CHECKPOINT_DIR}/state.pt")
+    ckpt = out / CHECKPOINT_DIR
+    resuming = state_path is not None
 
     files, targets = read_labelled(cfg.data)
     if cfg.val:
         train_files, train_y = files, targets
         val_files, val_y = read_labelled(cfg.val)
     else:
-        tr, va = _split(len(files), cfg.val_fraction, cfg.seed)
+        if cfg.val_fraction <= 0:
+            raise UserError("train-teacher validates every epoch: set val_fraction > 0 or val")
+        tr, va = split_indices(len(files), cfg.val_fraction, seed=cfg.seed)
         train_files, train_y = [files[i] for i in tr], targets[tr]
         val_files, val_y = [files[i] for i in va], targets[va]
     model, fresh = (load_teacher(ckpt), False) if resuming else _build_model(cfg)
+    shortest = int(getattr(model, "min_samples", 1) or 1)
+    if cfg.on_error == "skip":  # read every clip once; leave out the bad ones (listed)
+        keep, skipped = usable(train_files, shortest=shortest, on_error="skip")
+        train_files, train_y = [train_files[i] for i in keep], train_y[keep]
+        keep, bad = usable(val_files, shortest=shortest, on_error="skip")
+        val_files, val_y = [val_files[i] for i in keep], val_y[keep]
+        write_skipped(out, skipped + bad)
+        if len(train_files) < 2 or not val_files:
+            raise UserError(f"{cfg.data}: too few usable clips left after skipping bad ones")
     features = isinstance(model, SynthTeacher)
     if features:  # stream files → log-mels; the waveforms are not kept
-        train_x = features_from_files(model, train_files, progress=cfg.progress)
-        val_x = features_from_files(model, val_files, progress=cfg.progress)
+        train_x = features_from_files(model, train_files, progress=cfg.progress, shortest=shortest)
+        val_x = features_from_files(model, val_files, progress=cfg.progress, shortest=shortest)
+        _check_frames(train_x + val_x, train_files + val_files, model)
         if fresh:
             mean, std = feature_stats(train_x)
             model.feat_mean.copy_(mean)
@@ -363,21 +386,26 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
     else:
         train_x = load_waves(train_files, progress=cfg.progress)
         val_x = load_waves(val_files, progress=cfg.progress)
-    _write_json(out / CONFIG_FILE, dataclasses.asdict(cfg))
+        for f, w in zip(train_files + val_files, train_x + val_x, strict=True):
+            if len(w) < shortest:
+                raise UserError(
+                    f"{f}: {len(w)} samples, shorter than the teacher's shortest input "
+                    f"({shortest}); remove it or set on_error=skip"
+                )
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_files) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    warmup = warmup_length(int(cfg.warmup_epochs * steps_per_epoch), total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, total, warmup)
+        optimizer, lambda step: lr_factor(step, warmup=warmup, total=total)
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     state = {"epoch": 0, "step": 0, "best_epoch": 0, "best_score": -math.inf, "elapsed": 0.0}
     history: list[dict] = []
     if resuming:
-        blob = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        blob = torch.load(state_path, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["torch_rng"])
@@ -409,6 +437,7 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
                 pred = model.forward_batch(wave, lengths)
             y = y_train[idx]
             loss = ccc_loss(pred, y) + cfg.mse_weight * F.mse_loss(pred, y)
+            check_loss(loss, step=state["step"], files=[train_files[i] for i in idx], lr=cfg.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -419,8 +448,9 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
             bar.update(1)
         state["epoch"] += 1
         pred = predict_features(model, val_x) if features else predict_waves(model, val_x)
+        check_targets(pred, val_files, f"the teacher's validation output (epoch {state['epoch']})")
         val = _ccc(pred, val_y)
-        score = float(np.nanmean(val)) if np.isfinite(val).any() else float("nan")
+        score = mean_score(val)  # NaN when no CCC is defined (e.g. one validation clip)
         state["elapsed"] = time.perf_counter() - run_start
         row = {
             "epoch": state["epoch"],
@@ -432,9 +462,9 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
         }
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val="/".join(f"{v:.2f}" for v in val))
-        if score > state["best_score"] or not state["best_epoch"]:  # NaN: too few val clips
+        if score > state["best_score"] or not state["best_epoch"]:  # NaN is never better
             state["best_score"], state["best_epoch"] = score, state["epoch"]
-            save_teacher(model, out)
+            save_checked(model, out)
         _write_metrics(out, history)
         _save_checkpoint(ckpt, model, optimizer, scheduler, gen, state)
         if cfg.max_minutes is not None and state["elapsed"] > 60 * cfg.max_minutes:
@@ -456,10 +486,17 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
     )
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _check_frames(feats: list[torch.Tensor], files: list[str], model) -> None:
+    for f, x in zip(files, feats, strict=True):
+        if len(x) < 1:
+            raise UserError(
+                f"{f}: too short for the teacher (no analysis frame of {model.win} samples); "
+                "remove it or set on_error=skip"
+            )
+        if not bool(torch.isfinite(x).all()):
+            from wav2small.errors import NonFiniteError
+
+            raise NonFiniteError(f"{f}: its log-mel features are not finite")
 
 
 def evaluate_teacher(teacher, csv_path: str | os.PathLike) -> dict[str, float]:
@@ -470,26 +507,12 @@ def evaluate_teacher(teacher, csv_path: str | os.PathLike) -> dict[str, float]:
 
 
 def train_teacher_cli(args) -> int:
-    """``wav2small train-teacher`` entry point."""
-    model = json.loads(args.model) if args.model else {}
-    cfg = TrainConfig(
-        data=args.data,
-        out=args.out,
-        val=args.val,
-        val_fraction=args.val_fraction,
-        init=args.init,
-        model=model,
-        epochs=args.epochs,
-        max_minutes=args.max_minutes,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        crop_seconds=args.crop_seconds or None,
-        gain_db=args.gain_db,
-        seed=args.seed,
-        threads=args.threads,
-        resume=args.resume,
-        mse_weight=args.mse_weight,
-    )
+    """``wav2small train-teacher`` entry point (defaults ← ``--config`` ← flags ← ``--set``)."""
+    from wav2small.config import from_cli
+
+    cfg = from_cli(TrainConfig, args)
+    if cfg.crop_seconds == 0:  # --crop-seconds 0: whole clips
+        cfg.crop_seconds = None
     result = train_teacher(cfg)
     print(
         f"{result.out}: best epoch {result.best_epoch}, validation CCC "
@@ -499,6 +522,6 @@ def train_teacher_cli(args) -> int:
         from wav2small.models.teacher import load_teacher
 
         test = evaluate_teacher(load_teacher(result.out), args.test)
-        _write_json(result.out / "test_ccc.json", test)
+        write_json(result.out / "test_ccc.json", test)
         print("test CCC " + " / ".join(f"{k[0].upper()} {v:.3f}" for k, v in test.items()))
     return 0

@@ -107,16 +107,53 @@ def build_from_info(info: dict[str, str]) -> nn.Module:
     return model
 
 
+#: Most parameters a student checkpoint may declare; a config asking for more is refused before
+#: anything is allocated (the largest preset, MobileNetV4-large, has about 31M).
+MAX_PARAMETERS = 100_000_000
+
+
+def check_finite_state(state: dict, name: str) -> None:
+    """Raise unless every floating-point tensor of a state dict is finite.
+
+    Raises:
+        wav2small.errors.NonFiniteError: names the checkpoint and the first bad tensor.
+    """
+    import torch
+
+    from wav2small.errors import NonFiniteError
+
+    bad = [
+        k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise NonFiniteError(
+            f"{name}: weight {bad[0]!r} has NaN or Inf values ({len(bad)} such tensors)"
+        )
+
+
 def save_model(model: nn.Module, path, *, extra: dict[str, str] | None = None) -> None:
-    """Write weights and facts to a safetensors file (atomically: temp name, then rename)."""
+    """Write weights and facts to a safetensors file (atomically: unique temp name, rename).
+
+    Raises:
+        wav2small.errors.NonFiniteError: a NaN/Inf weight (nothing is written).
+    """
     import os
+    import tempfile
+    from pathlib import Path
 
     from safetensors.torch import save_file
 
-    tmp = f"{path}.tmp"
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp, metadata={**model_info(model), **(extra or {})})
-    os.replace(tmp, path)
+    check_finite_state(state, str(path))
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={**model_info(model), **(extra or {})})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_checkpoint(path) -> tuple[dict[str, str], dict]:
@@ -135,9 +172,12 @@ def read_checkpoint(path) -> tuple[dict[str, str], dict]:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            info = f.metadata() or {}
-        return info, load_file(str(path))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                info = f.metadata() or {}
+            return info, load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for bad files
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
     import torch
 
     try:
@@ -154,16 +194,61 @@ def read_checkpoint(path) -> tuple[dict[str, str], dict]:
     return ckpt.get("wav2small", {}), state
 
 
+def check_state(path, info: dict[str, str], state: dict) -> None:
+    """Check a checkpoint against the model its facts describe, before building it for real.
+
+    The model is first built on torch's ``meta`` device (no memory), so an absurd config (say a
+    width of 10^9) is refused before any allocation; then every tensor's name, shape and dtype
+    must match (no fp16 or int64 surprises) and every weight must be finite.
+
+    Raises:
+        ValueError: an unbuildable or oversized config, or a name/shape/dtype mismatch.
+        wav2small.errors.NonFiniteError: NaN/Inf weights.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            skeleton = build_from_info(info)
+    except Exception as exc:  # a config the constructors reject
+        raise ValueError(f"{path}: its model config cannot be built ({exc})") from exc
+    n = count_parameters(skeleton, trainable=False)
+    if n > MAX_PARAMETERS:
+        raise ValueError(
+            f"{path}: its config declares {n:,} parameters (more than {MAX_PARAMETERS:,}); "
+            "refusing to build it"
+        )
+    expected = skeleton.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match its {info.get('preset')} config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for key, ref in expected.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(ref.shape) or got.dtype != ref.dtype:
+            raise ValueError(
+                f"{path}: weight {key!r} is {got.dtype} {tuple(got.shape)}, expected "
+                f"{ref.dtype} {tuple(ref.shape)}"
+            )
+    check_finite_state(state, str(path))
+
+
 def load_model(path) -> nn.Module:
     """Load a student from a ``.safetensors`` file or a trainer ``.ckpt`` (eval mode).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a wav2small checkpoint.
+        ValueError: the file is not a wav2small checkpoint, or its weights do not match its
+            config (names, shapes, dtypes) or the config is absurd (see :func:`check_state`).
+        wav2small.errors.NonFiniteError: NaN/Inf weights.
     """
     info, state = read_checkpoint(path)
     if "preset" not in info:
         raise ValueError(f"{path}: not a wav2small checkpoint (no 'preset' in its metadata)")
+    check_state(path, info, state)
     model = build_from_info(info)
     model.load_state_dict(state)
     return model.eval()

@@ -435,9 +435,10 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
             raise ValueError
         if target is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
-        return _finite(key, target(value))
+        converted = target(value)
     except (TypeError, ValueError):
         raise UserError(f"config `{key}`: expected {target.__name__}, got {value!r}") from None
+    return _finite(key, converted)
 
 
 def _finite(key: str, value: Any) -> Any:

@@ -386,9 +386,11 @@ class CropDataset:
     ) -> np.ndarray:
         """A random crop (``seconds``, default the dataset's crop length) of clip ``index``."""
         from wav2small.audio import read_audio
+        from wav2small.runs import check_wave
 
         offset, duration = _crop_window(self.durations[index], seconds or self.crop_seconds, rng)
-        return read_audio(self.paths[index], offset=offset, duration=duration)
+        path = self.paths[index]
+        return check_wave(read_audio(path, offset=offset, duration=duration), path)
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict:
         index, seed = key if isinstance(key, tuple) else (int(key), int(key))
@@ -522,8 +524,11 @@ class UtteranceDataset:
     def __getitem__(self, index: int) -> dict:
         from wav2small.audio import read_audio
 
+        from wav2small.runs import check_wave
+
         target = None if self.targets is None else self.targets[index]
-        return {"wave": read_audio(self.paths[index]), "target": target, "index": index, "u": 0.0}
+        wave = check_wave(read_audio(self.paths[index]), self.paths[index])
+        return {"wave": wave, "target": target, "index": index, "u": 0.0}
 
 
 def pad_collate(items: Sequence[dict]) -> dict:

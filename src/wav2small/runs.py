@@ -339,7 +339,7 @@ def usable_clips(
     ]
     if skipped and on_error == "raise":
         raise UserError(
-            f"{name}: {skipped[0][1]}; remove it or pass --set on_error=skip "
+            f"{name}: {skipped[0][1]}; remove it or skip it (--on-error skip) "
             f"({len(skipped)} such clips)"
         )
     kept = manifest[~short].reset_index(drop=True)
@@ -434,7 +434,9 @@ def lightning_module() -> type:
                 row = int(bad.nonzero()[0, 0])
                 raise NonFiniteError(
                     f"{what}: the model's output is not finite for "
-                    f"{files[min(row, len(files) - 1)]} at step {int(self.global_step)}"
+                    f"{files[min(row, len(files) - 1)]} at step {int(self.global_step)}; "
+                    f"the weights diverged (try a lower learning rate than {self.cfg.lr:g}) "
+                    "or the clip is bad"
                 )
             return pred
 

@@ -145,7 +145,7 @@ def usable(
             if n < shortest:
                 raise UserError(
                     f"{f}: {n} samples, shorter than the teacher's shortest input ({shortest}); "
-                    "remove it or set on_error=skip"
+                    "remove it or skip it (--on-error skip)"
                 )
             keep.append(i)
         except (AudioError, UserError) as e:
@@ -200,7 +200,7 @@ def features_from_files(
                 if len(w) < shortest:
                     raise UserError(
                         f"{f}: {len(w)} samples, shorter than the teacher's shortest input "
-                        f"({shortest}); remove it or set on_error=skip"
+                        f"({shortest}); remove it or skip it (--on-error skip)"
                     )
             out.extend(compute_features(model, waves))
             bar.update(len(waves))
@@ -390,7 +390,7 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
             if len(w) < shortest:
                 raise UserError(
                     f"{f}: {len(w)} samples, shorter than the teacher's shortest input "
-                    f"({shortest}); remove it or set on_error=skip"
+                    f"({shortest}); remove it or skip it (--on-error skip)"
                 )
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -491,7 +491,7 @@ def _check_frames(feats: list[torch.Tensor], files: list[str], model) -> None:
         if len(x) < 1:
             raise UserError(
                 f"{f}: too short for the teacher (no analysis frame of {model.win} samples); "
-                "remove it or set on_error=skip"
+                "remove it or skip it (--on-error skip)"
             )
         if not bool(torch.isfinite(x).all()):
             from wav2small.errors import NonFiniteError

@@ -96,9 +96,8 @@ def test_validation_names_the_setting():
 def test_cli_defaults_come_from_the_dataclasses():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    helps = {
-        name: sub.choices[name].format_help() for name in ("distill", "train-teacher", "selfdistill")
-    }
+    names = ("distill", "train-teacher", "selfdistill")
+    helps = {name: sub.choices[name].format_help() for name in names}
     assert f"default {StudentConfig.max_steps}" in helps["distill"]
     assert f"default {TeacherConfig.epochs}" in helps["train-teacher"]
     assert f"default {SelfDistillConfig.lr}" in helps["selfdistill"]

@@ -336,7 +336,8 @@ def test_divergence_stops_with_a_named_error_and_exit_code_2(corpus, tmp_path):
     from wav2small.errors import NonFiniteError, UserError
 
     csv = _gold_csv(corpus, tmp_path)
-    with pytest.raises(NonFiniteError, match="(loss is nan at step|output is not finite).*lower learning rate"):
+    diverged = "(loss is nan at step|output is not finite).*lower learning rate"
+    with pytest.raises(NonFiniteError, match=diverged):
         fit(_gold(csv, tmp_path / "r1", lr=1e6, max_steps=20, scheduler="constant"))
     assert not (tmp_path / "r1" / "best.safetensors").exists()
     args = ["train", "--data", str(csv), "--out", str(tmp_path / "r2"), "--lr", "1e6"]

@@ -523,7 +523,6 @@ class UtteranceDataset:
 
     def __getitem__(self, index: int) -> dict:
         from wav2small.audio import read_audio
-
         from wav2small.runs import check_wave
 
         target = None if self.targets is None else self.targets[index]

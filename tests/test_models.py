@@ -170,3 +170,60 @@ def test_receptive_field_perturbing_outside_changes_nothing(name):
             inside = x.clone()
             inside[:, i] += 5.0
             assert not torch.allclose(torch.cat(model.tokens(inside, norm), 1)[:, :, t], ref)
+
+
+def test_non_finite_weights_are_never_saved_or_loaded(tmp_path):
+    from safetensors.torch import save_file
+
+    from wav2small.errors import NonFiniteError
+    from wav2small.models import model_info
+
+    model = create_model("wav2small-tiny")
+    with torch.no_grad():
+        model.adv.bias[0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"nan.safetensors: weight 'adv.bias'"):
+        save_model(model, tmp_path / "nan.safetensors")
+    assert not list(tmp_path.iterdir())  # nothing written, no temp file left
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "nan.safetensors", metadata=model_info(model))
+    with pytest.raises(NonFiniteError, match="nan.safetensors: weight 'adv.bias' has NaN"):
+        load_model(tmp_path / "nan.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int64])
+def test_weights_of_another_dtype_are_refused(tmp_path, dtype):
+    from safetensors.torch import save_file
+
+    from wav2small.models import model_info
+
+    model = create_model("wav2small-tiny")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["adv.weight"] = state["adv.weight"].to(dtype)
+    save_file(state, tmp_path / "m.safetensors", metadata=model_info(model))
+    with pytest.raises(ValueError, match=f"m.safetensors: weight 'adv.weight' is {dtype}"):
+        load_model(tmp_path / "m.safetensors")
+
+
+def test_an_absurd_config_is_refused_before_allocating(tmp_path):
+    import json
+    import resource
+
+    from safetensors.torch import save_file
+
+    from wav2small.models import model_info
+
+    model = create_model("wav2small-tiny")
+    info = model_info(model)
+    config = json.loads(info["config"])
+    config["head"] = 10**9  # a 10^9-unit hidden layer: terabytes if it were allocated
+    info["config"] = json.dumps(config)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "huge.safetensors", metadata=info)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="huge.safetensors: its config declares .* parameters"):
+        load_model(tmp_path / "huge.safetensors")
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 500_000  # no multi-GB allocation happened
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="junk.safetensors: not a readable safetensors"):
+        load_model(tmp_path / "junk.safetensors")

@@ -284,3 +284,49 @@ def test_selfdistill_export_cli(tmp_path, capsys):
 def test_deepest_exports_with_the_dynamo_exporter_too(tmp_path):
     report = export_exit(tiny().eval(), tmp_path / "deep.onnx", exit=DEEPEST, exporter="dynamo")
     assert report.passed and report.exporter == "dynamo"
+
+
+def test_a_pretrained_backbone_trains_in_train_mode(corpus, tmp_path, monkeypatch):
+    # from_pretrained returns eval mode (dropout and LayerDrop off): training must switch it on
+    import wav2small.selfdistill as sd
+
+    tiny("adv", exits=(1,)).backbone.save_pretrained(tmp_path / "backbone")
+    seen = []
+    build = sd.build_model
+
+    def spy(cfg, classes):
+        model = build(cfg, classes)
+        assert not model.backbone.training  # as loaded
+        forward_all = model.forward_all
+
+        def recording(*args, **kwargs):
+            if torch.is_grad_enabled():
+                seen.append(all(m.training for m in model.modules()))
+            return forward_all(*args, **kwargs)
+
+        model.forward_all = recording
+        return model
+
+    monkeypatch.setattr(sd, "build_model", spy)
+    cfg = SelfDistillConfig(
+        backbone=str(tmp_path / "backbone"),
+        data=str(corpus / "train.csv"),
+        task="adv",
+        exits=(1,),
+        out=str(tmp_path / "run"),
+        max_steps=2,
+        batch_size=4,
+        crop_seconds=1.0,
+        progress=False,
+    )
+    fit_selfdistill(cfg)
+    assert seen == [True, True]
+
+
+def test_selfdistill_config_comes_from_the_shared_resolution(tmp_path):
+    from argparse import Namespace
+
+    from wav2small.selfdistill import cli_config
+
+    cfg = cli_config(Namespace(config=None, data="a.csv", set=[["exits=2,4"], ["lr=0.001"]]))
+    assert cfg.exits == (2, 4) and cfg.lr == 0.001

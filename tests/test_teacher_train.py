@@ -152,3 +152,36 @@ def test_a_one_clip_validation_set_still_saves_a_teacher(tmp_path, corpus):
     result = train_teacher(_cfg(corpus, tmp_path / "t", epochs=2, val_fraction=0.01))
     assert result.best_epoch == 1
     assert (tmp_path / "t" / "model.safetensors").is_file()
+
+
+def test_bad_clips_are_rejected_by_name_or_skipped_and_divergence_stops(tmp_path, corpus):
+    from wav2small.errors import NonFiniteError, UserError
+
+    sf.write(corpus / "one.wav", np.array([0.1], np.float32), SAMPLE_RATE)
+    table = pd.read_csv(corpus / "data.csv")
+    table.loc[len(table)] = {"file": "one.wav", **dict.fromkeys(LABELS, 0.5)}
+    table.to_csv(corpus / "short.csv", index=False)
+    with pytest.raises(UserError, match="one.wav: 1 samples, shorter than the teacher's"):
+        train_teacher(_cfg(corpus, tmp_path / "a", data=str(corpus / "short.csv"), epochs=1))
+    result = train_teacher(
+        _cfg(corpus, tmp_path / "b", data=str(corpus / "short.csv"), epochs=1, on_error="skip")
+    )
+    assert "one.wav" in (tmp_path / "b" / "skipped.csv").read_text()
+    assert all(np.isfinite(v) for v in result.best_ccc.values())
+    table = pd.read_csv(corpus / "data.csv")
+    table.loc[4, "arousal"] = np.inf
+    table.to_csv(corpus / "inf.csv", index=False)
+    with pytest.raises(UserError, match="inf.csv: row 4 .*c04.wav.* missing label .*inf"):
+        train_teacher(_cfg(corpus, tmp_path / "c", data=str(corpus / "inf.csv"), epochs=1))
+    with pytest.raises(NonFiniteError, match="(loss is nan|not finite).*lower learning rate"):
+        train_teacher(_cfg(corpus, tmp_path / "d", lr=1e8, epochs=3))
+    assert not (tmp_path / "d" / "model.safetensors").exists()
+
+
+def test_resume_refuses_changed_settings(tmp_path, corpus):
+    from wav2small.errors import UserError
+
+    train_teacher(_cfg(corpus, tmp_path / "t", epochs=1))
+    with pytest.raises(UserError, match="config.yaml: the run was started with other settings"):
+        train_teacher(_cfg(corpus, tmp_path / "t", epochs=2, lr=0.5, resume=True))
+    assert len(train_teacher(_cfg(corpus, tmp_path / "t", epochs=2, resume=True)).history) == 2

@@ -330,3 +330,12 @@ def test_selfdistill_config_comes_from_the_shared_resolution(tmp_path):
 
     cfg = cli_config(Namespace(config=None, data="a.csv", set=[["exits=2,4"], ["lr=0.001"]]))
     assert cfg.exits == (2, 4) and cfg.lr == 0.001
+
+
+def test_non_finite_adv_labels_are_named(corpus):
+    from wav2small.errors import NonFiniteError
+
+    table = pd.read_csv(corpus / "train.csv")
+    table.loc[3, "dominance"] = np.inf
+    with pytest.raises(NonFiniteError, match="t.csv: 1 rows .*non-finite labels, e.g. train_03"):
+        targets_of(table, task="adv", name="t.csv")

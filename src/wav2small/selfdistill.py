@@ -519,7 +519,11 @@ def fit_selfdistill(cfg: SelfDistillConfig) -> SelfDistillResult:
     )
 
     def save_best(best: Path, score: float) -> None:
-        save_exits_model(load_exits_model(best), run_dir / BEST_WEIGHTS)
+        from wav2small.models import check_finite_state
+
+        best_model = load_exits_model(best)
+        check_finite_state(best_model.state_dict(), str(best))
+        save_exits_model(best_model, run_dir / BEST_WEIGHTS)
 
     steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * len(train_loader)
     return run_lightning(

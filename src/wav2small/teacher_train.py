@@ -364,7 +364,7 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
         tr, va = split_indices(len(files), cfg.val_fraction, seed=cfg.seed)
         train_files, train_y = [files[i] for i in tr], targets[tr]
         val_files, val_y = [files[i] for i in va], targets[va]
-    model, fresh = (load_teacher(ckpt), False) if resuming else _build_model(cfg)
+    model, fresh = (load_teacher(state_path.parent), False) if resuming else _build_model(cfg)
     shortest = int(getattr(model, "min_samples", 1) or 1)
     if cfg.on_error == "skip":  # read every clip once; leave out the bad ones (listed)
         keep, skipped = usable(train_files, shortest=shortest, on_error="skip")

@@ -259,3 +259,31 @@ def test_save_and_load_round_trip(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ExitsError, match="bad.ckpt"):
         load_exits_model(bad)
+
+
+def test_an_absurd_backbone_config_or_nan_weights_are_refused_before_building(tmp_path):
+    import json
+    import resource
+
+    from safetensors.torch import save_file
+
+    from wav2small.models.exits import ExitsError, exits_info, load_exits_model
+
+    torch.manual_seed(0)
+    model = create_exits_model("random:wav2vec2-tiny", task="adv", exits=(1,))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    info = exits_info(model)
+    config = json.loads(info["config"])
+    config["backbone_config"]["hidden_size"] = 10**9  # terabytes if it were allocated
+    info["config"] = json.dumps(config)
+    save_file(state, tmp_path / "huge.safetensors", metadata=info)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused = "huge.safetensors: its (config declares .* parameters|model config cannot be built)"
+    with pytest.raises(ExitsError, match=refused):
+        load_exits_model(tmp_path / "huge.safetensors")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, tmp_path / "nan.safetensors", metadata=exits_info(model))
+    with pytest.raises(ExitsError, match=f"nan.safetensors: weight '{key}' has NaN"):
+        load_exits_model(tmp_path / "nan.safetensors")

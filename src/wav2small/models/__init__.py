@@ -205,11 +205,21 @@ def check_state(path, info: dict[str, str], state: dict) -> None:
         ValueError: an unbuildable or oversized config, or a name/shape/dtype mismatch.
         wav2small.errors.NonFiniteError: NaN/Inf weights.
     """
+    check_built_state(path, lambda: build_from_info(info), state, name=info.get("preset", ""))
+
+
+def check_built_state(path, build: Callable[[], nn.Module], state: dict, *, name: str = "") -> None:
+    """:func:`check_state` for any model family: ``build()`` runs on the ``meta`` device.
+
+    Raises:
+        ValueError: an unbuildable or oversized config, or a name/shape/dtype mismatch.
+        wav2small.errors.NonFiniteError: NaN/Inf weights.
+    """
     import torch
 
     try:
         with torch.device("meta"):
-            skeleton = build_from_info(info)
+            skeleton = build()
     except Exception as exc:  # a config the constructors reject
         raise ValueError(f"{path}: its model config cannot be built ({exc})") from exc
     n = count_parameters(skeleton, trainable=False)
@@ -223,7 +233,7 @@ def check_state(path, info: dict[str, str], state: dict) -> None:
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"{path}: weights do not match its {info.get('preset')} config "
+            f"{path}: weights do not match its {name} config "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     for key, ref in expected.items():

@@ -760,12 +760,15 @@ def load_exits_model(path: str | os.PathLike) -> EarlyExitModel:
 
     Raises:
         FileNotFoundError: no such file.
-        ExitsError: not an early-exit checkpoint, or weights that do not fit.
+        ExitsError: not an early-exit checkpoint, weights that do not fit (names, shapes,
+            dtypes), NaN/Inf weights or an absurd config (refused before allocating).
     """
-    from wav2small.models import read_checkpoint
+    from wav2small.models import check_built_state, read_checkpoint
 
     try:
         info, state = read_checkpoint(path)
+        # name, shape, dtype, finite, size: checked on a meta-device build before allocating
+        check_built_state(path, lambda: model_from_info(info, str(path)), state)
     except ValueError as e:
         raise ExitsError(str(e)) from e
     model = model_from_info(info, str(path))

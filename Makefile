@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=23"
 	# -c pins every package (torch/torchvision to the builds on local disk): never a multi-GB download.
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[train,synth,scale,dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[train,synth,scale,dev,audeering,browser]"
 	touch $(STAMP)
 
 demo: setup

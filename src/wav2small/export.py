@@ -396,6 +396,9 @@ def export(
         report.int8_activation_bits = bits
         if gate_int8:
             report.passed &= min(report.int8_ccc.values()) >= INT8_MIN_CCC
+    from wav2small.audonnx_export import write_audonnx_folders
+
+    write_audonnx_folders(out_dir)  # audonnx/ (+ audonnx-int8/): audonnx.load(folder) as is
     tmp = out_dir / "export_report.json.tmp"
     tmp.write_text(json.dumps(asdict(report), indent=2))
     os.replace(tmp, out_dir / "export_report.json")
@@ -465,6 +468,7 @@ def export_cli(args) -> int:
     )
     print(report.summary())
     print(f"model card: {Path(args.out) / CARD_NAME}")
+    print(f"audonnx folders: {', '.join(sorted(str(p) for p in Path(args.out).glob('audonnx*')))}")
     if not report.passed and args.int8 and not args.calibration:
         print(
             "hint: int8 was calibrated on built-in signals; pass --calibration with a few dozen "

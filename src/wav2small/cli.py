@@ -127,7 +127,8 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--teacher",
         required=True,
-        help="dawn, odyssey, ensemble, synth, a folder, a hub id or ensemble:A+B",
+        help="dawn, odyssey, ensemble, synth, a folder, a hub id, ensemble:A+B, or an "
+        "audonnx/ONNX folder (model.onnx + model.yaml; runs on ONNX Runtime without torch)",
     )
     p.add_argument("--audio", required=True, help="folder, CSV (file[,start,end]) or audio file")
     p.add_argument("--out", required=True, help="output .parquet file")

@@ -236,6 +236,8 @@ class _ShardWriter:
 
 # --- labelling ------------------------------------------------------------------------------------
 def _predict(teacher, waves: list[np.ndarray]) -> np.ndarray:
+    if hasattr(teacher, "predict_waves"):  # ONNX teachers (wav2small.onnx_teacher): no torch
+        return teacher.predict_waves(waves)
     import torch
 
     from wav2small.models.teacher import pad_batch
@@ -383,13 +385,18 @@ def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
 
 def label_cli(args) -> int:
     """``wav2small label`` entry point."""
-    import torch
+    from wav2small.onnx_teacher import OnnxTeacher, is_onnx_teacher
 
-    from wav2small.models.teacher import load_teacher
+    if is_onnx_teacher(args.teacher):  # audonnx/ONNX folder: ONNX Runtime, no torch
+        teacher = OnnxTeacher(args.teacher, threads=args.threads or None)
+    else:
+        import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    teacher = load_teacher(args.teacher, device=args.device, clip=args.clip)
+        from wav2small.models.teacher import load_teacher
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        teacher = load_teacher(args.teacher, device=args.device, clip=args.clip)
     result = label(
         teacher,
         args.audio,

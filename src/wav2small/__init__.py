@@ -39,18 +39,21 @@ def list_models() -> list[str]:
 
 
 def load(model, **kwargs):
-    """A :class:`wav2small.infer.Predictor` for an ONNX file, a checkpoint or a preset name.
+    """A :class:`wav2small.infer.Predictor` for an ONNX file, a checkpoint, a preset name, or a
+    student folder / Hugging Face id written by ``wav2small export`` (:mod:`wav2small.hub`).
 
-    ``.onnx`` files run on ONNX Runtime without importing torch. Keyword arguments go to the
+    ``.onnx`` files and student folders run on ONNX Runtime without importing torch (the int8
+    model when the folder has one; ``variant="fp32"`` for fp32). Keyword arguments go to the
     Predictor (``backend``, ``threads``, ``max_seconds``, ...).
 
     Example:
         >>> import wav2small
         >>> wav2small.load("model.int8.onnx").predict("clips/")  # doctest: +SKIP
+        >>> wav2small.load("org/wav2small-paper").predict("clips/")  # doctest: +SKIP
     """
-    from wav2small.infer import Predictor as _Predictor
+    from wav2small.infer import load as _load
 
-    return _Predictor(model, **kwargs)
+    return _load(model, **kwargs)
 
 
 def __getattr__(name: str):

@@ -405,7 +405,11 @@ def export(
     from wav2small.models import model_info
 
     info = {**model_info(model), **(metadata or {})}
-    write_model_card(out_dir, model_card(info=info, report=report, **(card or {})))
+    text = model_card(info=info, report=report, **(card or {}))
+    write_model_card(out_dir, text)
+    from wav2small.hub import write_hub_files
+
+    write_hub_files(model, out_dir, info=info, report=report, card=text)  # hub-style folder
     return report
 
 

@@ -662,9 +662,13 @@ class TimelineStream:
 
 
 # --- loading and tables ---------------------------------------------------------------------
-def load(model, **kwargs) -> Predictor:
-    """A :class:`Predictor` for an ONNX file, a checkpoint, a preset name or a torch module."""
-    return Predictor(model, **kwargs)
+def load(model, *, variant: str = "auto", **kwargs) -> Predictor:
+    """A :class:`Predictor` for an ONNX file, a checkpoint, a preset name, a torch module, or a
+    student folder / hub id (:mod:`wav2small.hub`; ``variant`` "auto" | "int8" | "fp32")."""
+    from wav2small.hub import resolve_model
+
+    backend = kwargs.get("backend", "auto")
+    return Predictor(resolve_model(model, variant=variant, backend=backend), **kwargs)
 
 
 TABLE_FORMATS = (".csv", ".parquet", ".json")

@@ -6,9 +6,23 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 QUICK   ?=
 
-.PHONY: setup demo test test-slow bench lint teacher clean
+.PHONY: setup demo test test-slow bench lint teacher clean web
 
-setup: $(STAMP)
+setup: $(STAMP) web
+
+# The browser page's runtime: onnxruntime-web (MIT, pinned in web/package-lock.json) from npm; only
+# the three files the page loads are copied into the package (src/wav2small/web/vendor, not in git).
+WEB_VENDOR := src/wav2small/web/vendor
+ORT_DIST   := web/node_modules/onnxruntime-web/dist
+web: $(WEB_VENDOR)/.installed
+
+$(WEB_VENDOR)/.installed: web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	mkdir -p $(WEB_VENDOR)
+	cp $(ORT_DIST)/ort.wasm.min.js $(ORT_DIST)/ort-wasm-simd-threaded.mjs \
+	    $(ORT_DIST)/ort-wasm-simd-threaded.wasm $(WEB_VENDOR)/
+	cp web/node_modules/onnxruntime-web/package.json $(WEB_VENDOR)/onnxruntime-web.package.json  # version, MIT
+	touch $@
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,4 +62,4 @@ teacher: setup
 	cp runs/teacher-synth/metrics.csv src/wav2small/assets/teacher-synth/training_metrics.csv
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache web/node_modules $(WEB_VENDOR)

@@ -506,6 +506,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return evaluate_cli(args)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="the browser page (model runs in the browser) on 127.0.0.1")
+    p.add_argument("model", nargs="?", help=".onnx file or exported student folder / hub id")
+    p.add_argument("--port", type=int, default=8017, help="port on 127.0.0.1 (default 8017)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from wav2small.serve import serve_cli
+
+    return serve_cli(args)
+
+
 COMMANDS = [
     "export",
     "models",
@@ -521,6 +533,7 @@ COMMANDS = [
     "distill",
     "train",
     "evaluate",
+    "serve",
 ]
 
 

@@ -1,0 +1,193 @@
+"""The browser page and `wav2small serve`: a real headless chromium computes the timeline.
+
+The browser test needs Playwright (the ``[browser]`` extra), Debian's ``chromium`` and the
+onnxruntime-web files (``make web``). It skips when one is missing, unless
+``WAV2SMALL_REQUIRE_BROWSER=1`` (set by ``.ci/run``), where a missing piece fails it.
+``WAV2SMALL_SCREENSHOTS=DIR`` also saves the page's screenshot there (docs/web-page.png).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from wav2small import LABELS, SAMPLE_RATE
+from wav2small.cli import main
+from wav2small.export import export_onnx
+from wav2small.infer import read_table, timeline_bounds
+from wav2small.models import create_model
+from wav2small.serve import check_vendor, make_server, web_root
+from wav2small.signals import pseudo_speech, pseudo_speech_set
+
+STEP, CONTEXT = 0.5, 2.0
+
+
+def _require(what: str, ok: bool) -> None:
+    if not ok:
+        if os.environ.get("WAV2SMALL_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser test: {what} is missing (WAV2SMALL_REQUIRE_BROWSER=1)")
+        pytest.skip(f"browser test: {what} is missing")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(3)
+    m = create_model("wav2small-tiny")
+    m.train()
+    with torch.no_grad():  # BatchNorm statistics of speech: outputs that move along the file
+        for clip in pseudo_speech_set(3, seed=5):
+            m(torch.from_numpy(clip)[None])
+        m.adv.weight.mul_(50.0)  # random weights barely move: make the timeline visibly move
+        m.adv.bias.zero_()
+    return export_onnx(m.eval(), tmp_path_factory.mktemp("model") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    x = np.concatenate([pseudo_speech(s, rng=rng) * g for s, g in ((2.2, 1.0), (3.1, 0.3))])
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    sf.write(path, x, SAMPLE_RATE, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture
+def server(model):
+    try:
+        srv = make_server(model, port=0)
+    except FileNotFoundError as exc:
+        _require(f"onnxruntime-web ({exc})", False)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_server_listens_on_localhost_and_serves_the_model(server, model):
+    assert server.startswith("http://127.0.0.1:")
+    facts = json.loads(urllib.request.urlopen(server + "model.json").read())
+    assert facts["labels"] == list(LABELS) and facts["bytes"] == model.stat().st_size
+    assert urllib.request.urlopen(server + "model.onnx").read() == model.read_bytes()
+    page = urllib.request.urlopen(server).read().decode()
+    assert "vendor/ort.wasm.min.js" in page and "app.js" in page
+    wasm = urllib.request.urlopen(server + "vendor/ort-wasm-simd-threaded.wasm")
+    assert wasm.headers["Content-Type"] == "application/wasm"
+
+
+def test_serve_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "bad.onnx").write_bytes(b"nope")
+    try:
+        check_vendor()
+    except FileNotFoundError:
+        pytest.skip("onnxruntime-web not installed (make web)")
+    assert main(["serve", str(tmp_path / "bad.onnx"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.onnx" in err
+    assert main(["serve", str(tmp_path / "x.safetensors"), "--port", "0"]) == 2
+    assert "ONNX" in capsys.readouterr().err
+
+
+def test_check_vendor_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make web"):
+        check_vendor(tmp_path)
+
+
+def test_js_timeline_mirrors_python(tmp_path):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    sizes, steps = (0, 63, 64, 100, 8000, 8001, 40000), ((64, 64), (8000, 64000), (3000, 500))
+    cases = [(n, s, c) for n in sizes for s, c in steps]
+    module = json.dumps((web_root() / "timeline.js").as_uri())
+    script = tmp_path / "t.mjs"
+    # a stream fed in uneven chunks; the model call returns the window's length, first, last sample
+    script.write_text(
+        f"import {{ timelineBounds, TimelineStream }} from {module};\n"
+        f"const cases = {json.dumps(cases)};\n"
+        """const out = [];
+for (const [n, s, c] of cases) {
+  const bounds = timelineBounds(n, s, c);
+  const x = Float32Array.from({length: n}, (_, i) => i);
+  const run = async (w) => [w.length, w[0] ?? -1, w[w.length - 1] ?? -1];
+  const st = new TimelineStream(run, {step: s / 16000, context: c / 16000});
+  const rows = [];
+  for (let i = 0, k = 1; i < n; i += 37 * k, k = (k % 5) + 1)
+    rows.push(...await st.push(x.subarray(i, Math.min(n, i + 37 * k))));
+  rows.push(...await st.close());
+  out.push({bounds, rows: rows.map((r) => r.values)});
+}
+console.log(JSON.stringify(out));
+"""
+    )
+    run = subprocess.run([node, str(script)], capture_output=True, text=True, check=True)
+    for (n, s, c), got in zip(cases, json.loads(run.stdout), strict=True):
+        want = [list(b) for b in timeline_bounds(n, s, c)]
+        assert got["bounds"] == want, (n, s, c)
+        assert got["rows"] == [[e - b, b, e - 1] for b, e in want], (n, s, c)
+
+
+@pytest.mark.browser
+def test_page_in_headless_chromium_equals_predict_timeline(server, model, wav, tmp_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require("playwright (pip install 'wav2small[browser]')", False)
+    chromium = shutil.which("chromium")
+    _require("chromium (apt-get install chromium)", chromium is not None)
+
+    csv = tmp_path / "cli.csv"
+    args = ["--timeline", str(STEP), "--context", str(CONTEXT), "--out", str(csv)]
+    assert main(["predict", str(model), str(wav), *args]) == 0
+    want = read_table(csv)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 760})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server)
+            page.wait_for_function("window.wav2small && window.wav2small.ready", timeout=60_000)
+            page.fill("#step", str(STEP))
+            page.fill("#context", str(CONTEXT))
+            page.set_input_files("#file", str(wav))
+            page.wait_for_function("window.wav2small.done", timeout=120_000)
+            state = page.evaluate("window.wav2small")
+            with page.expect_download() as download:
+                page.click("#csv")
+            csv_text = Path(download.value.path()).read_text()
+            shot = tmp_path / "web-page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            speed = page.inner_text("#speed")
+            size = page.inner_text("#model-size")
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("WAV2SMALL_SCREENSHOTS"):
+        shutil.copy(shot, Path(os.environ["WAV2SMALL_SCREENSHOTS"]) / "web-page.png")
+
+    rows = state["rows"]
+    assert [(r["start"], r["end"]) for r in rows] == [(s, e) for _, s, e in want.index.to_list()]
+    got = np.array([r["values"] for r in rows])
+    diff = np.abs(got - want.to_numpy()).max()
+    print(
+        f"browser vs predict --timeline: max |diff| {diff:.2e} over {got.size} values; range "
+        f"{np.ptp(got, axis=0).round(3)}; {state['msPerSecond']:.2f} ms per audio second"
+    )
+    assert diff <= 1e-3
+    assert np.ptp(got, axis=0).max() > 1e-2  # the values move along the file: a real comparison
+    assert state["msPerSecond"] > 0 and float(speed) > 0
+    assert size == f"{model.stat().st_size / 1024:.1f} KB"
+    lines = csv_text.strip().splitlines()
+    assert lines[0] == "file,start,end,arousal,dominance,valence" and len(lines) == len(rows) + 1
+    assert np.allclose([float(v) for v in lines[1].split(",")[3:]], got[0], atol=1e-6)

@@ -79,8 +79,10 @@ def test_server_listens_on_localhost_and_serves_the_model(server, model):
     assert urllib.request.urlopen(server + "model.onnx").read() == model.read_bytes()
     page = urllib.request.urlopen(server).read().decode()
     assert "vendor/ort.wasm.min.js" in page and "app.js" in page
-    wasm = urllib.request.urlopen(server + "vendor/ort-wasm-simd-threaded.wasm")
-    assert wasm.headers["Content-Type"] == "application/wasm"
+    with urllib.request.urlopen(server + "vendor/ort-wasm-simd-threaded.wasm") as wasm:
+        assert wasm.headers["Content-Type"] == "application/wasm"
+        assert wasm.read(4) == b"\0asm"
+        wasm.read()
 
 
 def test_serve_cli_errors_are_one_line_exit_2(tmp_path, capsys):
@@ -90,8 +92,8 @@ def test_serve_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     except FileNotFoundError:
         pytest.skip("onnxruntime-web not installed (make web)")
     assert main(["serve", str(tmp_path / "bad.onnx"), "--port", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "bad.onnx" in err
+    err = [line for line in capsys.readouterr().err.splitlines() if "serve" in line]
+    assert len(err) == 1 and err[0].startswith("wav2small serve: ") and "bad.onnx" in err[0]
     assert main(["serve", str(tmp_path / "x.safetensors"), "--port", "0"]) == 2
     assert "ONNX" in capsys.readouterr().err
 

@@ -80,7 +80,7 @@ class OnnxTeacher:
 
     Args:
         path: folder with ``model.onnx`` (+ ``model.yaml`` or ``labels.yaml``), or a ``.onnx``.
-        threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
+        threads: ONNX Runtime intra-op threads (default 1, as every session of the package).
         name: teacher id written into label tables (default: ``path``).
 
     Raises:
@@ -93,23 +93,17 @@ class OnnxTeacher:
     def __init__(
         self, path: str | os.PathLike, *, threads: int | None = None, name: str | None = None
     ) -> None:
-        import onnxruntime as ort
+        from wav2small.backends import onnx_session
 
         root = Path(os.fspath(path)).expanduser()
         onnx_file = root if root.is_file() else root / ONNX_FILE
         folder = onnx_file.parent
         if not onnx_file.is_file():
             raise OnnxTeacherError(f"{root}: no {ONNX_FILE} in this folder")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(
-                str(onnx_file), opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own types
-            raise OnnxTeacherError(f"{onnx_file}: not a loadable ONNX model: {exc}") from exc
+        try:  # the package's one session builder (threads: default 1, sequential)
+            self.session = onnx_session(onnx_file, threads=threads)
+        except ValueError as exc:
+            raise OnnxTeacherError(str(exc)) from exc
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise OnnxTeacherError(f"{onnx_file}: expected one input (signal), got {len(inputs)}")

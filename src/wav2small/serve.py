@@ -48,8 +48,8 @@ def check_vendor(root: Path | None = None) -> Path:
 
 def model_facts(model: str | os.PathLike) -> tuple[Path, dict]:
     """The ONNX file to serve for MODEL (a .onnx or a student folder / hub id) and its facts."""
+    from wav2small.backends import OnnxBackend
     from wav2small.hub import resolve_model
-    from wav2small.infer import OnnxBackend
 
     path = Path(resolve_model(model))
     if path.suffix.lower() != ".onnx":

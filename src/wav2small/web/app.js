@@ -54,8 +54,11 @@ function draw() {
   g.font = "24px system-ui";
   g.fillStyle = "#444";
   g.strokeStyle = "#ccc";
-  const all = rows.flatMap((r) => r.values);
-  const lo = Math.min(0, ...all), hi = Math.max(1, ...all);
+  // y range: the data's, padded, at least 0.2 wide (a trained model's outputs lie in ~[0, 1])
+  const all = rows.length ? rows.flatMap((r) => r.values) : [0, 1];
+  const mid = (Math.min(...all) + Math.max(...all)) / 2;
+  const half = Math.max(0.1, 0.55 * (Math.max(...all) - Math.min(...all)));
+  const lo = mid - half, hi = mid + half;
   const tMax = Math.max(1, ...rows.map((r) => r.end));
   const x = (t) => L + ((W - L - R) * t) / tMax;
   const y = (v) => H - B - ((H - T - B) * (v - lo)) / (hi - lo);
@@ -139,7 +142,7 @@ async function toggleMic() {
     await m.chain;
     addRows(await m.stream.close());
     await m.ctx.close();
-    $("mic").textContent = "🎤 Use the microphone";
+    $("mic").textContent = "Use the microphone";
     state.done = true;
     return status(`microphone: ${state.rows.length} rows.`);
   }
@@ -164,7 +167,7 @@ async function toggleMic() {
   };
   source.connect(node);
   node.connect(ctx.destination);
-  $("mic").textContent = "⏹ Stop";
+  $("mic").textContent = "Stop the microphone";
 }
 
 function downloadCsv() {

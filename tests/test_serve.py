@@ -193,3 +193,36 @@ def test_page_in_headless_chromium_equals_predict_timeline(server, model, wav, t
     lines = csv_text.strip().splitlines()
     assert lines[0] == "file,start,end,arousal,dominance,valence" and len(lines) == len(rows) + 1
     assert np.allclose([float(v) for v in lines[1].split(",")[3:]], got[0], atol=1e-6)
+
+
+@pytest.mark.browser
+def test_page_microphone_stream_gives_timeline_rows(server):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require("playwright (pip install 'wav2small[browser]')", False)
+    chromium = shutil.which("chromium")
+    _require("chromium (apt-get install chromium)", chromium is not None)
+    fake_mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", *fake_mic])
+        try:
+            page = browser.new_context(permissions=["microphone"]).new_page()
+            page.goto(server)
+            page.wait_for_function("window.wav2small && window.wav2small.ready", timeout=60_000)
+            page.fill("#step", "0.5")
+            page.fill("#context", "1")
+            page.click("#mic")
+            page.wait_for_function("window.wav2small.rows.length >= 3", timeout=60_000)
+            page.click("#mic")  # stop: the last row ends at the end of the stream
+            page.wait_for_function("window.wav2small.done", timeout=60_000)
+            rows = page.evaluate("window.wav2small.rows")
+        finally:
+            browser.close()
+    n = round(rows[-1]["end"] * SAMPLE_RATE)
+    want = [
+        (round(s / SAMPLE_RATE, 6), round(e / SAMPLE_RATE, 6))
+        for s, e in timeline_bounds(n, 8000, 16000)
+    ]
+    assert len(rows) >= 4 and [(r["start"], r["end"]) for r in rows] == want
+    assert all(np.isfinite(r["values"]).all() for r in rows)

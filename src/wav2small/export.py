@@ -409,7 +409,8 @@ def export(
     write_model_card(out_dir, text)
     from wav2small.hub import write_hub_files
 
-    write_hub_files(model, out_dir, info=info, report=report, card=text)  # hub-style folder
+    untrained = bool((card or {}).get("untrained"))
+    write_hub_files(model, out_dir, info=info, report=report, card=text, untrained=untrained)
     return report
 
 

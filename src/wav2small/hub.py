@@ -84,7 +84,13 @@ def front_matter(config: dict[str, Any], *, untrained: bool = False) -> str:
 
 
 def write_hub_files(
-    model, out_dir: str | os.PathLike, *, info: dict[str, str], report, card: str
+    model,
+    out_dir: str | os.PathLike,
+    *,
+    info: dict[str, str],
+    report,
+    card: str,
+    untrained: bool = False,
 ) -> Path:
     """Write config.json, model.safetensors and README.md into an export folder.
 
@@ -94,6 +100,7 @@ def write_hub_files(
         info: the model's facts (:func:`wav2small.models.model_info` + export metadata).
         report: the :class:`wav2small.export.ExportReport`.
         card: the model card text (:func:`wav2small.card.model_card`).
+        untrained: random weights (tagged ``untrained`` in the hub metadata).
     """
     from wav2small.models import save_model
 
@@ -101,7 +108,6 @@ def write_hub_files(
     config = student_config(info, report)
     save_model(model, out_dir / WEIGHTS_FILE, extra={k: v for k, v in info.items() if v})
     _write_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-    untrained = "Untrained random weights" in card
     _write_atomic(out_dir / README_FILE, front_matter(config, untrained=untrained) + card)
     return out_dir
 

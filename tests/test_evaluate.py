@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -28,7 +31,9 @@ class LookupModel(nn.Module):
         self.table = table
 
     def forward(self, signal: torch.Tensor, lengths=None) -> torch.Tensor:
-        rows = [self.table[int(signal.shape[1])] for _ in range(signal.shape[0])]
+        if lengths is None:
+            lengths = [signal.shape[1]] * signal.shape[0]
+        rows = [self.table[int(n)] for n in lengths]
         return torch.tensor(np.stack(rows), dtype=torch.float32)
 
 
@@ -203,3 +208,193 @@ def test_report_plot_errors(tmp_path):
     empty = Evaluation(pd.DataFrame(columns=["model", "reference", *LABELS, "mean"]), {}, {})
     with pytest.raises(ValueError, match="against 'gold'"):
         plot_ccc_bars(empty.metrics, tmp_path / "y.png")
+
+
+# --- evaluate = predict --------------------------------------------------------------------------
+HEAD_GAIN = 100.0  # untrained outputs barely move; amplify so that comparisons bite
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """One tiny model as checkpoint, fp32 ONNX, int8 ONNX and an ONNX whose metadata names its
+    outputs in another order; and a CSV of clips including one longer than Predictor's 20 s."""
+    import onnx
+
+    from wav2small.export import export_onnx, quantize_int8
+    from wav2small.models import create_model, save_model
+
+    root = tmp_path_factory.mktemp("shipped")
+    torch.manual_seed(0)
+    model = create_model("wav2small-tiny").eval()
+    with torch.no_grad():
+        model.adv.weight.mul_(HEAD_GAIN)
+    save_model(model, root / "tiny.safetensors")
+    export_onnx(model, root / "tiny.onnx")
+    rng = np.random.default_rng(1)
+    quantize_int8(
+        root / "tiny.onnx",
+        root / "tiny.int8.onnx",
+        calibration=[pseudo_speech(2.0, rng=rng) for _ in range(4)],
+    )
+    proto = onnx.load(str(root / "tiny.onnx"))
+    for entry in proto.metadata_props:
+        if entry.key == "labels":
+            entry.value = "valence,arousal,dominance"
+    onnx.save(proto, str(root / "swapped.onnx"))
+    (root / "clips").mkdir()
+    rows = []
+    for i, seconds in enumerate([0.7, 1.9, 3.1, 24.5]):  # the last is cut into two pieces
+        sf.write(root / "clips" / f"{i}.wav", pseudo_speech(seconds, rng=rng), SAMPLE_RATE)
+        rows.append({"file": f"clips/{i}.wav", **dict(zip(LABELS, rng.random(3), strict=True))})
+    sf.write(root / "clips" / "8k.wav", pseudo_speech(1.3, rng=rng)[::2], SAMPLE_RATE // 2)
+    rows.append({"file": "clips/8k.wav", **dict(zip(LABELS, rng.random(3), strict=True))})
+    pd.DataFrame(rows).to_csv(root / "data.csv", index=False)
+    models = {
+        "checkpoint": root / "tiny.safetensors",
+        "fp32": root / "tiny.onnx",
+        "int8": root / "tiny.int8.onnx",
+        "swapped": root / "swapped.onnx",
+    }
+    return root, models
+
+
+def test_evaluate_gives_the_numbers_predict_gives(shipped, tmp_path, capsys):
+    """`wav2small evaluate` scores exactly the table `wav2small predict` writes, per model."""
+    from wav2small.infer import read_table
+
+    root, models = shipped
+    manifest = pd.read_csv(root / "data.csv")
+    paths = [str(root / f) for f in manifest["file"]]
+    argv = ["evaluate", *map(str, models.values()), "--data", str(root / "data.csv")]
+    assert main([*argv, "--out", str(tmp_path / "eval"), "--no-plots", "--no-progress"]) == 0
+    evaluated = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    names = {"checkpoint": "tiny", "fp32": "tiny-2", "int8": "tiny.int8", "swapped": "swapped"}
+    by_model = {}
+    for kind, path in models.items():
+        out = tmp_path / f"{kind}.csv"
+        assert main(["predict", str(path), *paths, "--out", str(out)]) == 0
+        predicted = read_table(out)
+        assert predicted.index.get_level_values("file").tolist() == paths
+        assert predicted.index.get_level_values("end")[3] == pytest.approx(24.5)
+        got = evaluated[evaluated.model == names[kind]]
+        assert got["file"].tolist() == manifest["file"].tolist()
+        np.testing.assert_array_equal(
+            got[list(LABELS)].to_numpy(np.float32), predicted.to_numpy(np.float32)
+        )
+        by_model[kind] = predicted.to_numpy()
+    capsys.readouterr()
+    # the cases differ where they should: int8 is not fp32, the swapped model is reordered
+    assert np.abs(by_model["int8"] - by_model["fp32"]).max() > 1e-6
+    np.testing.assert_allclose(by_model["checkpoint"], by_model["fp32"], atol=1e-4 * HEAD_GAIN)
+    np.testing.assert_allclose(by_model["swapped"][:, 2], by_model["fp32"][:, 0], rtol=1e-6)
+    np.testing.assert_allclose(by_model["swapped"][:, 0], by_model["fp32"][:, 1], rtol=1e-6)
+    # and the long file is the length-weighted mean of its pieces, not one pass
+    from wav2small.infer import Predictor
+
+    one_pass = Predictor(models["fp32"], max_seconds=30).predict(paths[3]).to_numpy()[0]
+    assert np.abs(one_pass - by_model["fp32"][3]).max() > 1e-6
+
+
+def test_evaluate_of_a_torch_module_equals_its_checkpoint(shipped):
+    from wav2small.models import load_model
+
+    root, models = shipped
+    module = load_model(models["checkpoint"])
+    result = evaluate({"file": models["checkpoint"], "module": module}, root / "data.csv")
+    np.testing.assert_array_equal(result.predictions["file"], result.predictions["module"])
+    paths = [str(root / f) for f in pd.read_csv(root / "data.csv")["file"]]
+    np.testing.assert_array_equal(predict(models["checkpoint"], paths), result.predictions["file"])
+    repeated = predict(models["fp32"], [paths[1], paths[0], paths[1]])
+    np.testing.assert_array_equal(repeated[0], repeated[2])
+
+
+def test_bad_clips_and_non_finite_outputs_name_the_file(shipped, tmp_path):
+    from wav2small.audio import AudioError
+    from wav2small.evaluate import by_file
+
+    root, models = shipped
+    sf.write(tmp_path / "short.wav", np.zeros(10, np.float32), SAMPLE_RATE)
+    pd.DataFrame({"file": ["short.wav"], **dict.fromkeys(LABELS, [0.5])}).to_csv(
+        tmp_path / "short.csv", index=False
+    )
+    with pytest.raises(AudioError, match="short.wav: too short"):
+        evaluate([models["fp32"]], tmp_path / "short.csv")
+    frame = pd.DataFrame(
+        [[0.1, 0.2, 0.3], [np.nan, 0.2, 0.3]],
+        index=pd.MultiIndex.from_tuples([("a.wav", 0.0, 1.0), ("b.wav", 0.0, 1.0)]),
+        columns=list(LABELS),
+    )
+    frame.index.names = ["file", "start", "end"]
+    np.testing.assert_allclose(by_file(frame, ["a.wav", "a.wav"]), [[0.1, 0.2, 0.3]] * 2)
+    with pytest.raises(ValueError, match="b.wav: m gave non-finite outputs"):
+        by_file(frame, ["a.wav", "b.wav"], model="m")
+    with pytest.raises(ValueError, match="c.wav: no single prediction row"):
+        by_file(frame, ["c.wav"])
+
+
+def test_teacher_runs_through_the_teacher_helper(corpus, monkeypatch):
+    from wav2small.models import teacher as T
+
+    root, gold, _, lengths = corpus
+    calls = []
+    original = T.teacher_predict_files
+    monkeypatch.setattr(
+        T, "teacher_predict_files", lambda *a, **k: calls.append(a[1]) or original(*a, **k)
+    )
+    result = evaluate([_model(lengths, gold)], root / "data.csv", teacher=_model(lengths, gold))
+    assert len(calls) == 1 and len(calls[0]) == N_CLIPS
+    assert result.ccc("teacher", "gold")["mean"] == pytest.approx(1.0)
+    nan_teacher = _model(lengths, np.full_like(gold, np.nan))
+    with pytest.raises(ValueError, match=r"\.wav: teacher .* non-finite"):
+        evaluate([_model(lengths, gold)], root / "data.csv", teacher=nan_teacher)
+
+
+def _write_long(path, minutes: float) -> None:
+    """Stream a long 16-bit file to disk, 10 s at a time."""
+    rng = np.random.default_rng(0)
+    block = pseudo_speech(10.0, rng=rng)
+    with sf.SoundFile(path, "w", SAMPLE_RATE, 1, "PCM_16") as f:
+        for _ in range(round(minutes * 6)):
+            f.write(block * rng.uniform(0.5, 1.0))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_evaluate_memory_does_not_grow_with_file_length(shipped, tmp_path):
+    """Peak RSS of `evaluate` (fresh process, no torch imported) on a 1- and an 8-minute file.
+
+    Reading the 8-minute file whole would take 31 MB as float32 and a one-pass model call far
+    more; through Predictor's pieces the peak must not grow with the length.
+    """
+    _, models = shipped
+    peaks = []
+    for minutes in (1, 8):
+        folder = tmp_path / f"m{minutes}"
+        folder.mkdir()
+        _write_long(folder / "long.wav", minutes)
+        pd.DataFrame({"file": ["long.wav"], **dict.fromkeys(LABELS, [0.5])}).to_csv(
+            folder / "data.csv", index=False
+        )
+        code = f"""
+import sys
+from wav2small.evaluate import evaluate
+from wav2small.infer import Predictor
+
+def peak():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+
+Predictor({str(models["int8"])!r})  # the first session's fixed cost, before measuring
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = peak()
+evaluate({{"m": {str(models["int8"])!r}}}, {str(folder / "data.csv")!r}, teacher=None)
+assert "torch" not in sys.modules
+print((peak() - before) / 1024)
+"""
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
+        )
+        # a CSV with one row has no spread: CCC of one clip is 0, but it must not fail
+        assert out.returncode == 0, out.stderr
+        peaks.append(float(out.stdout.split()[-1]))
+    assert peaks[1] < peaks[0] + 10, peaks

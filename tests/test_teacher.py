@@ -524,6 +524,85 @@ def test_synth_teacher_padding_invariance_and_round_trip(tmp_path, clips):
         assert torch.allclose(again(batch, lengths), together)
 
 
+# --- the one teacher-inference helper ------------------------------------------------------------
+def _synth(seed: int = 0) -> T.SynthTeacher:
+    torch.manual_seed(seed)
+    teacher = T.SynthTeacher({"channels": [4, 8, 8, 8], "gru_hidden": 8}).eval()
+    with torch.no_grad():  # a random head hardly varies; amplify so comparisons bite
+        [m for m in teacher.modules() if isinstance(m, torch.nn.Linear)][-1].weight.mul_(50)
+    return teacher
+
+
+def test_teacher_predict_equals_the_module_clip_by_clip(clips):
+    teacher = _synth()
+    with torch.no_grad():
+        alone = np.stack([teacher(torch.from_numpy(c)[None])[0].numpy() for c in clips])
+    got = T.teacher_predict(teacher, clips)
+    assert got.dtype == np.float32 and got.shape == (len(clips), len(LABELS))
+    np.testing.assert_allclose(got, alone, atol=1e-5)
+    assert np.ptp(got, axis=0).max() > 1e-3  # outputs depend on the clip
+    # a budget of one clip per call gives the same numbers, in input order
+    calls = []
+    original = teacher.forward
+    teacher.forward = lambda w, n: calls.append(w.shape[0]) or original(w, n)
+    one_each = T.teacher_predict(teacher, clips, batch_seconds=0.01)
+    assert calls == [1] * len(clips)
+    np.testing.assert_allclose(one_each, got, atol=1e-5)
+    assert T.teacher_predict(teacher, []).shape == (0, len(LABELS))
+
+
+def test_teacher_predict_files_streams_long_files_like_forward(tmp_path, clips):
+    import soundfile as sf
+
+    teacher = _synth(1)
+    teacher.window_seconds = 0.5  # the 2.9 s file below is "long": 6 equal pieces
+    long = np.concatenate([*clips, *clips[:2]])
+    paths = []
+    for i, x in enumerate([clips[0], long, clips[1]]):
+        sf.write(tmp_path / f"{i}.wav", x, SAMPLE_RATE, subtype="FLOAT")
+        paths.append(str(tmp_path / f"{i}.wav"))
+    with torch.no_grad():
+        expected = np.stack(
+            [teacher(torch.from_numpy(x)[None])[0].numpy() for x in (clips[0], long, clips[1])]
+        )
+    got = T.teacher_predict_files(teacher, paths, batch_seconds=1.0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_teacher_predict_names_the_clip_with_non_finite_outputs(tmp_path, clips):
+    teacher = _synth()
+    with torch.no_grad():
+        next(teacher.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"[ab]\.wav: teacher .* non-finite .*\(and 1 more\)"):
+        T.teacher_predict(teacher, clips[:2], names=["a.wav", "b.wav"])
+    with pytest.raises(ValueError, match="clip 0: teacher"):
+        T.teacher_predict(teacher, clips[:1])
+
+    class Wrong(torch.nn.Module):
+        def forward(self, wave, lengths):
+            return torch.zeros(wave.shape[0], 2)
+
+    with pytest.raises(ValueError, match=r"shape \(1, 2\)"):
+        T.teacher_predict(Wrong(), clips[:1])
+    with pytest.raises(ValueError, match="2 names for 1 clips"):
+        T.teacher_predict(teacher, clips[:1], names=["a", "b"])
+
+
+def test_public_load_teacher(tmp_path, clips):
+    import wav2small
+
+    assert "load_teacher" in wav2small.__all__
+    out = T.save_teacher(_synth(2), tmp_path / "synth")
+    teacher = wav2small.load_teacher(out)
+    assert isinstance(teacher, T.SynthTeacher) and not teacher.training
+    assert teacher.name == str(out)
+    np.testing.assert_allclose(
+        T.teacher_predict(teacher, clips), T.teacher_predict(_synth(2), clips), atol=1e-6
+    )
+    with pytest.raises(T.TeacherError):
+        wav2small.load_teacher(tmp_path / "nothing-here")
+
+
 # --- errors ---------------------------------------------------------------------------------------
 def test_offline_hub_id_names_the_id(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

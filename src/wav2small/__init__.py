@@ -21,6 +21,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load",
+    "load_teacher",
 ]
 
 
@@ -54,6 +55,27 @@ def load(model, **kwargs):
     from wav2small.infer import load as _load
 
     return _load(model, **kwargs)
+
+
+def load_teacher(name_or_path, **kwargs):
+    """Load a teacher (needs torch): an alias (``dawn``, ``odyssey``, ``ensemble``, ``synth``),
+    a local folder, a Hugging Face id, or ``ensemble:A+B``.
+
+    Keyword arguments go to :func:`wav2small.models.teacher.load_teacher` (``device``,
+    ``clip``). The teacher maps ``(wave, lengths)`` to (batch, 3) arousal, dominance, valence;
+    :func:`wav2small.models.teacher.teacher_predict` runs it on waveforms and
+    :func:`wav2small.models.teacher.teacher_predict_files` on audio files.
+
+    Raises:
+        wav2small.models.teacher.TeacherError: unknown name, missing or corrupt files (named).
+
+    Example:
+        >>> import wav2small
+        >>> teacher = wav2small.load_teacher("synth")  # doctest: +SKIP
+    """
+    from wav2small.models.teacher import load_teacher as _load_teacher
+
+    return _load_teacher(name_or_path, **kwargs)
 
 
 def __getattr__(name: str):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +29,8 @@ from wav2small import LABELS, SAMPLE_RATE
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnx", "torch")
+#: Weights file looked for inside a run folder, in this order.
+RUN_WEIGHTS = ("best.safetensors", "best.ckpt", "last.ckpt")
 #: ONNX Runtime intra-op threads unless told otherwise.
 DEFAULT_THREADS = 1
 
@@ -182,10 +185,31 @@ class TorchBackend:
             return self.model(x.to(self.device)).float().cpu().numpy()
 
 
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """The weights file of ``path``: a file as is, a run folder's best weights
+    (:data:`RUN_WEIGHTS`).
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without weights.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in RUN_WEIGHTS:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: a run folder without {' or '.join(RUN_WEIGHTS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file or run folder")
+    return path
+
+
 def make_backend(
     model, *, backend: str = "auto", threads: int | None = None, mem_arena: bool = True
 ) -> OnnxBackend | TorchBackend:
     """Pick and build the backend for ``model`` (``auto``: ONNX for ``.onnx`` files).
+
+    ``model`` is a path (``.onnx``, ``.safetensors``, ``.ckpt``, or a run folder, which resolves
+    to its best weights), a preset name (untrained) or a torch module.
 
     Raises:
         ValueError: an unknown ``backend``, or ``"onnx"`` for something that is not a path.
@@ -193,6 +217,8 @@ def make_backend(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     is_path = isinstance(model, str | os.PathLike)
+    if is_path and os.path.isdir(model):
+        model = resolve_model_path(model)
     if backend == "auto":
         backend = "onnx" if is_path and os.fspath(model).endswith(".onnx") else "torch"
     if backend == "onnx":
@@ -207,10 +233,12 @@ __all__ = [
     "DEFAULT_THREADS",
     "Backend",
     "OnnxBackend",
+    "RUN_WEIGHTS",
     "TorchBackend",
     "label_order",
     "make_backend",
     "onnx_metadata",
     "onnx_session",
+    "resolve_model_path",
     "session_options",
 ]

@@ -3,7 +3,12 @@
 For every model given (a trainer ``.ckpt``, a ``best.safetensors``, a run folder holding one, an
 ``.onnx`` file, or a torch module) each clip of a CSV is predicted *whole* (no crops, no
 windows: the protocol of SPEC §1.4) and compared, per dimension over the whole set (SPEC §1.5),
-with:
+with the references below. Evaluation runs no model itself: the predictions are
+:meth:`wav2small.infer.Predictor.predict`'s one-row-per-file table — the very numbers
+``wav2small predict`` prints (output order from the model's metadata; a file longer than 20 s is
+the length-weighted mean over equal pieces streamed from disk, so memory does not grow with file
+length) — joined with the manifest by file. A teacher runs through the one teacher-inference
+helper, :func:`wav2small.models.teacher.teacher_predict_files`. The references:
 
 * ``gold`` — the CSV's ``arousal, dominance, valence`` columns (the rater mean of the built-in
   corpus: what a user calls the labels);
@@ -22,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from wav2small import LABELS
+from wav2small.backends import RUN_WEIGHTS, resolve_model_path  # noqa: F401 (public here too)
 
 logger = logging.getLogger(__name__)
 
@@ -43,31 +49,10 @@ METRICS_JSON = "metrics.json"
 PREDICTIONS_CSV = "predictions.csv"
 BARS_PNG = "ccc_{reference}.png"
 SCATTER_PNG = "scatter_{model}.png"
-#: Weights file looked for inside a run folder.
-RUN_WEIGHTS = ("best.safetensors", "best.ckpt", "last.ckpt")
 _LABEL_TABLE_SUFFIXES = (".parquet", ".csv")
-
-Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 # --- models -----------------------------------------------------------------------------------
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    """The weights file of ``path`` (a run folder resolves to its best weights).
-
-    Raises:
-        FileNotFoundError: no such file, or a folder without weights.
-    """
-    path = Path(path)
-    if path.is_dir():
-        for name in RUN_WEIGHTS:
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"{path}: a run folder without {' or '.join(RUN_WEIGHTS)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file or run folder")
-    return path
-
-
 def model_name(path: str | os.PathLike) -> str:
     """A short display name: the run folder's name for ``best.*``/``last.*``/``model*.onnx``
     files (and for folders), else the file stem."""
@@ -79,80 +64,89 @@ def model_name(path: str | os.PathLike) -> str:
     return path.stem
 
 
-def load_predictor(model) -> Predictor:
-    """A function mapping one 1-D 16 kHz waveform to its (3,) arousal, dominance, valence.
+def by_file(frame: pd.DataFrame, paths: Sequence[str | os.PathLike], *, model: str = "model"):
+    """Join a one-row-per-file :meth:`Predictor.predict` table with ``paths`` → (n, 3) float64.
 
-    Args:
-        model: a torch module, or a path to a ``.onnx``, ``.safetensors`` or ``.ckpt`` file, or
-            a run folder.
+    Rows are looked up by the ``file`` index level (a path may repeat).
+
+    Raises:
+        ValueError: a file without exactly one row, or non-finite values (the file is named).
     """
-    if not isinstance(model, str | os.PathLike):
-        return _torch_predictor(model)
-    path = resolve_model_path(model)
-    if path.suffix == ".onnx":
-        from wav2small.backends import OnnxBackend
-
-        backend = OnnxBackend(path)
-        return lambda wave: backend(np.asarray(wave, np.float32)[None])[0]
-    from wav2small.models import load_model
-
-    return _torch_predictor(load_model(path))
-
-
-def _torch_predictor(module) -> Predictor:
-    import torch
-
-    module = module.eval()
-    device = next(iter(module.parameters()), torch.zeros(0)).device
-
-    def predict_one(wave: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(device)
-            return module(x).float().cpu().numpy()[0]
-
-    return predict_one
+    table = frame.reset_index()
+    table = table.drop_duplicates("file", keep=False).set_index("file")[list(LABELS)]
+    keys = [os.fspath(p) for p in paths]
+    missing = [k for k in dict.fromkeys(keys) if k not in table.index]
+    if missing:
+        raise ValueError(f"{missing[0]}: no single prediction row for this file from {model}")
+    values = table.loc[keys].to_numpy(np.float64)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{keys[int(np.argmax(bad))]}: {model} gave non-finite outputs")
+    return values
 
 
 def predict(
-    model, paths: Sequence[str], *, progress: bool = False, desc: str = "predicting"
+    model,
+    paths: Sequence[str | os.PathLike],
+    *,
+    progress: bool = False,
+    threads: int | None = None,
+    name: str | None = None,
 ) -> np.ndarray:
-    """Predict every file whole → (n, 3) float array (A, D, V)."""
-    from wav2small.audio import read_audio
-    from wav2small.data import _progress
+    """A model's (n, 3) arousal, dominance, valence for the files ``paths``, in their order.
 
-    predictor = (
-        model if callable(model) and not hasattr(model, "parameters") else load_predictor(model)
-    )
-    rows = [
-        np.asarray(predictor(read_audio(p)), dtype=np.float64)
-        for p in _progress(list(paths), progress, desc)
-    ]
-    out = np.stack(rows) if rows else np.zeros((0, len(LABELS)))
-    if out.ndim != 2 or out.shape[1] != len(LABELS):
-        raise ValueError(f"a model must give {len(LABELS)} outputs per clip, got {out.shape[1:]}")
-    return out
+    Exactly what ``wav2small predict`` computes: :meth:`wav2small.infer.Predictor.predict` (one
+    row per file; the output order from the model's metadata; files longer than 20 s as the
+    length-weighted mean over equal pieces streamed from disk) joined back by file
+    (:func:`by_file`).
+
+    Args:
+        model: a :class:`~wav2small.infer.Predictor`, or what it loads (``.onnx``,
+            ``.safetensors``/``.ckpt``, a run folder, a torch module).
+        paths: audio files (repeats allowed).
+        progress: show a progress bar.
+        threads: ONNX Runtime threads (see :class:`~wav2small.infer.Predictor`).
+        name: the model's name in error messages.
+
+    Raises:
+        AudioError: an unreadable or too short file (named).
+        ValueError: non-finite outputs (the file is named).
+    """
+    from wav2small.infer import Predictor
+
+    predictor = model if isinstance(model, Predictor) else Predictor(model, threads=threads)
+    files = list(dict.fromkeys(os.fspath(p) for p in paths))
+    if not files:
+        return np.zeros((0, len(LABELS)))
+    frame = predictor.predict(files, progress=progress)
+    return by_file(frame, paths, model=name or repr(predictor))
 
 
 def teacher_values(teacher, manifest: pd.DataFrame, *, progress: bool = False) -> np.ndarray:
     """The teacher's (n, 3) outputs for ``manifest``: from a label table (Parquet/CSV written by
-    ``wav2small label``), a teacher module, or a teacher name/folder (run here)."""
+    ``wav2small label``), a teacher module, or a teacher name/folder, run through
+    :func:`wav2small.models.teacher.teacher_predict_files` (whole clips, bounded memory)."""
     from wav2small.data import attach_labels
 
-    if isinstance(teacher, pd.DataFrame):
-        return attach_labels(manifest, teacher)[list(LABELS)].to_numpy(np.float64)
-    if (
+    if isinstance(teacher, pd.DataFrame) or (
         isinstance(teacher, str | os.PathLike)
         and Path(teacher).is_file()
         and Path(teacher).suffix.lower() in _LABEL_TABLE_SUFFIXES
     ):
-        return attach_labels(manifest, teacher)[list(LABELS)].to_numpy(np.float64)
-    if isinstance(teacher, str | os.PathLike):
-        from wav2small.models.teacher import load_teacher
+        values = attach_labels(manifest, teacher)[list(LABELS)].to_numpy(np.float64)
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            file = manifest["file"].iloc[int(np.argmax(bad))]
+            raise ValueError(
+                f"{file}: non-finite teacher label in {getattr(teacher, 'name', teacher)}"
+            )
+        return values
+    from wav2small.models.teacher import load_teacher, teacher_predict_files
 
+    if isinstance(teacher, str | os.PathLike):
         teacher = load_teacher(teacher)
-    return predict(
-        _torch_predictor(teacher), manifest["path"].tolist(), progress=progress, desc="teacher"
-    )
+    paths = manifest["path"].tolist()
+    return teacher_predict_files(teacher, paths, progress=progress).astype(np.float64)
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -337,7 +331,7 @@ def evaluate(
     references = references_of(manifest)
     paths = manifest["path"].tolist()
     predictions = {
-        name: predict(m, paths, progress=progress, desc=name) for name, m in _named(models).items()
+        name: predict(m, paths, progress=progress, name=name) for name, m in _named(models).items()
     }
     if teacher is not None:
         references[TEACHER] = teacher_values(teacher, manifest, progress=progress)

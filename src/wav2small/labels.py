@@ -235,19 +235,6 @@ class _ShardWriter:
 
 
 # --- labelling ------------------------------------------------------------------------------------
-def _predict(teacher, waves: list[np.ndarray]) -> np.ndarray:
-    if hasattr(teacher, "predict_waves"):  # ONNX teachers (wav2small.onnx_teacher): no torch
-        return teacher.predict_waves(waves)
-    import torch
-
-    from wav2small.models.teacher import pad_batch
-
-    device = next(iter(teacher.parameters()), torch.zeros(0)).device
-    wave, lengths = pad_batch([torch.from_numpy(w) for w in waves])
-    with torch.inference_mode():
-        return teacher(wave.to(device), lengths.to(device)).float().cpu().numpy()
-
-
 def _read(batch: list[Segment], on_error: str, skipped: list[tuple[str, str]]):
     from wav2small.audio import AudioError, read_audio
 
@@ -297,6 +284,8 @@ def label(
     """
     from tqdm.auto import tqdm
 
+    from wav2small.models.teacher import teacher_predict
+
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_seconds <= 0 or shard_rows < 1:
@@ -326,7 +315,7 @@ def label(
         for batch in batches(todo, batch_seconds):
             kept, waves = _read(batch, on_error, skipped)
             if kept:
-                preds = _predict(teacher, waves)
+                preds = teacher_predict(teacher, waves, names=[s.file for s in kept])
                 writer.add(
                     [
                         {

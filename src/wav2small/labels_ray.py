@@ -134,14 +134,15 @@ class TeacherWorker:
         self.teacher = load_teacher(teacher, device=device, clip=clip)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from wav2small.labels import _predict
+        from wav2small.models.teacher import teacher_predict
 
         out: dict[str, list] = {k: [] for k in (*_STREAM_COLUMNS, *LABELS)}
         for i in range(len(batch["file"])):
             lengths = np.asarray(batch["lengths"][i], dtype=np.int64)
             wave = np.array(batch["wave"][i], dtype=np.float32).reshape(-1)  # writable copy
             waves = np.split(wave, np.cumsum(lengths)[:-1]) if len(lengths) else []
-            preds = iter(_predict(self.teacher, waves)) if waves else iter(())
+            names = [f for f, e in zip(batch["file"][i], batch["error"][i], strict=True) if not e]
+            preds = iter(teacher_predict(self.teacher, waves, names=names))
             for file, start, end, error in zip(
                 batch["file"][i],
                 batch["start"][i],

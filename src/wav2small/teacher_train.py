@@ -268,12 +268,11 @@ def predict_features(model, feats: list[torch.Tensor], batch_size: int = 64) -> 
 
 @torch.no_grad()
 def predict_waves(model, waves: list[np.ndarray]) -> np.ndarray:
-    """Eval-mode predictions on whole clips (the teacher batches by length itself)."""
-    from wav2small.models.teacher import pad_batch
+    """Eval-mode predictions on whole clips (:func:`~wav2small.models.teacher.teacher_predict`)."""
+    from wav2small.models.teacher import teacher_predict
 
     model.eval()
-    wave, lengths = pad_batch([torch.from_numpy(w) for w in waves])
-    return model(wave, lengths).numpy()
+    return teacher_predict(model, waves)
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -501,8 +500,10 @@ def _check_frames(feats: list[torch.Tensor], files: list[str], model) -> None:
 
 def evaluate_teacher(teacher, csv_path: str | os.PathLike) -> dict[str, float]:
     """CCC per dimension of a teacher against the labels of a CSV (whole clips)."""
+    from wav2small.models.teacher import teacher_predict_files
+
     files, gold = read_labelled(csv_path)
-    pred = predict_waves(teacher, load_waves(files))
+    pred = teacher_predict_files(teacher.eval(), files)
     return dict(zip(LABELS, map(float, _ccc(pred, gold)), strict=True))
 
 

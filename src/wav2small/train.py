@@ -136,20 +136,10 @@ def teacher_outputs(teacher, manifest, *, progress: bool = False) -> np.ndarray:
     Raises:
         NonFiniteError: a non-finite teacher output (the clip is named).
     """
-    import torch
+    from wav2small.models.teacher import teacher_predict_files
 
-    from wav2small.audio import read_audio
-    from wav2small.data import _progress
-    from wav2small.runs import check_wave
-
-    device = next(teacher.parameters(), torch.zeros(0)).device
-    rows = []
     paths = manifest["path"].tolist()
-    with torch.no_grad():
-        for path in _progress(paths, progress, "teacher on validation"):
-            wave = torch.from_numpy(check_wave(read_audio(path), path))[None].to(device)
-            rows.append(teacher(wave).float().cpu().numpy()[0])
-    return check_targets(np.stack(rows).astype(np.float32), paths, "teacher outputs")
+    return teacher_predict_files(teacher, paths, progress=progress, desc="teacher on validation")
 
 
 def _scan(manifest, cfg: TrainConfig, name: str):

@@ -151,3 +151,18 @@ def test_no_other_module_builds_an_onnx_session():
         if p.name != "backends.py" and pattern.search(p.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def test_run_folders_resolve_to_their_best_weights(tiny, tmp_path):
+    from wav2small.backends import resolve_model_path
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(FileNotFoundError, match="run folder without best.safetensors"):
+        make_backend(run)
+    (run / "best.safetensors").write_bytes(tiny["torch"].read_bytes())
+    assert resolve_model_path(run) == run / "best.safetensors"
+    x = _batch()
+    np.testing.assert_array_equal(make_backend(run)(x), make_backend(tiny["torch"])(x))
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        resolve_model_path(tmp_path / "missing.ckpt")

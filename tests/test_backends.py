@@ -166,3 +166,23 @@ def test_run_folders_resolve_to_their_best_weights(tiny, tmp_path):
     np.testing.assert_array_equal(make_backend(run)(x), make_backend(tiny["torch"])(x))
     with pytest.raises(FileNotFoundError, match="no such model file"):
         resolve_model_path(tmp_path / "missing.ckpt")
+
+
+def test_non_finite_outputs_raise_naming_the_model(tiny, tmp_path):
+    from onnx import numpy_helper
+
+    from wav2small.models import create_model
+
+    proto = onnx.load(str(tiny["onnx"]))
+    head = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT][-1]
+    values = numpy_helper.to_array(head).copy()  # the last float tensor (it reaches the output)
+    values[...] = np.nan
+    head.CopyFrom(numpy_helper.from_array(values, head.name))
+    onnx.save(proto, str(tmp_path / "nan.onnx"))
+    with pytest.raises(ValueError, match=r"nan\.onnx: the model gave non-finite outputs"):
+        OnnxBackend(tmp_path / "nan.onnx")(_batch())
+    module = create_model("wav2small-tiny").eval()
+    with torch.no_grad():
+        module.adv.weight.fill_(float("inf"))
+    with pytest.raises(ValueError, match="wav2small-tiny: the model gave non-finite outputs"):
+        TorchBackend(module)(_batch())

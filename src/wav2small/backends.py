@@ -10,7 +10,7 @@ with the same session options and the same output order.
   name the file; :func:`onnx_metadata` reads a model's ``metadata_props``;
 * :class:`OnnxBackend` / :class:`TorchBackend` — ``(batch, samples)`` float32 at 16 kHz →
   ``(batch, 3)`` arousal, dominance, valence (ONNX outputs are reordered from the model's
-  ``labels`` metadata); :func:`make_backend` picks one.
+  ``labels`` metadata; NaN/Inf outputs raise, naming the model); :func:`make_backend` picks one.
 
 The ONNX path imports no torch (and no scipy): onnxruntime and numpy only.
 """
@@ -104,6 +104,19 @@ def label_order(labels: str | None, source: str) -> list[int]:
     return [names.index(label) for label in LABELS]
 
 
+def check_finite(out: np.ndarray, source: str) -> np.ndarray:
+    """``out`` unchanged when every value is finite.
+
+    Raises:
+        ValueError: NaN or Inf outputs, naming the model (``source``).
+    """
+    if not np.isfinite(out).all():
+        raise ValueError(
+            f"{source}: the model gave non-finite outputs (NaN or Inf); its weights are broken"
+        )
+    return out
+
+
 class OnnxBackend:
     """ONNX Runtime on CPU: (batch, samples) float32 → (batch, 3) in LABELS order.
 
@@ -134,7 +147,7 @@ class OnnxBackend:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
-        return out[:, self.order]
+        return check_finite(out[:, self.order], self.path)
 
 
 # --- torch ------------------------------------------------------------------------------------
@@ -163,8 +176,9 @@ class TorchBackend:
             ) from exc
         from wav2small.models import create_model, list_models, load_model
 
+        self.source = str(getattr(model, "preset", type(model).__name__))
         if isinstance(model, str | os.PathLike):
-            name = os.fspath(model)
+            name = self.source = os.fspath(model)
             if name in list_models() and not os.path.exists(name):
                 logger.warning("%s: UNTRAINED weights (random init); for plumbing only", name)
                 model = create_model(name)
@@ -182,7 +196,8 @@ class TorchBackend:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
             x = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            return self.model(x.to(self.device)).float().cpu().numpy()
+            out = self.model(x.to(self.device)).float().cpu().numpy()
+        return check_finite(out, self.source)
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
@@ -235,6 +250,7 @@ __all__ = [
     "OnnxBackend",
     "RUN_WEIGHTS",
     "TorchBackend",
+    "check_finite",
     "label_order",
     "make_backend",
     "onnx_metadata",

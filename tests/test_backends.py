@@ -71,6 +71,15 @@ def test_session_options_threads_and_arena():
         session_options(threads=-1)
 
 
+def test_onnx_session_takes_adjusted_options(tiny, tmp_path):
+    opts = session_options(threads=1)
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp_path / "profile")
+    sess = onnx_session(tiny["onnx"], options=opts)
+    sess.run(None, {sess.get_inputs()[0].name: _batch()})
+    assert Path(sess.end_profiling()).is_file()
+
+
 def test_onnx_session_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.onnx: no such model file"):
         onnx_session(tmp_path / "nothere.onnx")

@@ -61,8 +61,20 @@ def session_options(*, threads: int | None = None, mem_arena: bool = True):
     return opts
 
 
-def onnx_session(path: str | os.PathLike, *, threads: int | None = None, mem_arena: bool = True):
+def onnx_session(
+    path: str | os.PathLike,
+    *,
+    threads: int | None = None,
+    mem_arena: bool = True,
+    options=None,
+):
     """A CPU :class:`onnxruntime.InferenceSession` for ``path`` with :func:`session_options`.
+
+    Args:
+        path: ``.onnx`` file.
+        threads, mem_arena: see :func:`session_options`.
+        options: instead, options made by :func:`session_options` and then adjusted (e.g.
+            ``enable_profiling`` for a profile).
 
     Raises:
         FileNotFoundError: no such file.
@@ -73,7 +85,7 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None, mem_are
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such model file")
-    opts = session_options(threads=threads, mem_arena=mem_arena)
+    opts = options or session_options(threads=threads, mem_arena=mem_arena)
     try:
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types

@@ -195,3 +195,65 @@ def test_non_finite_outputs_raise_naming_the_model(tiny, tmp_path):
         module.adv.weight.fill_(float("inf"))
     with pytest.raises(ValueError, match="wav2small-tiny: the model gave non-finite outputs"):
         TorchBackend(module)(_batch())
+
+
+def test_torch_free_teachers_run_through_predict_waves_without_torch(tmp_path):
+    """A teacher with ``predict_waves`` (e.g. an ONNX teacher) is run without importing torch,
+    batched like any teacher, and its non-finite outputs are named."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        import soundfile as sf
+        from wav2small.backends import teacher_predict, teacher_predict_files
+
+        class Teacher:
+            name = "rms"
+            window_seconds = 0.5
+            max_batch_seconds = 1.0
+            calls = []
+
+            def predict_waves(self, waves):
+                self.calls.append(len(waves))
+                return np.stack([[np.sqrt(np.mean(w**2)), len(w) / 16000, 0.0] for w in waves])
+
+        t = Teacher()
+        waves = [np.full(n, 0.5, np.float32) for n in (4000, 2000, 8000)]
+        out = teacher_predict(t, waves)
+        assert np.allclose(out[:, 1], [0.25, 0.125, 0.5]), out
+        assert sum(t.calls) == 3 and max(t.calls) <= 2, t.calls  # ≤ 1 s padded per call
+        sf.write({str(tmp_path / "long.wav")!r}, np.full(24000, 0.5, np.float32), 16000)
+        long = teacher_predict_files(t, [{str(tmp_path / "long.wav")!r}])
+        assert np.allclose(long[0, 1], 0.5), long  # 1.5 s → 3 pieces of 0.5 s, averaged
+        t.predict_waves = lambda waves: np.full((len(waves), 3), np.nan)
+        try:
+            teacher_predict(t, waves[:1], names=["x.wav"])
+        except ValueError as e:
+            print(e)
+        print("torch" in sys.modules)
+        """
+    )
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _B:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, _B())\n"
+    )
+    import os
+
+    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    message, torch_loaded = done.stdout.strip().splitlines()
+    assert message.startswith("x.wav: teacher 'rms' gave non-finite outputs")
+    assert torch_loaded == "False"

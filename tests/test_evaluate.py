@@ -333,13 +333,13 @@ def test_bad_clips_and_non_finite_outputs_name_the_file(shipped, tmp_path):
 
 
 def test_teacher_runs_through_the_teacher_helper(corpus, monkeypatch):
-    from wav2small.models import teacher as T
+    from wav2small import backends
 
     root, gold, _, lengths = corpus
     calls = []
-    original = T.teacher_predict_files
+    original = backends.teacher_predict_files
     monkeypatch.setattr(
-        T, "teacher_predict_files", lambda *a, **k: calls.append(a[1]) or original(*a, **k)
+        backends, "teacher_predict_files", lambda *a, **k: calls.append(a[1]) or original(*a, **k)
     )
     result = evaluate([_model(lengths, gold)], root / "data.csv", teacher=_model(lengths, gold))
     assert len(calls) == 1 and len(calls[0]) == N_CLIPS

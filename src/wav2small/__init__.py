@@ -63,8 +63,8 @@ def load_teacher(name_or_path, **kwargs):
 
     Keyword arguments go to :func:`wav2small.models.teacher.load_teacher` (``device``,
     ``clip``). The teacher maps ``(wave, lengths)`` to (batch, 3) arousal, dominance, valence;
-    :func:`wav2small.models.teacher.teacher_predict` runs it on waveforms and
-    :func:`wav2small.models.teacher.teacher_predict_files` on audio files.
+    :func:`wav2small.backends.teacher_predict` runs it on waveforms and
+    :func:`wav2small.backends.teacher_predict_files` on audio files.
 
     Raises:
         wav2small.models.teacher.TeacherError: unknown name, missing or corrupt files (named).

@@ -10,16 +10,19 @@ with the same session options and the same output order.
   name the file; :func:`onnx_metadata` reads a model's ``metadata_props``;
 * :class:`OnnxBackend` / :class:`TorchBackend` — ``(batch, samples)`` float32 at 16 kHz →
   ``(batch, 3)`` arousal, dominance, valence (ONNX outputs are reordered from the model's
-  ``labels`` metadata; NaN/Inf outputs raise, naming the model); :func:`make_backend` picks one.
+  ``labels`` metadata; NaN/Inf outputs raise, naming the model); :func:`make_backend` picks one;
+* :func:`teacher_predict` / :func:`teacher_predict_files` — the one way a teacher is run (torch
+  modules, or torch-free teachers with ``predict_waves``), finite or a named error.
 
-The ONNX path imports no torch (and no scipy): onnxruntime and numpy only.
+The ONNX path imports no torch (and no scipy): onnxruntime and numpy only; torch is imported
+only to run a torch model.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -255,12 +258,184 @@ def make_backend(
     return TorchBackend(model, threads=threads)
 
 
+# --- teachers ---------------------------------------------------------------------------------
+#: Most padded audio (seconds) per call of a teacher that does not say (``max_batch_seconds``).
+TEACHER_BATCH_SECONDS = 64.0
+
+
+def _teacher_name(teacher) -> str:
+    return str(getattr(teacher, "name", type(teacher).__name__))
+
+
+def _check_teacher_outputs(y: np.ndarray, teacher, names: Sequence[str]) -> None:
+    """Raise naming the clips when a teacher's outputs are not (batch, 3) finite numbers."""
+    if y.shape != (len(names), len(LABELS)):
+        raise ValueError(
+            f"teacher {_teacher_name(teacher)!r} gave outputs of shape {y.shape} for "
+            f"{len(names)} clip(s), expected ({len(names)}, {len(LABELS)})"
+        )
+    bad = [name for name, row in zip(names, y, strict=True) if not np.isfinite(row).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(
+            f"{bad[0]}: teacher {_teacher_name(teacher)!r} gave non-finite outputs (NaN or Inf)"
+            f"{more}; its weights or this audio are broken"
+        )
+
+
+def _teacher_runner(teacher) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """clips → (n, 3) for a teacher: ``predict_waves`` (torch-free teachers, e.g. ONNX) or a
+    torch module called as ``teacher(wave, lengths)`` on zero-padded clips."""
+    if hasattr(teacher, "predict_waves"):
+        return lambda clips: np.asarray(teacher.predict_waves(clips), dtype=np.float32)
+    import torch
+
+    from wav2small.models.teacher import pad_batch
+
+    device = next(iter(teacher.parameters()), torch.zeros(0)).device
+
+    def run(clips: list[np.ndarray]) -> np.ndarray:
+        wave, lengths = pad_batch([torch.from_numpy(c) for c in clips])
+        with torch.inference_mode():
+            return teacher(wave.to(device), lengths.to(device)).float().cpu().numpy()
+
+    return run
+
+
+def teacher_predict(
+    teacher,
+    waves: Sequence[np.ndarray],
+    *,
+    names: Sequence[str] | None = None,
+    batch_seconds: float | None = None,
+) -> np.ndarray:
+    """Run a teacher on whole clips: 1-D 16 kHz waveforms → (n, 3) float32 A/D/V, input order.
+
+    The one teacher-inference path of the package (``label``, validation targets of ``distill``,
+    ``train-teacher`` validation, ``evaluate --teacher``). Clips are sorted by length and run in
+    zero-padded batches of at most ``batch_seconds`` of padded audio as
+    ``teacher(wave, lengths)`` under ``torch.inference_mode`` on the teacher's device (teachers
+    are padding invariant, so a clip's output does not depend on its batch), or through the
+    teacher's ``predict_waves`` for torch-free (ONNX) teachers. The module's train/eval mode is
+    left as it is (:func:`wav2small.load_teacher` returns it in eval mode).
+
+    Args:
+        teacher: a :class:`wav2small.models.teacher.Teacher`, any module mapping
+            ``(wave, lengths)`` to (batch, 3), or an object with ``predict_waves(waves)``.
+        waves: float waveforms at 16 kHz.
+        names: one name per clip (e.g. its file) for error messages; default ``clip <i>``.
+        batch_seconds: most padded audio per call (default: the teacher's
+            ``max_batch_seconds``, else :data:`TEACHER_BATCH_SECONDS`).
+
+    Raises:
+        ValueError: outputs that are not (batch, 3), or NaN/Inf outputs; the message names the
+            clip and the teacher.
+    """
+    names = [f"clip {i}" for i in range(len(waves))] if names is None else list(names)
+    if len(names) != len(waves):
+        raise ValueError(f"{len(names)} names for {len(waves)} clips")
+    out = np.zeros((len(waves), len(LABELS)), np.float32)
+    if not len(waves):
+        return out
+    seconds = batch_seconds or getattr(teacher, "max_batch_seconds", TEACHER_BATCH_SECONDS)
+    budget = seconds * SAMPLE_RATE
+    run = _teacher_runner(teacher)
+    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+    start = 0
+    while start < len(order):
+        stop = start + 1  # sorted by length: the last clip of a group is its longest
+        while stop < len(order) and len(waves[order[stop]]) * (stop - start + 1) <= budget:
+            stop += 1
+        group = order[start:stop]
+        y = run([np.asarray(waves[i], dtype=np.float32) for i in group])
+        _check_teacher_outputs(y, teacher, [names[i] for i in group])
+        out[group] = y
+        start = stop
+    return out
+
+
+def _long_file(path: str, window_seconds: float) -> tuple[int, int] | None:
+    """``(samples, pieces)`` when a file is longer than one teacher window, else None."""
+    import math
+
+    from wav2small.audio import audio_info
+
+    info = audio_info(path)
+    n = math.ceil(info.frames * SAMPLE_RATE / info.sample_rate)
+    win = int(round(window_seconds * SAMPLE_RATE))
+    return (n, math.ceil(n / win)) if n > win else None
+
+
+def teacher_predict_files(
+    teacher,
+    paths: Sequence[str | os.PathLike],
+    *,
+    progress: bool = False,
+    desc: str = "teacher",
+    batch_seconds: float | None = None,
+) -> np.ndarray:
+    """:func:`teacher_predict` on audio files (whole clips) → (n, 3) float32, in ``paths`` order.
+
+    Memory does not grow with file length: files are read a batch of ``batch_seconds`` at a
+    time, and a file longer than the teacher's ``window_seconds`` (20 s) is streamed from disk
+    in the equal pieces :meth:`wav2small.models.teacher.Teacher.forward` cuts it into
+    (``ceil(n / window)`` pieces of ``ceil(n / pieces)`` samples), whose outputs are averaged
+    as there.
+
+    Raises:
+        AudioError: an unreadable file (named).
+        ValueError: non-finite teacher outputs (the file is named).
+    """
+    import itertools
+    import math
+
+    from wav2small.audio import iter_windows, read_audio
+    from wav2small.data import _progress
+
+    paths = [os.fspath(p) for p in paths]
+    seconds = batch_seconds or getattr(teacher, "max_batch_seconds", TEACHER_BATCH_SECONDS)
+    budget = seconds * SAMPLE_RATE
+    window = getattr(teacher, "window_seconds", None)
+    out = np.zeros((len(paths), len(LABELS)), np.float32)
+    pending: list[int] = []
+    waves: list[np.ndarray] = []
+
+    def flush() -> None:
+        if pending:
+            names = [paths[i] for i in pending]
+            out[pending] = teacher_predict(teacher, waves, names=names, batch_seconds=seconds)
+            pending.clear()
+            waves.clear()
+
+    for i in _progress(range(len(paths)), progress, desc):
+        long = _long_file(paths[i], window) if window else None
+        if long is not None:
+            n, k = long
+            size = math.ceil(n / k) / SAMPLE_RATE
+            pieces = iter_windows(paths[i], win=size, hop=size)
+            outputs = [  # the k pieces of the header's length (a resampled stream may run on
+                # by a sample)
+                teacher_predict(teacher, [w], names=[paths[i]], batch_seconds=seconds)[0]
+                for _, _, w in itertools.islice(pieces, k)
+            ]
+            out[i] = np.mean(outputs, axis=0)
+            continue
+        wave = read_audio(paths[i])
+        if waves and sum(map(len, waves)) + len(wave) > budget:
+            flush()
+        pending.append(i)
+        waves.append(wave)
+    flush()
+    return out
+
+
 __all__ = [
     "BACKENDS",
     "DEFAULT_THREADS",
     "Backend",
     "OnnxBackend",
     "RUN_WEIGHTS",
+    "TEACHER_BATCH_SECONDS",
     "TorchBackend",
     "check_finite",
     "label_order",
@@ -269,4 +444,6 @@ __all__ = [
     "onnx_session",
     "resolve_model_path",
     "session_options",
+    "teacher_predict",
+    "teacher_predict_files",
 ]

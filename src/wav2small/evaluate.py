@@ -8,7 +8,7 @@ with the references below. Evaluation runs no model itself: the predictions are
 ``wav2small predict`` prints (output order from the model's metadata; a file longer than 20 s is
 the length-weighted mean over equal pieces streamed from disk, so memory does not grow with file
 length) — joined with the manifest by file. A teacher runs through the one teacher-inference
-helper, :func:`wav2small.models.teacher.teacher_predict_files`. The references:
+helper, :func:`wav2small.backends.teacher_predict_files`. The references:
 
 * ``gold`` — the CSV's ``arousal, dominance, valence`` columns (the rater mean of the built-in
   corpus: what a user calls the labels);
@@ -125,7 +125,7 @@ def predict(
 def teacher_values(teacher, manifest: pd.DataFrame, *, progress: bool = False) -> np.ndarray:
     """The teacher's (n, 3) outputs for ``manifest``: from a label table (Parquet/CSV written by
     ``wav2small label``), a teacher module, or a teacher name/folder, run through
-    :func:`wav2small.models.teacher.teacher_predict_files` (whole clips, bounded memory)."""
+    :func:`wav2small.backends.teacher_predict_files` (whole clips, bounded memory)."""
     from wav2small.data import attach_labels
 
     if isinstance(teacher, pd.DataFrame) or (
@@ -141,9 +141,11 @@ def teacher_values(teacher, manifest: pd.DataFrame, *, progress: bool = False) -
                 f"{file}: non-finite teacher label in {getattr(teacher, 'name', teacher)}"
             )
         return values
-    from wav2small.models.teacher import load_teacher, teacher_predict_files
+    from wav2small.backends import teacher_predict_files
 
     if isinstance(teacher, str | os.PathLike):
+        from wav2small.models.teacher import load_teacher
+
         teacher = load_teacher(teacher)
     paths = manifest["path"].tolist()
     return teacher_predict_files(teacher, paths, progress=progress).astype(np.float64)

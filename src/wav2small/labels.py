@@ -284,7 +284,7 @@ def label(
     """
     from tqdm.auto import tqdm
 
-    from wav2small.models.teacher import teacher_predict
+    from wav2small.backends import teacher_predict
 
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")

@@ -134,7 +134,7 @@ class TeacherWorker:
         self.teacher = load_teacher(teacher, device=device, clip=clip)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from wav2small.models.teacher import teacher_predict
+        from wav2small.backends import teacher_predict
 
         out: dict[str, list] = {k: [] for k in (*_STREAM_COLUMNS, *LABELS)}
         for i in range(len(batch["file"])):

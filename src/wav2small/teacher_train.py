@@ -268,8 +268,8 @@ def predict_features(model, feats: list[torch.Tensor], batch_size: int = 64) -> 
 
 @torch.no_grad()
 def predict_waves(model, waves: list[np.ndarray]) -> np.ndarray:
-    """Eval-mode predictions on whole clips (:func:`~wav2small.models.teacher.teacher_predict`)."""
-    from wav2small.models.teacher import teacher_predict
+    """Eval-mode predictions on whole clips (:func:`~wav2small.backends.teacher_predict`)."""
+    from wav2small.backends import teacher_predict
 
     model.eval()
     return teacher_predict(model, waves)
@@ -500,7 +500,7 @@ def _check_frames(feats: list[torch.Tensor], files: list[str], model) -> None:
 
 def evaluate_teacher(teacher, csv_path: str | os.PathLike) -> dict[str, float]:
     """CCC per dimension of a teacher against the labels of a CSV (whole clips)."""
-    from wav2small.models.teacher import teacher_predict_files
+    from wav2small.backends import teacher_predict_files
 
     files, gold = read_labelled(csv_path)
     pred = teacher_predict_files(teacher.eval(), files)

@@ -136,7 +136,7 @@ def teacher_outputs(teacher, manifest, *, progress: bool = False) -> np.ndarray:
     Raises:
         NonFiniteError: a non-finite teacher output (the clip is named).
     """
-    from wav2small.models.teacher import teacher_predict_files
+    from wav2small.backends import teacher_predict_files
 
     paths = manifest["path"].tolist()
     return teacher_predict_files(teacher, paths, progress=progress, desc="teacher on validation")

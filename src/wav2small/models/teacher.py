@@ -48,7 +48,6 @@ reached); when that fails the error names the id.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -58,12 +57,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.backends import teacher_predict, teacher_predict_files  # noqa: F401 (here too)
 
 logger = logging.getLogger(__name__)
 
@@ -276,155 +275,6 @@ class Teacher(nn.Module):
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict under the checkpoint's public key names."""
         return {_to_legacy_key(k): v for k, v in self.state_dict().items()}
-
-
-# --- inference ------------------------------------------------------------------------------
-def _device(module: nn.Module) -> torch.device:
-    return next(iter(module.parameters()), torch.zeros(0)).device
-
-
-def _teacher_name(teacher: nn.Module) -> str:
-    return str(getattr(teacher, "name", type(teacher).__name__))
-
-
-def _check_outputs(y: np.ndarray, teacher: nn.Module, names: Sequence[str]) -> None:
-    """Raise naming the clips when a teacher's outputs are not (batch, 3) finite numbers."""
-    if y.shape != (len(names), len(LABELS)):
-        raise ValueError(
-            f"teacher {_teacher_name(teacher)!r} gave outputs of shape {y.shape} for "
-            f"{len(names)} clip(s), expected ({len(names)}, {len(LABELS)})"
-        )
-    bad = [name for name, row in zip(names, y, strict=True) if not np.isfinite(row).all()]
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(
-            f"{bad[0]}: teacher {_teacher_name(teacher)!r} gave non-finite outputs (NaN or Inf)"
-            f"{more}; its weights or this audio are broken"
-        )
-
-
-def teacher_predict(
-    teacher: nn.Module,
-    waves: Sequence[np.ndarray],
-    *,
-    names: Sequence[str] | None = None,
-    batch_seconds: float | None = None,
-) -> np.ndarray:
-    """Run a teacher on whole clips: 1-D 16 kHz waveforms → (n, 3) float32 A/D/V, input order.
-
-    The one teacher-inference path of the package (``label``, validation targets of ``distill``,
-    ``train-teacher`` validation, ``evaluate --teacher``). Clips are sorted by length and run in
-    zero-padded batches of at most ``batch_seconds`` of padded audio as
-    ``teacher(wave, lengths)`` under ``torch.inference_mode`` on the teacher's device; teachers
-    are padding invariant, so a clip's output does not depend on its batch. The module's
-    train/eval mode is left as it is (:func:`load_teacher` returns it in eval mode).
-
-    Args:
-        teacher: a :class:`Teacher`, or any module mapping ``(wave, lengths)`` to (batch, 3).
-        waves: float waveforms at 16 kHz.
-        names: one name per clip (e.g. its file) for error messages; default ``clip <i>``.
-        batch_seconds: most padded audio per call (default: the teacher's
-            ``max_batch_seconds``, 64 s).
-
-    Raises:
-        ValueError: outputs that are not (batch, 3), or NaN/Inf outputs; the message names the
-            clip and the teacher.
-    """
-    names = [f"clip {i}" for i in range(len(waves))] if names is None else list(names)
-    if len(names) != len(waves):
-        raise ValueError(f"{len(names)} names for {len(waves)} clips")
-    out = np.zeros((len(waves), len(LABELS)), np.float32)
-    budget = (
-        batch_seconds or getattr(teacher, "max_batch_seconds", MAX_BATCH_SECONDS)
-    ) * SAMPLE_RATE
-    device = _device(teacher)
-    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
-    start = 0
-    while start < len(order):
-        stop = start + 1  # sorted by length: the last clip of a group is its longest
-        while stop < len(order) and len(waves[order[stop]]) * (stop - start + 1) <= budget:
-            stop += 1
-        group = order[start:stop]
-        clips = [torch.from_numpy(np.asarray(waves[i], dtype=np.float32)) for i in group]
-        wave, lengths = pad_batch(clips)
-        with torch.inference_mode():
-            y = teacher(wave.to(device), lengths.to(device)).float().cpu().numpy()
-        _check_outputs(y, teacher, [names[i] for i in group])
-        out[group] = y
-        start = stop
-    return out
-
-
-def _file_pieces(path: str, window_seconds: float) -> tuple[int, int] | None:
-    """``(samples, piece)`` when a file is longer than one teacher window (read it in pieces)."""
-    from wav2small.audio import audio_info
-
-    info = audio_info(path)
-    n = math.ceil(info.frames * SAMPLE_RATE / info.sample_rate)
-    win = int(round(window_seconds * SAMPLE_RATE))
-    if n <= win:
-        return None
-    return n, math.ceil(n / math.ceil(n / win))
-
-
-def teacher_predict_files(
-    teacher: nn.Module,
-    paths: Sequence[str | os.PathLike],
-    *,
-    progress: bool = False,
-    desc: str = "teacher",
-    batch_seconds: float | None = None,
-) -> np.ndarray:
-    """:func:`teacher_predict` on audio files (whole clips) → (n, 3) float32, in ``paths`` order.
-
-    Memory does not grow with file length: files are read a batch of ``batch_seconds`` at a
-    time, and a file longer than the teacher's window (``window_seconds``, 20 s) is streamed
-    from disk in the same equal pieces :meth:`Teacher.forward` cuts it into, whose outputs are
-    averaged exactly as there.
-
-    Raises:
-        AudioError: an unreadable file (named).
-        ValueError: non-finite teacher outputs (the file is named).
-    """
-    from wav2small.audio import iter_windows, read_audio
-    from wav2small.data import _progress
-
-    paths = [os.fspath(p) for p in paths]
-    budget = (
-        batch_seconds or getattr(teacher, "max_batch_seconds", MAX_BATCH_SECONDS)
-    ) * SAMPLE_RATE
-    window = getattr(teacher, "window_seconds", None)
-    out = np.zeros((len(paths), len(LABELS)), np.float32)
-    pending: list[int] = []
-    waves: list[np.ndarray] = []
-
-    def flush() -> None:
-        if pending:
-            out[pending] = teacher_predict(
-                teacher, waves, names=[paths[i] for i in pending], batch_seconds=batch_seconds
-            )
-            pending.clear()
-            waves.clear()
-
-    for i in _progress(range(len(paths)), progress, desc):
-        long = _file_pieces(paths[i], window) if window else None
-        if long is not None:
-            piece = long[1] / SAMPLE_RATE
-            pieces = iter_windows(paths[i], win=piece, hop=piece)
-            outputs = [  # at most the k pieces of the header's length (a resampled file's
-                # stream may end a sample later than its header says)
-                teacher_predict(teacher, [w], names=[paths[i]], batch_seconds=batch_seconds)[0]
-                for _, _, w in itertools.islice(pieces, math.ceil(long[0] / long[1]))
-            ]
-            out[i] = np.mean(outputs, axis=0)
-            continue
-        wave = read_audio(paths[i])
-        if waves and sum(map(len, waves)) + len(wave) > budget:
-            flush()
-        pending.append(i)
-        waves.append(wave)
-    flush()
-    return out
 
 
 def _label_order(config: dict[str, Any], n_out: int, where: str) -> list[int] | None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.errors import NonFiniteError
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +124,10 @@ def check_finite(out: np.ndarray, source: str) -> np.ndarray:
     """``out`` unchanged when every value is finite.
 
     Raises:
-        ValueError: NaN or Inf outputs, naming the model (``source``).
+        wav2small.errors.NonFiniteError: NaN or Inf outputs, naming the model (``source``).
     """
     if not np.isfinite(out).all():
-        raise ValueError(
+        raise NonFiniteError(
             f"{source}: the model gave non-finite outputs (NaN or Inf); its weights are broken"
         )
     return out
@@ -277,7 +278,7 @@ def _check_teacher_outputs(y: np.ndarray, teacher, names: Sequence[str]) -> None
     bad = [name for name, row in zip(names, y, strict=True) if not np.isfinite(row).all()]
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(
+        raise NonFiniteError(
             f"{bad[0]}: teacher {_teacher_name(teacher)!r} gave non-finite outputs (NaN or Inf)"
             f"{more}; its weights or this audio are broken"
         )
@@ -328,8 +329,9 @@ def teacher_predict(
             ``max_batch_seconds``, else :data:`TEACHER_BATCH_SECONDS`).
 
     Raises:
-        ValueError: outputs that are not (batch, 3), or NaN/Inf outputs; the message names the
-            clip and the teacher.
+        ValueError: outputs that are not (batch, 3).
+        wav2small.errors.NonFiniteError: NaN/Inf outputs (a ``ValueError``); the message names
+            the clip and the teacher.
     """
     names = [f"clip {i}" for i in range(len(waves))] if names is None else list(names)
     if len(names) != len(waves):
@@ -384,7 +386,7 @@ def teacher_predict_files(
 
     Raises:
         AudioError: an unreadable file (named).
-        ValueError: non-finite teacher outputs (the file is named).
+        wav2small.errors.NonFiniteError: non-finite teacher outputs (the file is named).
     """
     import itertools
     import math

@@ -81,7 +81,9 @@ def by_file(frame: pd.DataFrame, paths: Sequence[str | os.PathLike], *, model: s
     values = table.loc[keys].to_numpy(np.float64)
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise ValueError(f"{keys[int(np.argmax(bad))]}: {model} gave non-finite outputs")
+        from wav2small.errors import NonFiniteError
+
+        raise NonFiniteError(f"{keys[int(np.argmax(bad))]}: {model} gave non-finite outputs")
     return values
 
 
@@ -136,8 +138,10 @@ def teacher_values(teacher, manifest: pd.DataFrame, *, progress: bool = False) -
         values = attach_labels(manifest, teacher)[list(LABELS)].to_numpy(np.float64)
         bad = ~np.isfinite(values).all(axis=1)
         if bad.any():
+            from wav2small.errors import NonFiniteError
+
             file = manifest["file"].iloc[int(np.argmax(bad))]
-            raise ValueError(
+            raise NonFiniteError(
                 f"{file}: non-finite teacher label in {getattr(teacher, 'name', teacher)}"
             )
         return values

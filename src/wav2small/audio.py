@@ -25,6 +25,7 @@ import soundfile as sf
 import soxr
 
 from wav2small import SAMPLE_RATE
+from wav2small.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ _RIFF_FORMATS = ("WAV", "WAVEX")
 _UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF)
 
 
-class AudioError(ValueError):
-    """Audio that cannot be used; the message names the file and the problem."""
+class AudioError(UserError):
+    """Audio that cannot be used; the message names the file and the problem (a user error)."""
 
 
 @dataclass(frozen=True)

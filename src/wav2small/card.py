@@ -107,7 +107,7 @@ def _metrics_lines(metrics: dict[str, dict[str, float]] | None) -> list[str]:
     if not metrics:
         return [
             "Not evaluated at export time. Score it with "
-            "`wav2small evaluate --models MODEL --data CSV --teacher T`.",
+            "`wav2small evaluate MODEL --data CSV --teacher T`.",
         ]
     lines = ["| data · reference | " + " | ".join(LABELS) + " |", "|---" * 4 + "|"]
     for name, values in metrics.items():
@@ -195,8 +195,6 @@ def model_card(
 
 def write_model_card(out_dir: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``out_dir``/MODEL_CARD.md atomically (temp name, then rename)."""
-    path = Path(out_dir) / CARD_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from wav2small.inputs import write_text
+
+    return write_text(Path(out_dir) / CARD_NAME, text)

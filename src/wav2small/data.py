@@ -29,11 +29,10 @@ import numpy as np
 import pandas as pd
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.inputs import list_audio, read_manifest
 
 logger = logging.getLogger(__name__)
 
-#: Extensions picked up when a folder is given.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff", ".au")
 DEFAULT_CROP_SECONDS = 4.0
 #: Batches are cut to their shortest crop, but never below this (shorter clips are padded).
 DEFAULT_MIN_SECONDS = 1.0
@@ -46,31 +45,6 @@ MANIFEST_COLUMNS = ("file", "path", "duration")
 
 
 # --- manifests ------------------------------------------------------------------------------
-def _audio_files(folder: Path) -> list[Path]:
-    files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
-    )
-    if not files:
-        raise ValueError(f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
-    return files
-
-
-def _read_csv_manifest(path: Path) -> pd.DataFrame:
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable CSV manifest: {e}") from e
-    if "file" not in table.columns:
-        raise ValueError(f"{path}: a manifest CSV needs a 'file' column; it has {list(table)}")
-    if table.empty:
-        raise ValueError(f"{path}: the manifest is empty")
-    table["file"] = table["file"].astype(str)
-    table.insert(
-        1, "path", [f if os.path.isabs(f) else str(path.parent / f) for f in table["file"]]
-    )
-    return table
-
-
 def load_manifest(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     *,
@@ -81,9 +55,9 @@ def load_manifest(
     """List clips with their durations (and gold labels when the CSV has them).
 
     Args:
-        source: a folder (searched recursively), a CSV with a ``file`` column (relative paths
-            are relative to the CSV's folder; other columns are kept), one audio file, or a
-            list of files.
+        source: a folder (searched recursively), a CSV with a ``file`` column (read by
+            :func:`wav2small.inputs.read_manifest`: relative paths are relative to the CSV's
+            folder; other columns are kept), one audio file, or a list of files.
         require_labels: raise unless ``arousal, dominance, valence`` columns are present and
             complete.
         on_error: ``"raise"`` on the first unreadable file, or ``"skip"`` it (logged).
@@ -109,10 +83,10 @@ def load_manifest(
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
         if path.is_dir():
-            files = [str(p) for p in _audio_files(path)]
+            files = [str(p) for p in list_audio(path)]
             table = pd.DataFrame({"file": files, "path": files})
         elif path.suffix.lower() == ".csv":
-            table = _read_csv_manifest(path)
+            table = read_manifest(path)
         else:
             table = pd.DataFrame({"file": [str(path)], "path": [str(path)]})
     else:
@@ -373,7 +347,7 @@ class CropDataset:
         self.crop_seconds = crop_seconds
         self.augment = augment
         self._noise_files = (
-            [str(p) for p in _audio_files(Path(augment.noise_dir))]
+            [str(p) for p in list_audio(augment.noise_dir)]
             if augment is not None and augment.noise_dir
             else []
         )

@@ -228,9 +228,10 @@ def _long_file(test_csv: Path, out: Path, n_clips: int) -> Path:
     parts = []
     for file in rows["file"]:
         parts += [read_audio(test_csv.parent / file), gap]
-    tmp = out.with_name(out.name + ".tmp.wav")
-    sf.write(tmp, np.concatenate(parts), SAMPLE_RATE, subtype="PCM_16")
-    os.replace(tmp, out)
+    from wav2small.inputs import atomic_write
+
+    with atomic_write(out) as tmp:
+        sf.write(tmp, np.concatenate(parts), SAMPLE_RATE, subtype="PCM_16")
     return out
 
 

@@ -278,11 +278,9 @@ def _safe(name: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from wav2small.inputs import write_text
+
+    return write_text(path, text)
 
 
 # --- evaluation -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.card import CARD_NAME, model_card, run_facts, write_model_card
+from wav2small.inputs import write_text
 
 log = logging.getLogger(__name__)
 # The dynamo exporter's passes log every rewrite at INFO; keep the CLI output readable.
@@ -133,9 +134,10 @@ def _set_metadata(proto, facts: dict[str, str]) -> None:
 def _save_atomic(proto, path: Path) -> None:
     import onnx
 
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    from wav2small.inputs import atomic_write
+
+    with atomic_write(path) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -365,7 +367,8 @@ def export(
             ``facts``, ``metrics``, ``data``, ``untrained``); a card is always written.
 
     Returns:
-        The report; ``report.passed`` is False when a gate failed (the files are still written).
+        The report; ``report.passed`` is False when a gate failed (a model that failed its gate
+        is renamed ``<name>.rejected``, never left under its final name).
     """
     from wav2small.signals import pseudo_speech_set
 
@@ -374,7 +377,8 @@ def export(
     fp32 = export_onnx(model, out_dir / "model.onnx", metadata=metadata)
     report = ExportReport(str(fp32), fp32.stat().st_size)
     report.max_abs_diff = check_fp32_parity(model, fp32, seed=seed)
-    report.passed = max(report.max_abs_diff.values()) <= PARITY_MAX_ABS
+    report.passed = parity_ok = max(report.max_abs_diff.values()) <= PARITY_MAX_ABS
+    int8_ok = True
     if int8:
         if calibration and not validation:  # hold out every 4th clip for the fidelity check
             calibration, validation = _hold_out(calibration)
@@ -395,13 +399,13 @@ def export(
         report.int8_path, report.int8_bytes = str(q), q.stat().st_size
         report.int8_activation_bits = bits
         if gate_int8:
-            report.passed &= min(report.int8_ccc.values()) >= INT8_MIN_CCC
+            int8_ok = min(report.int8_ccc.values()) >= INT8_MIN_CCC
+            report.passed &= int8_ok
+    _reject_failed(report, out_dir, parity_ok=parity_ok, int8_ok=int8_ok)
     from wav2small.audonnx_export import write_audonnx_folders
 
     write_audonnx_folders(out_dir)  # audonnx/ (+ audonnx-int8/): audonnx.load(folder) as is
-    tmp = out_dir / "export_report.json.tmp"
-    tmp.write_text(json.dumps(asdict(report), indent=2))
-    os.replace(tmp, out_dir / "export_report.json")
+    write_text(out_dir / "export_report.json", json.dumps(asdict(report), indent=2))
     from wav2small.models import model_info
 
     info = {**model_info(model), **(metadata or {})}
@@ -412,6 +416,23 @@ def export(
     untrained = bool((card or {}).get("untrained"))
     write_hub_files(model, out_dir, info=info, report=report, card=text, untrained=untrained)
     return report
+
+
+def _reject_failed(report: ExportReport, out_dir: Path, *, parity_ok: bool, int8_ok: bool) -> None:
+    """Move models that failed a gate to ``<name>.rejected`` so none stays under its final name.
+
+    A failed fp32 parity gate rejects the fp32 model and the int8 model built from it; a failed
+    int8 fidelity gate rejects the int8 model only. The report points at the rejected files.
+    """
+    rejected = [] if parity_ok else ["fp32"]
+    rejected += [] if parity_ok and int8_ok else ["int8"]
+    for kind in rejected:
+        path = getattr(report, f"{kind}_path")
+        if path and Path(path).is_file():
+            target = Path(path).with_name(Path(path).name + ".rejected")
+            os.replace(path, target)
+            setattr(report, f"{kind}_path", str(target))
+            log.error("%s: failed its gate; moved to %s", path, target)
 
 
 def _hold_out(clips: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -428,18 +449,9 @@ def _fmt(values: dict[str, float]) -> str:
 
 def _load_clips(paths: list[str]) -> list[np.ndarray]:
     from wav2small.audio import read_audio
+    from wav2small.inputs import expand_paths
 
-    files: list[Path] = []
-    for p in map(Path, paths):
-        files += (
-            sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
-            if p.is_dir()
-            else [p]
-        )
-    return [read_audio(f) for f in files]
-
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+    return [read_audio(f) for f in expand_paths(paths)]
 
 
 def export_cli(args) -> int:

@@ -55,11 +55,17 @@ from wav2small.backends import (  # noqa: F401  (public names, also importable f
     TorchBackend,
     make_backend,
 )
+from wav2small.inputs import (  # noqa: F401 (AUDIO_EXTENSIONS, skipped_path: public here too)
+    AUDIO_EXTENSIONS,
+    atomic_write,
+    list_audio,
+    output_lock,
+    skipped_path,
+    write_skipped,
+)
 
 logger = logging.getLogger(__name__)
 
-#: Extensions picked up when a folder is given (searched recursively).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff", ".au")
 #: Index levels of every result table.
 INDEX = ("file", "start", "end")
 ON_ERROR = ("raise", "skip")
@@ -105,12 +111,7 @@ def _is_pair(x) -> bool:
 
 
 def _folder(path: Path) -> list[_Item]:
-    files = sorted(
-        p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
-    )
-    if not files:
-        raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
-    return [_Item(str(p), path=str(p)) for p in files]
+    return [_Item(str(p), path=str(p)) for p in list_audio(path)]
 
 
 def collect_inputs(inputs) -> list[_Item]:
@@ -687,18 +688,13 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     if suffix not in TABLE_FORMATS:
         raise ValueError(f"{path}: unknown table format; use one of {', '.join(TABLE_FORMATS)}")
     table = frame.reset_index()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_write(path) as tmp:
         if suffix == ".csv":
             table.to_csv(tmp, index=False)
         elif suffix == ".parquet":
             table.to_parquet(tmp, index=False)
         else:
             table.to_json(tmp, orient="records", indent=1)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -718,35 +714,42 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return table.set_index(list(INDEX))[list(LABELS)]
 
 
-def skipped_path(out: str | os.PathLike) -> Path:
-    """Where the CLI lists the files skipped while writing ``out``."""
-    out = Path(out)
-    return out.with_name(out.stem + ".skipped.csv")
-
-
 # --- CLI ------------------------------------------------------------------------------------
 def predict_cli(args) -> int:
     """``wav2small predict MODEL PATHS... [--win S --hop S | --timeline STEP] [--out FILE]``."""
+    import contextlib
     import sys
 
+    from wav2small.inputs import InputError, check_any_good
+
     if args.out and Path(args.out).suffix.lower() not in TABLE_FORMATS:
-        raise SystemExit(f"--out {args.out}: use a .csv, .parquet or .json file")
+        raise InputError(f"{args.out}: --out must be a .csv, .parquet or .json file")
     if args.timeline is not None and args.win is not None:
-        raise SystemExit("--timeline and --win are exclusive")
-    predictor = load(args.model, backend=args.backend, threads=args.threads)
-    common = dict(clip=args.clip, num_workers=args.workers, on_error=args.on_error)
-    if args.timeline is not None:
-        frame = predictor.timeline(args.paths, step=args.timeline, context=args.context, **common)
-    else:
-        frame = predictor.predict(args.paths, win=args.win, hop=args.hop, **common)
-    skipped = frame.attrs.get("skipped", {})
-    if args.out:
-        write_table(frame, args.out)
-        _write_skipped(skipped_path(args.out), skipped)
-        print(f"{args.out}: {len(frame)} rows", file=sys.stderr)
-    else:
-        with pd.option_context("display.max_rows", None, "display.width", 200):
-            print(frame.to_string(float_format=lambda v: f"{v:.4f}"))
+        raise InputError("--timeline and --win are exclusive")
+    with output_lock(args.out) if args.out else contextlib.nullcontext():
+        predictor = load(args.model, backend=args.backend, threads=args.threads)
+        common = dict(
+            clip=args.clip,
+            num_workers=args.workers,
+            on_error=args.on_error,
+            progress=getattr(args, "progress", True),
+        )
+        if args.timeline is not None:
+            frame = predictor.timeline(
+                args.paths, step=args.timeline, context=args.context, **common
+            )
+        else:
+            frame = predictor.predict(args.paths, win=args.win, hop=args.hop, **common)
+        skipped = frame.attrs.get("skipped", {})
+        files = set(frame.index.get_level_values("file"))
+        check_any_good(len(files - set(skipped)), list(skipped.items()), "predict")
+        if args.out:
+            write_table(frame, args.out)
+            write_skipped(args.out, skipped.items())
+            print(f"{args.out}: {len(frame)} rows", file=sys.stderr)
+        else:
+            with pd.option_context("display.max_rows", None, "display.width", 200):
+                print(frame.to_string(float_format=lambda v: f"{v:.4f}"))
     if skipped:
         where = f" (listed in {skipped_path(args.out)})" if args.out else ""
         print(f"skipped {len(skipped)} file(s){where}:", file=sys.stderr)
@@ -755,15 +758,6 @@ def predict_cli(args) -> int:
                 f"  {reason}" if reason.startswith(file) else f"  {file}: {reason}", file=sys.stderr
             )
     return 0
-
-
-def _write_skipped(path: Path, skipped: dict[str, str]) -> None:
-    if not skipped:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(list(skipped.items()), columns=["file", "reason"]).to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def plot_timeline_cli(args) -> int:

@@ -30,11 +30,17 @@ import numpy as np
 import pandas as pd
 
 from wav2small import LABELS
+from wav2small.inputs import (
+    MissingInputError,
+    atomic_write,
+    list_audio,
+    skipped_path,
+    write_skipped,
+)
+from wav2small.inputs import read_manifest as read_csv_manifest
 
 logger = logging.getLogger(__name__)
 
-#: Extensions picked up when a folder is given.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".opus", ".aif", ".aiff", ".au")
 #: Output columns, in order.
 COLUMNS = ("file", "start", "end", *LABELS, "teacher")
 #: Most padded audio (seconds) per teacher call.
@@ -98,41 +104,32 @@ class LabelResult:
 def read_manifest(audio: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Segment]:
     """Segments to label from a folder (recursive), a CSV, one audio file, or a list of files.
 
-    A CSV needs a ``file`` column (paths relative to the CSV's folder are accepted) and may have
-    ``start``/``end`` columns in seconds (empty = whole file).
+    A CSV needs a ``file`` column and may have ``start``/``end`` columns in seconds (empty =
+    whole file). Relative ``file`` paths are resolved against the CSV's folder, never the working
+    directory (the path rule of :func:`wav2small.inputs.read_manifest`).
 
     Raises:
-        FileNotFoundError: the folder/CSV does not exist.
-        ValueError: a CSV without a ``file`` column, or no audio found.
+        MissingInputError: no such folder/CSV/file (a FileNotFoundError).
+        InputError: a CSV without a ``file`` column, or no audio found (a ValueError).
     """
     if not isinstance(audio, str | os.PathLike):
         return [Segment(os.fspath(p), os.fspath(p)) for p in audio]
     path = Path(audio)
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
-        )
-        if not files:
-            raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
-        return [Segment(str(p), str(p)) for p in files]
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        return [Segment(str(p), str(p)) for p in list_audio(path)]
     if path.suffix.lower() == ".csv":
         return _csv_manifest(path)
+    if not path.exists():
+        raise MissingInputError(f"{path}: no such file or folder")
     return [Segment(str(path), str(path))]
 
 
 def _csv_manifest(path: Path) -> list[Segment]:
-    table = pd.read_csv(path)
-    if "file" not in table.columns:
-        raise ValueError(f"{path}: a manifest CSV needs a 'file' column; it has {list(table)}")
-    if table.empty:
-        raise ValueError(f"{path}: the manifest is empty")
+    table = read_csv_manifest(path)
     starts = table["start"] if "start" in table else pd.Series(0.0, index=table.index)
     ends = table["end"] if "end" in table else pd.Series(np.nan, index=table.index)
     out = []
-    for file, start, end in zip(table["file"].astype(str), starts, ends, strict=True):
-        read = file if os.path.isabs(file) or os.path.exists(file) else str(path.parent / file)
+    for file, read, start, end in zip(table["file"], table["path"], starts, ends, strict=True):
         start = 0.0 if pd.isna(start) else float(start)
         out.append(Segment(file, read, start, None if pd.isna(end) else float(end)))
     return out
@@ -187,15 +184,9 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + PARTS_SUFFIX)
 
 
-def skipped_path(out: Path) -> Path:
-    """Where the skipped segments of ``out`` are listed."""
-    return out.with_name(out.stem + ".skipped.csv")
-
-
 def _write_parquet(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        table.to_parquet(tmp, index=False)
 
 
 def _read_existing(out: Path) -> list[pd.DataFrame]:
@@ -333,7 +324,7 @@ def label(
             bar.update(min(sum(s.duration for s in batch), bar.total - bar.n))
     writer.flush()
     rows = _merge(out, segments)
-    _write_skipped(out, skipped)
+    write_skipped(out, skipped)
     for file, reason in skipped:
         logger.warning("skipped %s: %s", file, reason)
     return LabelResult(out, rows, labelled, skipped, labelled_seconds, time.perf_counter() - t0)
@@ -360,16 +351,6 @@ def _merge(out: Path, segments: Sequence[Segment]) -> int:
             path.unlink()
         folder.rmdir()
     return len(table)
-
-
-def _write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
-    path = skipped_path(out)
-    if not skipped:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(skipped, columns=["file", "reason"]).to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def label_cli(args) -> int:

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from wav2small import LABELS
+from wav2small.inputs import skipped_path, write_skipped
 from wav2small.labels import (
     DEFAULT_BATCH_SECONDS,
     DEFAULT_SHARD_ROWS,
@@ -47,12 +48,10 @@ from wav2small.labels import (
     _merge,
     _read_existing,
     _ShardWriter,
-    _write_skipped,
     batches,
     parts_dir,
     probe,
     read_manifest,
-    skipped_path,
 )
 
 logger = logging.getLogger(__name__)
@@ -362,7 +361,7 @@ def label_ray(
 
                 ray.shutdown()
     rows = _merge(out, segments)
-    _write_skipped(out, skipped)
+    write_skipped(out, skipped)
     for file, reason in skipped:
         logger.warning("skipped %s: %s", file, reason)
     return LabelResult(out, rows, labelled, skipped, seconds, time.perf_counter() - t0)

@@ -79,16 +79,15 @@ EVAL_DPI = 110
 
 def _save_figure(fig, out: str | os.PathLike) -> Path:
     """Save a figure to PNG under a temporary name, then rename."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     import matplotlib.pyplot as plt
 
+    from wav2small.inputs import atomic_write
+
+    out = Path(out)
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        with atomic_write(out) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)  # long runs (demo, bench) draw many figures
     return out
 

@@ -69,15 +69,9 @@ _HARMLESS_WARNINGS = (
 # --- files ------------------------------------------------------------------------------------
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write text through a unique temporary file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from wav2small.inputs import write_text
+
+    write_text(path, text)
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:

@@ -55,6 +55,7 @@ import numpy as np
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.config import DEFAULT_LABEL_COLUMN, SelfDistillConfig
 from wav2small.errors import UserError
+from wav2small.inputs import atomic_write
 from wav2small.runs import BEST_WEIGHTS, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunResult
 
 logger = logging.getLogger(__name__)
@@ -888,11 +889,8 @@ def selfdistill_eval_cli(args) -> int:
     )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, out)
+        with atomic_write(args.out) as tmp:
+            table.to_csv(tmp, index=False)
     return 0
 
 

@@ -88,15 +88,10 @@ def read_labelled(csv_path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
         FileNotFoundError: no such CSV.
         ValueError: missing columns, no rows, or non-finite labels (the row is named).
     """
+    from wav2small.inputs import read_manifest
+
     path = Path(csv_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such labelled CSV")
-    table = pd.read_csv(path)
-    missing = [c for c in ("file", *LABELS) if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; it has {list(table.columns)}")
-    if table.empty:
-        raise ValueError(f"{path}: no rows")
+    table = read_manifest(path, required=("file", *LABELS))  # paths relative to the CSV
     targets = table[list(LABELS)].to_numpy(np.float32)
     bad = ~np.isfinite(targets).all(1)
     if bad.any():
@@ -105,10 +100,7 @@ def read_labelled(csv_path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
             f"{path}: row {row} ({table['file'].iloc[row]}) has a missing label "
             f"(empty, NaN or Inf: {targets[row].tolist()})"
         )
-    files = [
-        f if os.path.isabs(f) or os.path.exists(f) else str(path.parent / f)
-        for f in table["file"].astype(str)
-    ]
+    files = table["path"].tolist()
     return files, targets
 
 

@@ -137,23 +137,14 @@ def save_model(model: nn.Module, path, *, extra: dict[str, str] | None = None) -
     Raises:
         wav2small.errors.NonFiniteError: a NaN/Inf weight (nothing is written).
     """
-    import os
-    import tempfile
-    from pathlib import Path
-
     from safetensors.torch import save_file
+
+    from wav2small.inputs import atomic_write
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     check_finite_state(state, str(path))
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={**model_info(model), **(extra or {})})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata={**model_info(model), **(extra or {})})
 
 
 def read_checkpoint(path) -> tuple[dict[str, str], dict]:

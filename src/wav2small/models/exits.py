@@ -748,10 +748,11 @@ def save_exits_model(model: EarlyExitModel, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    from wav2small.inputs import atomic_write
+
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata=exits_info(model))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata=exits_info(model))
     return path
 
 

@@ -992,12 +992,10 @@ def load_teacher(
 
 
 def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates files readable by the owner only
-    os.replace(tmp, path)
+    from wav2small.inputs import atomic_write
+
+    with atomic_write(path) as tmp:
+        write(tmp)
 
 
 def save_teacher(model: Teacher, path: str | os.PathLike) -> Path:

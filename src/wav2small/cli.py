@@ -2,6 +2,15 @@
 
 Each subcommand has an ``_add_<name>`` function that declares its arguments and a ``_run_<name>``
 function that imports what it needs lazily (so ``wav2small --help`` is instant).
+
+Error contract (:func:`main`): a user error — a missing, empty, corrupt or non-finite file, a bad
+manifest, a bad option value, an output locked by another writer — prints one line
+``wav2small <command>: error: <file>: <problem>`` to stderr and exits with code 2, without a
+traceback; any other failure prints one line too and exits with code 1. ``--debug`` shows the
+traceback instead. Every log record is printed once.
+
+Options shared by several subcommands are declared once (``_add_threads``, ``_add_jobs``,
+``_add_progress``, ``_add_on_error``, ``_add_resume``) and mean the same everywhere.
 """
 
 from __future__ import annotations
@@ -10,6 +19,96 @@ import argparse
 import functools
 import logging
 import sys
+import traceback
+
+#: Exit code of a user error (bad file, manifest, option value, locked output); argparse's too.
+EXIT_USER_ERROR = 2
+#: Exit code of any other failure.
+EXIT_FAILURE = 1
+
+
+# --- option types and shared option groups ---------------------------------------------------
+def _number(kind: type, low: float, inclusive: bool):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'≥' if inclusive else '>'} {kind(low)}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+#: Option value types that reject bad values with one clear line (exit 2).
+positive_int = _number(int, 1, True)
+non_negative_int = _number(int, 0, True)
+positive_float = _number(float, 0.0, False)
+non_negative_float = _number(float, 0.0, True)
+
+
+def _add_threads(p: argparse.ArgumentParser, *, default: int | None = None, what: str = "") -> None:
+    """``--threads N``: compute threads of this process (torch and ONNX Runtime intra-op)."""
+    p.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=default,
+        metavar="N",
+        help="compute threads of this process (torch / ONNX Runtime intra-op; "
+        + (what or "default: the library's")
+        + ")",
+    )
+
+
+def _add_jobs(p: argparse.ArgumentParser, *, default: int = 1, what: str = "") -> None:
+    """``--jobs N``: parallel workers (processes or threads) over independent items."""
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=default,
+        metavar="N",
+        help=f"parallel workers over independent items{f' ({what})' if what else ''} "
+        f"(default {default})",
+    )
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress``: progress bars on stderr (default on)."""
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress bars on stderr (default: on)",
+    )
+
+
+def _add_on_error(p: argparse.ArgumentParser) -> None:
+    """``--on-error raise|skip``: stop at the first bad input, or skip and report it."""
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="raise: stop at the first bad input; skip: skip and list it in <out>.skipped.csv "
+        "(exit 2 when nothing is left). Default raise",
+    )
+
+
+def _add_resume(p: argparse.ArgumentParser) -> None:
+    """``--resume [last|CKPT]``: continue an interrupted run from the run folder's checkpoint."""
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="CKPT",
+        help="continue an interrupted run: 'last' (the run folder's checkpoint) or a path",
+    )
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -25,6 +124,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="audio files/folders for int8 calibration (default: built-in signals)",
     )
     p.add_argument("--seed", type=int, default=0)
+    _add_progress(p)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -35,13 +135,53 @@ def _run_export(args: argparse.Namespace) -> int:
 
 # --- models ---------------------------------------------------------------------------------
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("models", help="list model presets")
+    p = sub.add_parser("models", help="list model presets: parameters, int8 size, tokens/s")
+    p.add_argument("--names", action="store_true", help="names only (no torch import)")
+
+
+def models_table():
+    """One row per preset: ``params`` (trainable, counted), ``int8_kb`` (estimate: one byte per
+    parameter; the ONNX graph adds a few KB) and ``tokens_per_s`` (token rate of the pooled
+    sequence, read from the model or measured from its feature-map shape on 10 s).
+
+    Models are built on torch's ``meta`` device (shapes only), so this is quick.
+    """
+    import pandas as pd
+    import torch
+
+    from wav2small.models import count_parameters, create_model, list_models
+
+    rows = []
+    for name in list_models():
+        with torch.device("meta"):
+            model = create_model(name)
+        params = count_parameters(model)
+        if hasattr(model, "tokens_per_second"):
+            rate = float(model.tokens_per_second())
+        else:  # MobileNets: the width of the backbone's feature map over a 10 s image
+            frames = 10 * 500  # the log-mel front end's 500 frames/s
+            image = torch.empty(1, 1, frames, 26, device="meta")
+            rate = model.backbone.forward_features(image).shape[2] / 10
+        rows.append(
+            {"model": name, "params": params, "int8_kb": params / 1024, "tokens_per_s": rate}
+        )
+    return pd.DataFrame(rows).set_index("model")
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from wav2small.models import list_models
+    if args.names:
+        from wav2small.models import list_models
 
-    print("\n".join(list_models()))
+        print("\n".join(list_models()))
+        return 0
+    table = models_table()
+    print(f"{'model':<20} {'params':>11} {'≈int8 KB':>9} {'tokens/s':>9}")
+    for name, row in table.iterrows():
+        print(
+            f"{name:<20} {int(row['params']):>11,} {row['int8_kb']:>9.0f} "
+            f"{row['tokens_per_s']:>9.1f}"
+        )
+    print("≈int8 KB: one byte per parameter (the .onnx adds graph and scales; measure with export)")
     return 0
 
 
@@ -51,9 +191,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="smaller, faster run")
     p.add_argument("--out", default="runs/demo", help="run folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--jobs", type=int, default=2, help="processes (corpus synthesis; the two students)"
-    )
+    _add_jobs(p, default=2, what="processes: corpus synthesis, the two students")
     p.add_argument(
         "--teacher",
         default="synth",
@@ -87,7 +225,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, required=True, help="number of clips")
     p.add_argument("--out", required=True, help="output folder (WAVs in OUT/SPLIT, OUT/SPLIT.csv)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    _add_jobs(p, what="processes")
     p.add_argument(
         "--raters",
         type=int,
@@ -99,7 +237,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "--rater-noise", type=float, default=0.25, help="sd of rating noise (default 0.25)"
     )
     p.add_argument("--clean", action="store_true", help="no room, filters, noise or dither")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_progress(p)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -115,7 +253,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         rater_bias_sd=args.rater_bias,
         rater_noise_sd=args.rater_noise,
         clean=args.clean,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     print(csv_path)
     return 0
@@ -131,16 +269,23 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
         "audonnx/ONNX folder (model.onnx + model.yaml; runs on ONNX Runtime without torch)",
     )
     p.add_argument("--audio", required=True, help="folder, CSV (file[,start,end]) or audio file")
-    p.add_argument("--out", required=True, help="output .parquet file")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output .parquet file; a rerun resumes it (same teacher and settings only)",
+    )
     p.add_argument(
         "--batch-seconds",
-        type=float,
+        type=positive_float,
         default=60.0,
         help="most padded audio per teacher call (default 60)",
     )
-    p.add_argument("--shard-rows", type=int, default=256, help="rows per shard (default 256)")
-    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--shard-rows", type=positive_int, default=256, help="rows per shard (default 256)"
+    )
+    _add_on_error(p)
+    _add_threads(p)
+    _add_progress(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--clip", action="store_true", help="clip ensemble outputs to [0, 1]")
     # Ray engine (wav2small.labels_ray; needs `pip install wav2small[scale]`)
@@ -155,7 +300,9 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="ray: cluster address, e.g. auto (default: RAY_ADDRESS or a local Ray)",
     )
-    p.add_argument("--workers", type=int, default=1, help="ray: teacher actors (default 1)")
+    p.add_argument(
+        "--workers", type=positive_int, default=1, help="ray: teacher actors (default 1)"
+    )
     p.add_argument(
         "--num-gpus-per-worker",
         type=float,
@@ -252,12 +399,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: ONNX Runtime for .onnx files (no torch), torch otherwise",
     )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="ONNX Runtime intra-op threads (default 1); torch threads if given",
-    )
+    _add_threads(p, what="default: 1 for ONNX Runtime, torch's own for torch")
     p.add_argument("--clip", action="store_true", help="clip outputs to [0, 1]")
 
 
@@ -267,30 +409,38 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
     p.add_argument(
         "--win",
-        type=float,
+        type=positive_float,
         default=None,
         help="window length in seconds: one row per window (default: one per file)",
     )
-    p.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: win)")
+    p.add_argument(
+        "--hop", type=positive_float, default=None, help="window hop in seconds (default: win)"
+    )
     p.add_argument(
         "--timeline",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="STEP",
         help="one row every STEP seconds over the last --context seconds",
     )
     p.add_argument(
-        "--context", type=float, default=4.0, help="timeline context in seconds (default 4)"
+        "--context",
+        type=positive_float,
+        default=4.0,
+        help="timeline context in seconds (default 4)",
     )
     p.add_argument("--out", default=None, help="x.csv, x.parquet or x.json (default: print)")
-    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
-    p.add_argument("--workers", type=int, default=1, help="files processed concurrently")
+    _add_on_error(p)
+    _add_jobs(p, what="files processed concurrently")
+    p.add_argument("--workers", dest="jobs", type=positive_int, help=argparse.SUPPRESS)
+    _add_progress(p)
     _add_model_options(p)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from wav2small.infer import predict_cli
 
+    args.workers = args.jobs
     return predict_cli(args)
 
 
@@ -299,9 +449,11 @@ def _add_plot_timeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help=".onnx file, checkpoint or preset name")
     p.add_argument("file", help="audio file")
     p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--step", type=float, default=0.5, help="seconds between points (default 0.5)")
     p.add_argument(
-        "--context", type=float, default=4.0, help="seconds behind each point (default 4)"
+        "--step", type=positive_float, default=0.5, help="seconds between points (default 0.5)"
+    )
+    p.add_argument(
+        "--context", type=positive_float, default=4.0, help="seconds behind each point (default 4)"
     )
     _add_model_options(p)
 
@@ -389,11 +541,11 @@ def _add_selfdistill_eval(sub: argparse._SubParsersAction) -> None:
         help="exits to report: layer numbers, deepest, fusion (default: all)",
     )
     p.add_argument("--label-column", default="emotion")
-    p.add_argument("--threads", type=int, default=1, help="threads of the latency figure")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per exit (median)")
+    _add_threads(p, default=1, what="default 1, also for the latency figure")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per exit (median)")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--out", help="also write the table as CSV")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
 
 
 def _run_selfdistill_eval(args: argparse.Namespace) -> int:
@@ -497,13 +649,19 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the metrics as JSON to this file")
     p.add_argument("--out", help="folder for metrics.csv/json, predictions.csv and PNG plots")
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_progress(p)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from wav2small.evaluate import evaluate_cli
+    from contextlib import ExitStack
 
-    return evaluate_cli(args)
+    from wav2small.evaluate import evaluate_cli
+    from wav2small.inputs import output_lock
+
+    with ExitStack() as locks:  # one writer per output table
+        for out in dict.fromkeys(o for o in (args.out, args.json) if o):
+            locks.enter_context(output_lock(out))
+        return evaluate_cli(args)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -537,24 +695,133 @@ COMMANDS = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``wav2small <command>: error: <problem>`` (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    # Accepted before and after the subcommand; given after it, the value is not reset.
+    default = False if top else argparse.SUPPRESS
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show the Python traceback of an error (and debug logging)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="wav2small", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = _Parser(prog="wav2small", description=__doc__.splitlines()[0])
+    _global_options(parser, top=True)
+    common = _Parser(add_help=False)
+    _global_options(common, top=False)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def add_with_common(name: str, **kwargs) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[common, *kwargs.pop("parents", [])], **kwargs)
+
+    sub.add_parser = add_with_common
     for name in COMMANDS:
         globals()[f"_add_{name.replace('-', '_')}"](sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
+class _Once(logging.Filter):
+    """Drop records another handler on their way to the root already printed (Lightning's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger = logging.getLogger(record.name)
+        while logger is not None and logger is not logging.root:
+            if any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+                return False
+            logger = logger.parent
+        return True
+
+
+def configure_logging(*, verbose: bool = False) -> logging.Handler:
+    """One stderr handler on the root logger; every record is printed once.
+
+    Libraries that attach their own console handler (Lightning adds one to the ``lightning``
+    logger on import, and records still propagate to the root) would otherwise print each line
+    twice: the root handler skips records such a handler has printed already.
+
+    Returns:
+        The handler (installed once; later calls only set the level).
+    """
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for handler in root.handlers:
+        if getattr(handler, "_wav2small", False):
+            return handler
+    handler = logging.StreamHandler()
+    handler._wav2small = True
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Once())
+    root.addHandler(handler)
+    return handler
+
+
+def error_line(exc: BaseException) -> tuple[int, str]:
+    """Exit code and one-line message of an exception that ended a command.
+
+    User errors (exit 2): :class:`wav2small.inputs.UserError` (bad audio, manifest, option,
+    locked output), ``ValueError`` (bad values), ``OSError`` (missing file, permission, full
+    disk) and teacher loading errors. Anything else is exit 1, named by its type.
+    """
+    from wav2small.inputs import UserError
+
+    message = str(exc)
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+        message = f"{exc.filename}: {exc.strerror or message}"
+    message = " ".join(message.split()) or type(exc).__name__
+    user = isinstance(exc, UserError | ValueError | OSError)
+    user |= type(exc).__name__ in ("TeacherError",)
+    if user:
+        return EXIT_USER_ERROR, message
+    return (
+        EXIT_FAILURE,
+        f"{type(exc).__name__}: {message} (a bug? rerun with --debug and report it)",
     )
-    return globals()[f"_run_{args.command.replace('-', '_')}"](args) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: run one subcommand under the error contract.
+
+    Returns:
+        0 on success, 2 for a user error (one line on stderr), 1 for any other failure, or what
+        the subcommand returned (e.g. 1 when a gate failed).
+    """
+    args = build_parser().parse_args(argv)
+    configure_logging(verbose=args.verbose or args.debug)
+    if hasattr(args, "progress"):
+        args.no_progress = not args.progress  # older consumers read no_progress
+    prog = f"wav2small {args.command}"
+    try:
+        return globals()[f"_run_{args.command.replace('-', '_')}"](args) or 0
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        if isinstance(e.code, int | None):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {' '.join(str(e.code).split())}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        code, message = error_line(e)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

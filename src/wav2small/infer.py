@@ -742,7 +742,7 @@ def predict_cli(args) -> int:
             frame = predictor.predict(args.paths, win=args.win, hop=args.hop, **common)
         skipped = frame.attrs.get("skipped", {})
         files = set(frame.index.get_level_values("file"))
-        check_any_good(len(files - set(skipped)), list(skipped.items()), "predict")
+        check_any_good(len(files - set(skipped)), list(skipped.items()))
         if args.out:
             write_table(frame, args.out)
             write_skipped(args.out, skipped.items())

@@ -95,6 +95,10 @@ class LockedError(UserError):
     """Another process is writing the same output."""
 
 
+class ResumeError(UserError, ValueError):
+    """A resumed job's configuration (teacher, model, settings) differs from its start."""
+
+
 # --- folders ----------------------------------------------------------------------------------
 def is_audio(path: str | os.PathLike) -> bool:
     """Whether a file name ends in one of :data:`AUDIO_EXTENSIONS` (case-insensitive)."""
@@ -174,8 +178,12 @@ def read_manifest(path: str | os.PathLike, *, required: Sequence[str] = ("file",
         raise InputError(f"{path}: not a readable CSV manifest ({reason})") from e
     missing = [c for c in dict.fromkeys(("file", *required)) if c not in table.columns]
     if missing:
-        need = "a manifest needs a 'file' column" if "file" in missing else "missing column(s)"
-        raise InputError(f"{path}: {need} {missing}; it has {list(table.columns)}")
+        need = (
+            "a manifest needs a 'file' column"
+            if "file" in missing
+            else f"missing column(s) {missing}"
+        )
+        raise InputError(f"{path}: {need}; it has {list(table.columns)}")
     if table.empty:
         raise InputError(f"{path}: the manifest has no rows")
     empty = table["file"].isna() | (table["file"].astype(str).str.strip() == "")
@@ -317,7 +325,7 @@ def write_skipped(out: str | os.PathLike, skipped: Iterable[tuple[str, str]]) ->
     return path
 
 
-def check_any_good(n_good: int, skipped: Sequence[tuple[str, str]], what: str) -> None:
+def check_any_good(n_good: int, skipped: Sequence[tuple[str, str]]) -> None:
     """Raise when a job that skips bad inputs (``--on-error skip``) has nothing good left.
 
     Raises:
@@ -327,7 +335,9 @@ def check_any_good(n_good: int, skipped: Sequence[tuple[str, str]], what: str) -
         file, reason = skipped[0]
         first = reason if str(reason).startswith(str(file)) else f"{file}: {reason}"
         raise InputError(
-            f"{what}: all {len(skipped)} input(s) were skipped, nothing was written; first: {first}"
+            f"{first} (and every other input: {len(skipped)} skipped, nothing to write)"
+            if len(skipped) > 1
+            else f"{first} (the only input was skipped, nothing to write)"
         )
 
 
@@ -336,6 +346,7 @@ __all__ = [
     "InputError",
     "LockedError",
     "MissingInputError",
+    "ResumeError",
     "UserError",
     "atomic_write",
     "check_any_good",

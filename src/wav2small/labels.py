@@ -19,6 +19,8 @@ How it runs:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -32,10 +34,14 @@ import pandas as pd
 from wav2small import LABELS
 from wav2small.inputs import (
     MissingInputError,
+    ResumeError,
     atomic_write,
+    check_any_good,
     list_audio,
+    output_lock,
     skipped_path,
     write_skipped,
+    write_text,
 )
 from wav2small.inputs import read_manifest as read_csv_manifest
 
@@ -49,6 +55,10 @@ DEFAULT_BATCH_SECONDS = 60.0
 DEFAULT_SHARD_ROWS = 256
 ON_ERROR = ("raise", "skip")
 PARTS_SUFFIX = ".parts"
+#: Suffix of the file that records which teacher and settings started a labelling job.
+JOB_SUFFIX = ".job.json"
+#: Job facts that must match for a run to resume an output.
+JOB_KEYS = ("teacher", "clip", "fingerprint")
 #: Times are compared at this resolution (seconds) when matching rows to segments.
 _TIME_DECIMALS = 6
 
@@ -184,6 +194,66 @@ def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + PARTS_SUFFIX)
 
 
+def job_path(out: Path) -> Path:
+    """Where the teacher and settings that started the labelling of ``out`` are recorded."""
+    return out.with_name(out.name + JOB_SUFFIX)
+
+
+def teacher_fingerprint(teacher) -> str | None:
+    """A short hash of a teacher module's weights (names, shapes and a sample of values).
+
+    Cheap even for large teachers (at most 4096 values per tensor are hashed); None for a
+    teacher given by name or a module without a ``state_dict``.
+    """
+    if not hasattr(teacher, "state_dict"):
+        return None
+    digest = hashlib.sha256()
+    for key, value in sorted(teacher.state_dict().items()):
+        flat = value.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        digest.update(f"{key}{tuple(value.shape)}{value.dtype}".encode())
+        digest.update(flat[::step][:4096].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def start_job(out: Path, job: dict) -> None:
+    """Record ``job`` (teacher, clip, fingerprint) for ``out``, or check it against a resumed job.
+
+    A run resumes when ``out`` or its shards exist; it must then use the teacher and settings
+    that started the job (a fingerprint is compared only when both runs have one: the Ray engine
+    given a teacher by name has none). Outputs without a job record are checked by their
+    ``teacher`` column.
+
+    Raises:
+        ResumeError: the resumed job was started with another teacher or settings.
+    """
+    path = job_path(out)
+    resuming = out.is_file() or any(parts_dir(out).glob("part-*.parquet"))
+    if resuming and path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changed = [
+            f"{key} {old.get(key)!r} → {job.get(key)!r}"
+            for key in JOB_KEYS
+            if old.get(key) != job.get(key)
+            and not (key == "fingerprint" and None in (old.get(key), job.get(key)))
+        ]
+        if changed:
+            raise ResumeError(
+                f"{out}: this job was started with another teacher or settings "
+                f"({'; '.join(changed)}); rerun with the same --teacher/--clip to resume it, "
+                "or write to another --out"
+            )
+    elif resuming:
+        names = {str(n) for t in _read_existing(out) for n in t["teacher"].dropna().unique()}
+        if names - {job["teacher"]}:
+            raise ResumeError(
+                f"{out}: holds labels of teacher(s) {sorted(names)}, not {job['teacher']!r}; "
+                "rerun with the same --teacher to resume it, or write to another --out"
+            )
+    if not (resuming and path.is_file()) or job.get("fingerprint"):
+        write_text(path, json.dumps({**job}, indent=1, sort_keys=True) + "\n")
+
+
 def _write_parquet(table: pd.DataFrame, path: Path) -> None:
     with atomic_write(path) as tmp:
         table.to_parquet(tmp, index=False)
@@ -272,19 +342,36 @@ def label(
     Raises:
         AudioError: an unreadable file with ``on_error="raise"`` (the message names it).
         ValueError: bad arguments or an empty manifest.
+        LockedError: another process is writing ``out``.
+        ResumeError: ``out`` was started with another teacher or settings.
+        InputError: ``on_error="skip"`` skipped every segment (nothing is written).
     """
-    from tqdm.auto import tqdm
-
-    from wav2small.backends import teacher_predict
-
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_seconds <= 0 or shard_rows < 1:
         raise ValueError("batch_seconds must be > 0 and shard_rows ≥ 1")
     t0 = time.perf_counter()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     name = teacher_name or getattr(teacher, "name", type(teacher).__name__)
+    with output_lock(out):  # a second writer of this output fails at once
+        job = {
+            "teacher": name,
+            "clip": bool(getattr(teacher, "clip", False)),
+            "fingerprint": teacher_fingerprint(teacher),
+        }
+        start_job(out, job)
+        return _label_locked(
+            teacher, audio, out, name, batch_seconds, shard_rows, on_error, progress, t0
+        )
+
+
+def _label_locked(
+    teacher, audio, out: Path, name: str, batch_seconds, shard_rows, on_error, progress, t0
+) -> LabelResult:
+    from tqdm.auto import tqdm
+
+    from wav2small.backends import teacher_predict
+
     segments, skipped = probe(read_manifest(audio), on_error=on_error)
     done = {
         _key(f, s, e)
@@ -323,10 +410,11 @@ def label(
                 labelled_seconds += sum(s.duration for s in kept)
             bar.update(min(sum(s.duration for s in batch), bar.total - bar.n))
     writer.flush()
-    rows = _merge(out, segments)
     write_skipped(out, skipped)
     for file, reason in skipped:
         logger.warning("skipped %s: %s", file, reason)
+    check_any_good(labelled + len(done), skipped)  # --on-error skip with nothing good: error
+    rows = _merge(out, segments)
     return LabelResult(out, rows, labelled, skipped, labelled_seconds, time.perf_counter() - t0)
 
 
@@ -357,6 +445,8 @@ def label_cli(args) -> int:
     """``wav2small label`` entry point."""
     from wav2small.onnx_teacher import OnnxTeacher, is_onnx_teacher
 
+    with output_lock(args.out):  # fail fast, before loading the teacher
+        pass
     if is_onnx_teacher(args.teacher):  # audonnx/ONNX folder: ONNX Runtime, no torch
         teacher = OnnxTeacher(args.teacher, threads=args.threads or None)
     else:
@@ -374,6 +464,7 @@ def label_cli(args) -> int:
         batch_seconds=args.batch_seconds,
         shard_rows=args.shard_rows,
         on_error=args.on_error,
+        progress=getattr(args, "progress", True),
     )
     print(
         f"{result.out}: {result.rows} rows ({result.labelled} labelled now, "
@@ -391,7 +482,10 @@ __all__ = [
     "LabelResult",
     "Segment",
     "batches",
+    "job_path",
     "label",
     "probe",
+    "start_job",
+    "teacher_fingerprint",
     "read_manifest",
 ]

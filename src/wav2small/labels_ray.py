@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from wav2small import LABELS
-from wav2small.inputs import skipped_path, write_skipped
+from wav2small.inputs import check_any_good, output_lock, skipped_path, write_skipped
 from wav2small.labels import (
     DEFAULT_BATCH_SECONDS,
     DEFAULT_SHARD_ROWS,
@@ -52,6 +52,8 @@ from wav2small.labels import (
     parts_dir,
     probe,
     read_manifest,
+    start_job,
+    teacher_fingerprint,
 )
 
 logger = logging.getLogger(__name__)
@@ -319,7 +321,53 @@ def label_ray(
     t0 = time.perf_counter()
     _import_ray()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):  # a second writer of this output fails at once
+        return _label_ray_locked(
+            teacher,
+            audio,
+            out,
+            t0=t0,
+            workers=workers,
+            num_gpus_per_worker=num_gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            decode_cpus=decode_cpus,
+            address=address,
+            batch_seconds=batch_seconds,
+            shard_rows=shard_rows,
+            on_error=on_error,
+            teacher_name=teacher_name,
+            clip=clip,
+            threads=threads,
+            progress=progress,
+        )
+
+
+def _label_ray_locked(
+    teacher,
+    audio,
+    out: Path,
+    *,
+    t0,
+    workers,
+    num_gpus_per_worker,
+    cpus_per_worker,
+    decode_cpus,
+    address,
+    batch_seconds,
+    shard_rows,
+    on_error,
+    teacher_name,
+    clip,
+    threads,
+    progress,
+) -> LabelResult:
+    named = isinstance(teacher, str | os.PathLike)
+    job = {
+        "teacher": teacher_name or (os.fspath(teacher) if named else getattr(teacher, "name", "")),
+        "clip": bool(clip if named else getattr(teacher, "clip", False)),
+        "fingerprint": None if named else teacher_fingerprint(teacher),
+    }
+    start_job(out, job)
     segments, skipped = probe(read_manifest(audio), on_error=on_error)
     done = {
         _key(f, s, e)
@@ -360,10 +408,11 @@ def label_ray(
                 import ray
 
                 ray.shutdown()
-    rows = _merge(out, segments)
     write_skipped(out, skipped)
     for file, reason in skipped:
         logger.warning("skipped %s: %s", file, reason)
+    check_any_good(labelled + len(done), skipped)  # --on-error skip with nothing good: error
+    rows = _merge(out, segments)
     return LabelResult(out, rows, labelled, skipped, seconds, time.perf_counter() - t0)
 
 
@@ -434,7 +483,8 @@ def label_ray_cli(args) -> int:
         shard_rows=args.shard_rows,
         on_error=args.on_error,
         clip=args.clip,
-        threads=args.threads,
+        threads=args.threads or 0,
+        progress=getattr(args, "progress", True),
     )
     print(
         f"{result.out}: {result.rows} rows ({result.labelled} labelled now, "

@@ -732,6 +732,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (tests and tqdm replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 class _Once(logging.Filter):
     """Drop records another handler on their way to the root already printed (Lightning's)."""
 
@@ -759,7 +771,7 @@ def configure_logging(*, verbose: bool = False) -> logging.Handler:
     for handler in root.handlers:
         if getattr(handler, "_wav2small", False):
             return handler
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler._wav2small = True
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_Once())
@@ -797,7 +809,10 @@ def main(argv: list[str] | None = None) -> int:
         0 on success, 2 for a user error (one line on stderr), 1 for any other failure, or what
         the subcommand returned (e.g. 1 when a gate failed).
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad option: one line printed already (2)
+        return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     configure_logging(verbose=args.verbose or args.debug)
     if hasattr(args, "progress"):
         args.no_progress = not args.progress  # older consumers read no_progress

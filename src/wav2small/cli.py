@@ -710,7 +710,7 @@ def _global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
         "--debug",
         action="store_true",
         default=default,
-        help="show the Python traceback of an error (and debug logging)",
+        help="show the Python traceback of an error",
     )
 
 
@@ -813,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a bad option: one line printed already (2)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
-    configure_logging(verbose=args.verbose or args.debug)
+    configure_logging(verbose=args.verbose)
     if hasattr(args, "progress"):
         args.no_progress = not args.progress  # older consumers read no_progress
     prog = f"wav2small {args.command}"

@@ -218,17 +218,16 @@ def _train_teacher(train_csv: Path, out: Path, seed: int, minutes: float) -> Pat
 
 def _long_file(test_csv: Path, out: Path, n_clips: int) -> Path:
     """Concatenate test clips (with 0.5 s gaps) into one long example file."""
-    import pandas as pd
     import soundfile as sf
 
     from wav2small.audio import read_audio
+    from wav2small.inputs import atomic_write, read_manifest
 
-    rows = pd.read_csv(test_csv).head(n_clips)
+    rows = read_manifest(test_csv).head(n_clips)
     gap = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
     parts = []
-    for file in rows["file"]:
-        parts += [read_audio(test_csv.parent / file), gap]
-    from wav2small.inputs import atomic_write
+    for path in rows["path"]:
+        parts += [read_audio(path), gap]
 
     with atomic_write(out) as tmp:
         sf.write(tmp, np.concatenate(parts), SAMPLE_RATE, subtype="PCM_16")
@@ -414,12 +413,11 @@ def run_demo(
         print(f"\n{split}:\n{evals[split].table()}")
 
     stage("export int8 ONNX (parity gate), measure size, RAM and speed")
-    import pandas as pd
-
     from wav2small.audio import read_audio
+    from wav2small.inputs import read_manifest
 
-    pool = pd.read_csv(csv["pool"]).head(96)  # 72 calibrate int8, 24 check its fidelity
-    calibration = [read_audio(csv["pool"].parent / f) for f in pool["file"]]
+    pool = read_manifest(csv["pool"]).head(96)  # 72 calibrate int8, 24 check its fidelity
+    calibration = [read_audio(p) for p in pool["path"]]
     rows = [_teacher_row(teacher) | ccc_columns(evals["test"], "teacher")]
     for name, weights in models.items():
         card = {"metrics": _card_metrics(evals, name), "data": _card_data(plan, name)}

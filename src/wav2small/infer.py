@@ -752,11 +752,7 @@ def predict_cli(args) -> int:
                 print(frame.to_string(float_format=lambda v: f"{v:.4f}"))
     if skipped:
         where = f" (listed in {skipped_path(args.out)})" if args.out else ""
-        print(f"skipped {len(skipped)} file(s){where}:", file=sys.stderr)
-        for file, reason in skipped.items():
-            print(
-                f"  {reason}" if reason.startswith(file) else f"  {file}: {reason}", file=sys.stderr
-            )
+        print(f"skipped {len(skipped)} file(s){where}", file=sys.stderr)  # reasons: logged
     return 0
 
 

@@ -490,10 +490,8 @@ def label_ray_cli(args) -> int:
         f"{result.out}: {result.rows} rows ({result.labelled} labelled now, "
         f"{result.audio_seconds:.1f} s of audio at {result.speed:.1f} audio-s/s)"
     )
-    if result.skipped:
-        print(f"skipped {len(result.skipped)} (listed in {skipped_path(result.out)}):")
-        for file, reason in result.skipped:
-            print(f"  {file}: {reason}")
+    if result.skipped:  # each reason was logged once as a warning
+        print(f"skipped {len(result.skipped)}, listed in {skipped_path(result.out)}")
     return 0
 
 

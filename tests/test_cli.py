@@ -265,7 +265,7 @@ def test_a_second_label_writer_fails_fast(files, tmp_path, capsys):
     assert len(pd.read_parquet(out)) == 2
 
 
-def test_tables_of_predict_and_evaluate_take_the_lock(files, tmp_path, capsys):
+def test_tables_of_predict_evaluate_and_export_take_the_lock(files, tmp_path, capsys):
     from wav2small.inputs import output_lock
 
     table = tmp_path / "pred.csv"
@@ -284,7 +284,10 @@ def test_tables_of_predict_and_evaluate_take_the_lock(files, tmp_path, capsys):
         ]
         assert main(argv) == 2
         assert "another wav2small process" in _one_error_line(capsys, "evaluate")
-    assert not table.exists()
+    with output_lock(tmp_path / "exp"):
+        assert main(["export", student, "--out", str(tmp_path / "exp")]) == 2
+        assert "another wav2small process" in _one_error_line(capsys, "export")
+    assert not table.exists() and not (tmp_path / "exp").exists()
 
 
 def test_resumed_label_refuses_another_teacher(files, teachers, tmp_path, capsys):

@@ -111,6 +111,22 @@ def _add_resume(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _locked(*outs: str | None):
+    """Hold :func:`wav2small.inputs.output_lock` on every given output (a second writer fails)."""
+    from contextlib import ExitStack
+
+    from wav2small.inputs import output_lock
+
+    stack = ExitStack()
+    try:
+        for out in dict.fromkeys(o for o in outs if o):
+            stack.enter_context(output_lock(out))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
 # --- export ---------------------------------------------------------------------------------
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint or preset to ONNX (fp32, optional int8)")
@@ -130,7 +146,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from wav2small.export import export_cli
 
-    return export_cli(args)
+    with _locked(args.out):
+        return export_cli(args)
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -551,7 +568,8 @@ def _add_selfdistill_eval(sub: argparse._SubParsersAction) -> None:
 def _run_selfdistill_eval(args: argparse.Namespace) -> int:
     from wav2small.selfdistill import selfdistill_eval_cli
 
-    return selfdistill_eval_cli(args)
+    with _locked(args.out):
+        return selfdistill_eval_cli(args)
 
 
 def _add_selfdistill_export(sub: argparse._SubParsersAction) -> None:
@@ -653,14 +671,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from contextlib import ExitStack
-
     from wav2small.evaluate import evaluate_cli
-    from wav2small.inputs import output_lock
 
-    with ExitStack() as locks:  # one writer per output table
-        for out in dict.fromkeys(o for o in (args.out, args.json) if o):
-            locks.enter_context(output_lock(out))
+    with _locked(args.out, args.json):
         return evaluate_cli(args)
 
 

@@ -796,8 +796,8 @@ def error_line(exc: BaseException) -> tuple[int, str]:
     """Exit code and one-line message of an exception that ended a command.
 
     User errors (exit 2): :class:`wav2small.inputs.UserError` (bad audio, manifest, option,
-    locked output), ``ValueError`` (bad values), ``OSError`` (missing file, permission, full
-    disk) and teacher loading errors. Anything else is exit 1, named by its type.
+    locked output, a teacher that cannot be loaded), ``ValueError`` (bad values) and ``OSError``
+    (missing file, permission, full disk). Anything else is exit 1, named by its type.
     """
     from wav2small.inputs import UserError
 
@@ -805,9 +805,7 @@ def error_line(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
         message = f"{exc.filename}: {exc.strerror or message}"
     message = " ".join(message.split()) or type(exc).__name__
-    user = isinstance(exc, UserError | ValueError | OSError)
-    user |= type(exc).__name__ in ("TeacherError",)
-    if user:
+    if isinstance(exc, UserError | ValueError | OSError):
         return EXIT_USER_ERROR, message
     return (
         EXIT_FAILURE,

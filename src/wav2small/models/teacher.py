@@ -63,6 +63,7 @@ from torch import nn
 
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.backends import teacher_predict, teacher_predict_files  # noqa: F401 (here too)
+from wav2small.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ DAWN_ARCHITECTURE: dict[str, Any] = {
 }
 
 
-class TeacherError(RuntimeError):
+class TeacherError(UserError, RuntimeError):
     """A teacher that cannot be found or loaded; the message names it and the problem."""
 
 

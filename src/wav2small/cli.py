@@ -10,7 +10,8 @@ traceback; any other failure prints one line too and exits with code 1. ``--debu
 traceback instead. Every log record is printed once.
 
 Options shared by several subcommands are declared once (``_add_threads``, ``_add_jobs``,
-``_add_progress``, ``_add_on_error``, ``_add_resume``) and mean the same everywhere.
+``_add_progress``, ``_add_on_error``; the trainers' ``_add_training_options``) and mean the same
+everywhere.
 """
 
 from __future__ import annotations
@@ -96,18 +97,6 @@ def _add_on_error(p: argparse.ArgumentParser) -> None:
         default="raise",
         help="raise: stop at the first bad input; skip: skip and list it in <out>.skipped.csv "
         "(exit 2 when nothing is left). Default raise",
-    )
-
-
-def _add_resume(p: argparse.ArgumentParser) -> None:
-    """``--resume [last|CKPT]``: continue an interrupted run from the run folder's checkpoint."""
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=None,
-        metavar="CKPT",
-        help="continue an interrupted run: 'last' (the run folder's checkpoint) or a path",
     )
 
 
@@ -795,11 +784,11 @@ def configure_logging(*, verbose: bool = False) -> logging.Handler:
 def error_line(exc: BaseException) -> tuple[int, str]:
     """Exit code and one-line message of an exception that ended a command.
 
-    User errors (exit 2): :class:`wav2small.inputs.UserError` (bad audio, manifest, option,
+    User errors (exit 2): :class:`wav2small.errors.UserError` (bad audio, manifest, option,
     locked output, a teacher that cannot be loaded), ``ValueError`` (bad values) and ``OSError``
     (missing file, permission, full disk). Anything else is exit 1, named by its type.
     """
-    from wav2small.inputs import UserError
+    from wav2small.errors import UserError
 
     message = str(exc)
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:

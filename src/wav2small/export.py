@@ -31,6 +31,8 @@ for _name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
 
 INPUT_NAME = "signal"
 OUTPUT_NAME = "adv"
+# Optional inputs and per-token outputs of a Wav2Small export (models.wav2small.StagedExport).
+NORM_INPUT, POOLED_INPUT, LIN_OUTPUT, SOF_OUTPUT = "norm", "pooled", "lin", "sof"
 OPSET = 18
 PARITY_SECONDS = (1.0, 4.0, 10.0)
 PARITY_MAX_ABS = 1e-4
@@ -84,20 +86,34 @@ def export_onnx(model, path: str | Path, *, metadata: dict[str, str] | None = No
     import torch
 
     from wav2small.models import model_info
+    from wav2small.models.wav2small import StagedExport, Wav2Small
 
     path = Path(path)
     model = model.eval()
-    example = torch.zeros(2, SAMPLE_RATE).normal_(generator=torch.Generator().manual_seed(0))
-    shapes = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=64)},)
+    signal_shape = {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=64)}
+    if isinstance(model, Wav2Small):  # staged form: optional inputs, per-token outputs
+        module, staged = StagedExport(model), True
+        example = module.example_inputs()
+        names = ([INPUT_NAME, NORM_INPUT, POOLED_INPUT], [OUTPUT_NAME, LIN_OUTPUT, SOF_OUTPUT])
+        shapes = (
+            signal_shape,
+            {0: torch.export.Dim("norm_batch")},
+            {0: torch.export.Dim("pooled_batch")},
+        )
+    else:
+        g = torch.Generator().manual_seed(0)
+        module, staged = model, False
+        example = (torch.zeros(2, SAMPLE_RATE).normal_(generator=g),)
+        names, shapes = ([INPUT_NAME], [OUTPUT_NAME]), (signal_shape,)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tmp_path = Path(tmp) / "model.onnx"
         torch.onnx.export(
-            model,
-            (example,),
+            module,
+            example,
             str(tmp_path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=names[0],
+            output_names=names[1],
             dynamic_shapes=shapes,
             dynamo=True,
             opset_version=OPSET,
@@ -105,9 +121,34 @@ def export_onnx(model, path: str | Path, *, metadata: dict[str, str] | None = No
         )
         proto = onnx.load(str(tmp_path))
     facts = {**model_info(model), **(metadata or {})}
+    if staged:
+        _add_input_defaults(proto, module.defaults())
+        facts |= staged_facts(model)
     _set_metadata(proto, facts)
     _save_atomic(proto, path)
     return path
+
+
+def staged_facts(model) -> dict[str, str]:
+    """Metadata a chunked/online runtime needs: token geometry and normalisation."""
+    left, right = model.receptive_field()
+    window, _ = model.frame_geometry()
+    return {
+        "stages": f"{INPUT_NAME},{NORM_INPUT},{POOLED_INPUT}->{OUTPUT_NAME},{LIN_OUTPUT},"
+        f"{SOF_OUTPUT}",
+        "token_samples": str(model.token_samples()),
+        "receptive_field": f"{left},{right}",
+        "min_samples": str(window),
+        "norm": model.norm,
+    }
+
+
+def _add_input_defaults(proto, defaults: dict) -> None:
+    """Give graph inputs a default value (an initializer of the same name): optional inputs."""
+    from onnx import numpy_helper
+
+    for name, value in defaults.items():
+        proto.graph.initializer.append(numpy_helper.from_array(value.numpy(), name))
 
 
 def _strip(proto) -> None:
@@ -203,19 +244,22 @@ def quantize_int8(
 
     int8_path = Path(int8_path)
     facts = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    staged = "stages" in facts  # a Wav2Small-family export (see StagedExport)
     with tempfile.TemporaryDirectory() as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        proto = onnx.load(str(pre))
+        float_nodes = _front_end_nodes(proto) + (_thin_convs(proto) if staged else [])
         quantize_static(
             str(pre),
             str(out),
             _Reader(_fixed_length(calibration)),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"],
+            op_types_to_quantize=WAV2SMALL_INT8_OPS if staged else ["Conv"],
             per_channel=True,
             activation_type=QuantType.QInt16 if activation_bits == 16 else QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=_front_end_nodes(onnx.load(str(pre))),
+            nodes_to_exclude=float_nodes,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"WeightSymmetric": True, "UseQDQContribOps": activation_bits == 16},
         )
@@ -232,6 +276,34 @@ def quantize_int8(
     )
     _save_atomic(q, int8_path)
     return int8_path
+
+
+#: Ops quantised in a Wav2Small graph: with Relu and MaxPool inside the QDQ region, ONNX Runtime
+#: fuses Conv+Relu into one QLinearConv and max-pools in uint8 (NhwcMaxPool), so activations stay
+#: 8-bit from one convolution to the next instead of a float round trip (DQ → Relu → Q) per layer.
+WAV2SMALL_INT8_OPS = ["Conv", "Relu", "MaxPool"]
+#: Convolutions with fewer input channels than this stay float (see :func:`_thin_convs`).
+MIN_INT8_CONV_CHANNELS = 4
+
+
+def _thin_convs(proto) -> list[str]:
+    """Convolutions with < MIN_INT8_CONV_CHANNELS input channels (e.g. on the 1-channel image).
+
+    Measured (ORT profile, 5 s, wav2small-paper): the 1 → 13 conv on the log-mel image took ≈ 4×
+    longer as QLinearConv than as a float NCHWc conv (a 9-long reduction cannot fill the int8
+    GEMM kernels and the re-quantisation of 13 outputs per pixel dominates), and quantising the
+    dB image (a wide range in one 8-bit scale) was the largest int8 error on ``lin``.
+    """
+    from onnx import numpy_helper
+
+    shapes = {t.name: numpy_helper.to_array(t).shape for t in proto.graph.initializer}
+    return [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Conv"
+        and len(shapes.get(n.input[1], ())) == 4
+        and shapes[n.input[1]][1] < MIN_INT8_CONV_CHANNELS
+    ]
 
 
 def _fixed_length(clips: list[np.ndarray], seconds: float = 4.0) -> list[np.ndarray]:

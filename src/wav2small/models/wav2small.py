@@ -25,6 +25,7 @@ from torch import nn
 from wav2small import SAMPLE_RATE
 from wav2small.frontend import (
     N_MELS,
+    NORM_EPS,
     LogmelFilterBank,
     Spectrogram,
     check_length,
@@ -293,3 +294,57 @@ class Wav2Small(nn.Module):
     def config_dict(self) -> dict:
         """Constructor arguments, for checkpoints."""
         return asdict(self.cfg)
+
+
+class StagedExport(nn.Module):
+    """The ONNX export form of a Wav2Small model: one graph, usable plain or stage by stage.
+
+    ``forward(signal, norm, pooled) → (adv, lin, sof)``. Exported with ``norm`` and ``pooled`` as
+    *optional* inputs (ONNX inputs with a default initializer; ONNX Runtime lists only
+    ``signal`` as required), so ``model.onnx`` stays a plain signal → A/D/V model:
+
+    * ``norm`` (batch or 1, 2) = (mean, scale): the normalisation statistics to use instead of
+      the input's own; default NaN = the input's own (one pass). Chunked inference passes the
+      whole file's. Only for ``norm == "utterance"`` models.
+    * ``pooled`` (P, C, F'): extra pooled maps whose head outputs are appended after the
+      signal's rows (default: 0 rows). The head of an online pooling runs through it on a
+      64-sample dummy signal.
+    * outputs ``lin`` and ``sof`` (batch, C, tokens, F'): the per-token attention maps.
+    """
+
+    def __init__(self, model: Wav2Small) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, signal: torch.Tensor, norm: torch.Tensor, pooled: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_length(signal)
+        mean = signal.mean(1, keepdim=True)
+        centred = signal - mean
+        scale = torch.sqrt((centred * centred).mean(1, keepdim=True) + NORM_EPS)
+        mean = torch.where(torch.isnan(norm[:, :1]), mean, norm[:, :1])
+        scale = torch.where(torch.isnan(norm[:, 1:]), scale, norm[:, 1:])
+        lin, sof = self.model.tokens(signal, torch.cat([mean, scale], 1))
+        pooled = torch.cat([attention_pool(lin, sof), pooled], 0)
+        return self.model.head(pooled), lin, sof
+
+    def example_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs for tracing: 2 × 1 s of noise, NaN statistics, 2 extra pooled maps."""
+        w = self.model.cfg.width
+        g = torch.Generator().manual_seed(0)
+        return (
+            torch.zeros(2, SAMPLE_RATE).normal_(generator=g),
+            torch.full((1, 2), float("nan")),
+            torch.zeros(2, w, POOLED_MELS).normal_(generator=g),
+        )
+
+    def defaults(self) -> dict[str, torch.Tensor]:
+        """Default values of the optional inputs (stored as initializers)."""
+        from wav2small.export import NORM_INPUT, POOLED_INPUT
+
+        w = self.model.cfg.width
+        return {
+            NORM_INPUT: torch.full((1, 2), float("nan")),
+            POOLED_INPUT: torch.zeros(0, w, POOLED_MELS),
+        }

@@ -323,6 +323,27 @@ def _stream(path: str, sample_rate: int, block_seconds: float) -> Iterator[np.nd
             yield mono
 
 
+def iter_blocks(
+    path: str | os.PathLike,
+    *,
+    block_seconds: float = BLOCK_SECONDS,
+    sample_rate: int = SAMPLE_RATE,
+) -> Iterator[np.ndarray]:
+    """Stream a file as consecutive float32 mono blocks at ``sample_rate`` (bounded memory).
+
+    Each disk block of ``block_seconds`` is mixed to mono and resampled as a stream (soxr
+    ``ResampleStream``), so the concatenated blocks equal the resampled file.
+
+    Raises:
+        AudioError: as :func:`read_audio` (file problems at call time, NaN/Inf when read).
+    """
+    path = os.fspath(path)
+    if block_seconds <= 0:
+        raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
+    audio_info(path)  # file errors surface here, not at the first next()
+    return _stream(path, sample_rate, block_seconds)
+
+
 def iter_windows(
     path: str | os.PathLike,
     *,

@@ -46,7 +46,14 @@ import numpy as np
 import pandas as pd
 
 from wav2small import LABELS, SAMPLE_RATE
-from wav2small.audio import AudioError, audio_info, iter_windows, read_audio, to_mono_16k
+from wav2small.audio import (
+    AudioError,
+    audio_info,
+    iter_blocks,
+    iter_windows,
+    read_audio,
+    to_mono_16k,
+)
 from wav2small.backends import (  # noqa: F401  (public names, also importable from here)
     BACKENDS,
     DEFAULT_THREADS,
@@ -62,6 +69,14 @@ from wav2small.inputs import (  # noqa: F401 (AUDIO_EXTENSIONS, skipped_path: pu
     output_lock,
     skipped_path,
     write_skipped,
+)
+from wav2small.tokens import (
+    CHUNK_TOKENS,
+    OnlinePool,
+    StagedModel,
+    TokenRunner,
+    WindowPool,
+    signal_stats,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,6 +100,10 @@ DEFAULT_STEP = 0.5
 DEFAULT_CONTEXT = 4.0
 #: Seconds of audio read from disk at a time for a file's timeline.
 TIMELINE_BLOCK_SECONDS = 10.0
+#: Seconds of audio read from disk at a time by the chunked (token-level) paths.
+READ_BLOCK_SECONDS = 2.0
+#: Tokens computed per trunk call in a live stream (latency vs CPU; see TokenTimelineStream).
+STREAM_CHUNK_TOKENS = 50
 TIME_DECIMALS = 6
 
 Row = tuple[str, float, float, np.ndarray]
@@ -259,6 +278,7 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.model = model if isinstance(model, str | os.PathLike) else type(model).__name__
+        self.staged = _staged_model(self.backend)
 
     def __repr__(self) -> str:
         return f"Predictor({os.fspath(self.model)!r}, backend={self.backend.name!r})"
@@ -368,8 +388,30 @@ class Predictor:
         sample_rate: int = SAMPLE_RATE,
         name: str = "<stream>",
         clip: bool = False,
+        norm: np.ndarray | None = None,
+        chunk_tokens: int = STREAM_CHUNK_TOKENS,
     ) -> TimelineStream:
-        """A :class:`TimelineStream` for live audio fed chunk by chunk."""
+        """A stream for live audio fed chunk by chunk (rows as :meth:`timeline`).
+
+        With a Wav2Small ONNX export whose normalisation is local, or given ``norm`` statistics
+        (mean, scale) for an utterance-normalised one, every token is computed once
+        (:class:`TokenTimelineStream`, ``chunk_tokens`` per trunk call: latency vs CPU) and the
+        rows equal :meth:`timeline` of the same audio (for an utterance model: when ``norm``
+        holds that audio's statistics). Otherwise (torch models, MobileNets, utterance
+        normalisation without statistics) a :class:`TimelineStream` re-runs the model on each
+        row's window.
+        """
+        if self.staged is not None and (self.staged.norm != "utterance" or norm is not None):
+            return TokenTimelineStream(
+                self.staged,
+                step=step,
+                context=context,
+                sample_rate=sample_rate,
+                name=name,
+                clip=clip,
+                norm=norm,
+                chunk_tokens=chunk_tokens,
+            )
         return TimelineStream(
             self, step=step, context=context, sample_rate=sample_rate, name=name, clip=clip
         )
@@ -409,8 +451,40 @@ class Predictor:
         frame.attrs["skipped"] = skipped
         return frame
 
+    def _blocks(self, item: _Item) -> Iterator[np.ndarray]:
+        """The item's 16 kHz mono samples as blocks (files read from disk block by block)."""
+        if item.path is None:
+            x = _signal(item)
+            n = round(READ_BLOCK_SECONDS * SAMPLE_RATE)
+            return (x[i : i + n] for i in range(0, len(x), n))
+        _check_file_length(item)
+        return iter_blocks(item.path, block_seconds=READ_BLOCK_SECONDS)
+
+    def _norm(self, item: _Item) -> np.ndarray | None:
+        """Whole-input (mean, scale) for an utterance-normalised staged model (a first pass)."""
+        if self.staged.norm != "utterance":
+            return None
+        return signal_stats(self._blocks(item))
+
+    def _staged_file_rows(self, item: _Item) -> list[Row]:
+        """One row per file, exactly one pass: chunked trunk, online pooling, bounded memory."""
+        norm = self._norm(item)
+        runner = TokenRunner(self.staged, norm=norm)
+        pool, n = OnlinePool(), 0
+        for block in self._blocks(item):
+            n += len(block)
+            for _, lin, sof in runner.push(block):
+                pool.add(lin, sof)
+        if n < MIN_SAMPLES:
+            raise _too_short(item.name, n)
+        for _, lin, sof in runner.finish():
+            pool.add(lin, sof)
+        return [(item.name, 0.0, _seconds(n), self.staged.head(pool.pooled()[None])[0])]
+
     def _file_rows(self, item: _Item) -> list[Row]:
         """One row per file: one pass, or the length-weighted mean over equal pieces."""
+        if self.staged is not None:
+            return self._staged_file_rows(item)
         if item.path is None:
             x = _signal(item)
             n = len(x)
@@ -460,6 +534,19 @@ class Predictor:
         return rows
 
     def _timeline_rows(self, item: _Item, step_n: int, context_n: int) -> list[Row]:
+        if self.staged is not None:
+            stream = TokenTimelineStream(
+                self.staged,
+                step=step_n / SAMPLE_RATE,
+                context=context_n / SAMPLE_RATE,
+                name=item.name,
+                norm=self._norm(item),
+                chunk_tokens=CHUNK_TOKENS,
+            )
+            for block in self._blocks(item):
+                stream._feed(block)
+            stream._finish()
+            return stream._take()
         if item.path is None:
             x = _signal(item)
             return [
@@ -598,6 +685,7 @@ class TimelineStream:
         self._next_end = self.step_n
         self._last_end = 0
         self._rows: list[Row] = []
+        self._empty: pd.DataFrame | None = None
         self.closed = False
 
     @property
@@ -659,7 +747,125 @@ class TimelineStream:
         return rows
 
     def _frame(self) -> pd.DataFrame:
-        return rows_to_frame(self._take(), clip=self.clip)
+        rows = self._take()
+        if not rows:  # most pushes of a live stream complete no row: skip building an index
+            if self._empty is None:
+                self._empty = rows_to_frame([], clip=self.clip)
+            return self._empty.copy()
+        return rows_to_frame(rows, clip=self.clip)
+
+    def push_array(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`push` without pandas: ``(bounds, values)``: (rows, 2) seconds, (rows, 3)."""
+        if self.closed:
+            raise RuntimeError(f"{self.name}: push() after close()")
+        chunk = np.asarray(chunk)
+        if chunk.size:
+            x = to_mono_16k(chunk, SAMPLE_RATE, name=self.name)
+            if self._resampler is not None:
+                x = self._resampler.resample_chunk(x)
+            self._feed(x)
+        rows = self._take()
+        bounds = np.array([(r[1], r[2]) for r in rows], np.float64).reshape(-1, 2)
+        values = np.array([r[3] for r in rows], np.float32).reshape(-1, len(LABELS))
+        return bounds, np.clip(values, 0.0, 1.0) if self.clip else values
+
+
+class TokenTimelineStream(TimelineStream):
+    """A timeline stream that computes every token once (staged Wav2Small ONNX models).
+
+    The trunk runs on each ``chunk_tokens`` new tokens plus the receptive field as overlap
+    (:class:`wav2small.tokens.TokenRunner`); each row pools the tokens inside its window
+    ``(max(0, t − context), t)`` from prefix sums (:class:`wav2small.tokens.WindowPool`) and
+    runs only the head. Tokens are computed in the context of the whole stream, so a row's
+    first and last ~7 tokens see the neighbouring audio rather than the zero padding a model
+    run on the isolated window would see; :meth:`Predictor.timeline` uses the same definition,
+    and the rows of a stream equal it whatever the chunking (up to float rounding).
+
+    Latency: a row ending at ``t`` is emitted once the token after it is computable, i.e. after
+    ``right`` samples of look-ahead (28 ms for wav2small-paper) and up to ``chunk_tokens``
+    tokens of batching: :attr:`latency` seconds at most.
+
+    Args:
+        staged: the model's stages (:attr:`Predictor.staged`).
+        norm: (mean, scale) statistics, required for ``norm == "utterance"`` models.
+        chunk_tokens: tokens per trunk call.
+        step, context, sample_rate, name, clip: as :class:`TimelineStream`.
+    """
+
+    def __init__(
+        self,
+        staged: StagedModel,
+        *,
+        step: float = DEFAULT_STEP,
+        context: float = DEFAULT_CONTEXT,
+        sample_rate: int = SAMPLE_RATE,
+        name: str = "<stream>",
+        clip: bool = False,
+        norm: np.ndarray | None = None,
+        chunk_tokens: int = STREAM_CHUNK_TOKENS,
+    ) -> None:
+        super().__init__(
+            staged.head, step=step, context=context, sample_rate=sample_rate, name=name, clip=clip
+        )
+        self.staged = staged
+        self._runner = TokenRunner(staged, norm=norm, chunk_tokens=chunk_tokens)
+        self._pool = WindowPool()
+        self._total = 0
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of (16 kHz) audio received so far."""
+        return self._total / SAMPLE_RATE
+
+    @property
+    def latency(self) -> float:
+        """Most seconds between the end of a row's window and the push that returns it."""
+        s = self.staged.token_samples
+        return (self._runner.chunk_tokens * s + self.staged.right - s) / SAMPLE_RATE
+
+    def _feed(self, x: np.ndarray) -> None:
+        self._total += len(x)
+        for _, lin, sof in self._runner.push(x):
+            self._pool.add(lin, sof)
+        self._emit_ready(final=False)
+
+    def _finish(self) -> None:
+        self.closed = True
+        for _, lin, sof in self._runner.finish():
+            self._pool.add(lin, sof)
+        self._emit_ready(final=True)
+
+    def _emit_ready(self, *, final: bool) -> None:
+        s = self.staged.token_samples
+        ends = []
+        while self._next_end <= self._total and (final or self._next_end // s <= self._pool.end):
+            ends.append(self._next_end)
+            self._next_end += self.step_n
+        last = ends[-1] if ends else self._last_end
+        if final and self._total > last and self._total >= MIN_SAMPLES:
+            ends.append(self._total)
+        if ends and self._pool.end > self._pool.first:
+            windows = []
+            for end in ends:
+                j1 = self._pool.end if final and end == self._total else end // s
+                j0 = min(-(-max(0, end - self.context_n) // s), j1 - 1)
+                windows.append((max(j0, 0), j1))
+            values = self.staged.head(self._pool.pool(windows))
+            self._rows += [
+                (self.name, _seconds(max(0, e - self.context_n)), _seconds(e), y)
+                for e, y in zip(ends, values, strict=True)
+            ]
+            self._last_end = ends[-1]
+        # keep the tokens of the next row, or of a last row ending before it
+        start = max(0, self._next_end - self.step_n - self.context_n)
+        self._pool.trim(start // s - 1)
+
+
+def _staged_model(backend) -> StagedModel | None:
+    """The token-level stages of an ONNX backend running a staged Wav2Small export, else None."""
+    if isinstance(backend, OnnxBackend) and StagedModel.supports(backend.metadata):
+        return StagedModel(backend.session, backend.metadata, backend.order)
+    return None
 
 
 # --- loading and tables ---------------------------------------------------------------------
@@ -776,6 +982,7 @@ __all__ = [
     "OnnxBackend",
     "Predictor",
     "TimelineStream",
+    "TokenTimelineStream",
     "TorchBackend",
     "collect_inputs",
     "load",

@@ -1,0 +1,340 @@
+"""Token-level inference for Wav2Small-family ONNX models: chunked, online, computed once.
+
+A Wav2Small export (:class:`wav2small.models.wav2small.StagedExport`) is one ONNX graph with the
+plain ``signal → adv`` path, two optional inputs (``norm`` statistics, extra ``pooled`` maps for
+the head) and the per-token attention maps ``lin``/``sof`` as extra outputs; its metadata gives
+the token geometry (``token_samples``, ``receptive_field``) and the normalisation (``norm``).
+This module (numpy + onnxruntime, no torch) builds on that:
+
+* :class:`StagedModel` — run the token stages on a chunk, or the head on pooled maps;
+* :class:`TokenRunner` — feed samples in blocks of any size; it runs the trunk chunk by chunk
+  with the receptive field as overlap and yields each token once, exactly as one pass over the
+  whole signal computes it (given the same normalisation statistics);
+* :class:`OnlinePool` — the attention pooling ``Σ_t lin·softmax_t(sof)`` accumulated over
+  chunks (running max and sums in float64): the whole-file A/D/V in bounded memory;
+* :class:`WindowPool` — the same pooling over sliding windows of tokens (prefix sums), for
+  timelines and streams that compute every token once;
+* :func:`signal_stats` / :class:`StatsAccumulator` — the per-utterance mean and scale from
+  blocks (the first pass of a file when ``norm == "utterance"``).
+
+Exactness: a token depends on samples ``[t·S − left, t·S + right)`` only (with fixed statistics),
+so chunking is exact up to float rounding; ``tests/test_tokens.py`` checks chunked == one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from wav2small import LABELS
+
+#: Tokens computed per trunk call by default (2 s of audio): ONNX Runtime's working set for
+#: a call grows with its length, the per-call overhead and the overlap shrink with it.
+CHUNK_TOKENS = 500
+NORM_EPS = 1e-7  # as wav2small.frontend.NORM_EPS (kept here: this module imports no torch)
+
+
+class StagedModel:
+    """The stages of a Wav2Small ONNX export on one ONNX Runtime session.
+
+    Args:
+        session: an :class:`onnxruntime.InferenceSession` of a staged export.
+        metadata: its ``metadata_props``.
+        order: column indices putting the model's outputs in LABELS order.
+
+    Raises:
+        ValueError: the model is not a staged export (see :meth:`supports`).
+    """
+
+    def __init__(self, session, metadata: dict[str, str], order: list[int] | None = None) -> None:
+        if not self.supports(metadata):
+            raise ValueError("not a staged Wav2Small export (no 'stages' metadata)")
+        self.session = session
+        self.order = list(range(len(LABELS))) if order is None else list(order)
+        ins, outs = metadata["stages"].split("->")
+        self.input_name, self.norm_name, self.pooled_name = ins.split(",")
+        self.output_name, self.lin_name, self.sof_name = outs.split(",")
+        self.token_samples = int(metadata["token_samples"])
+        self.left, self.right = map(int, metadata["receptive_field"].split(","))
+        self.min_samples = int(metadata.get("min_samples", self.token_samples))
+        self.norm = metadata.get("norm", "utterance")
+        self._dummy = np.zeros((1, self.min_samples), np.float32)
+
+    @staticmethod
+    def supports(metadata: dict[str, str]) -> bool:
+        """Whether a model's metadata describes a staged export."""
+        return "stages" in metadata and "token_samples" in metadata
+
+    def tokens(
+        self, signal: np.ndarray, norm: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(lin, sof), each (C, tokens, F'), of a 1-D chunk (normalised with ``norm`` if given)."""
+        feeds = {self.input_name: np.ascontiguousarray(signal, np.float32)[None, :]}
+        if norm is not None and self.norm == "utterance":
+            feeds[self.norm_name] = np.asarray(norm, np.float32).reshape(1, 2)
+        lin, sof = self.session.run([self.lin_name, self.sof_name], feeds)
+        return lin[0], sof[0]
+
+    def head(self, pooled: np.ndarray) -> np.ndarray:
+        """A/D/V (P, 3) in LABELS order of pooled maps (P, C, F')."""
+        feeds = {
+            self.input_name: self._dummy,
+            self.pooled_name: np.ascontiguousarray(pooled, np.float32),
+        }
+        out = self.session.run([self.output_name], feeds)[0]
+        return out[1:, self.order]  # row 0 is the dummy signal's
+
+
+# --- normalisation statistics ------------------------------------------------------------------
+class StatsAccumulator:
+    """Mean and scale ``sqrt(var + 1e-7)`` of a signal seen in blocks (Chan's merge, float64)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, block: np.ndarray) -> None:
+        """Add the samples of one block."""
+        if not len(block):
+            return
+        b = np.asarray(block, np.float64)
+        nb, mb = len(b), float(b.mean())
+        m2b = float(((b - mb) ** 2).sum())
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean += delta * nb / n
+        self.m2 += m2b + delta * delta * self.n * nb / n
+        self.n = n
+
+    def norm(self) -> np.ndarray:
+        """(mean, scale) as float32 (2,), the ``norm`` input of a staged export."""
+        if not self.n:
+            raise ValueError("no samples")
+        return np.array([self.mean, math.sqrt(self.m2 / self.n + NORM_EPS)], np.float32)
+
+
+def signal_stats(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    """(mean, scale) of the concatenation of ``blocks`` (see :class:`StatsAccumulator`)."""
+    acc = StatsAccumulator()
+    for b in blocks:
+        acc.add(b)
+    return acc.norm()
+
+
+# --- chunked tokens ----------------------------------------------------------------------------
+class TokenRunner:
+    """Compute each token of a signal fed in blocks once, chunk by chunk, exactly.
+
+    Token ``t`` needs samples ``[t·S − left, t·S + right)``; a chunk computing tokens
+    ``[k, k1)`` runs the trunk on samples ``[k·S − left', (k1 − 1)·S + right)`` (``left'``:
+    ``left`` rounded up to whole tokens, so the chunk's frame grid is the signal's) and keeps
+    those tokens; the file's first and last chunks start and end where the signal does, as one
+    pass would. Memory: the last ``left' + chunk`` samples.
+
+    Args:
+        model: the staged model.
+        norm: (mean, scale) for ``norm == "utterance"`` models (the whole signal's for results
+            equal to one pass); ignored by ``"local"`` models.
+        chunk_tokens: tokens per trunk call (at least; the last may be longer or shorter).
+    """
+
+    def __init__(
+        self,
+        model: StagedModel,
+        *,
+        norm: np.ndarray | None = None,
+        chunk_tokens: int = CHUNK_TOKENS,
+    ) -> None:
+        if model.norm == "utterance" and norm is None:
+            raise ValueError("an utterance-normalised model needs the signal's statistics")
+        self.model, self.norm = model, norm
+        self.chunk_tokens = max(1, int(chunk_tokens))
+        s = model.token_samples
+        self.left_n = -(-model.left // s) * s
+        self._buf = np.zeros(0, np.float32)
+        self._first = 0  # absolute sample index of _buf[0] (a multiple of S)
+        self.next_token = 0  # first token not yet computed
+        self.samples = 0  # samples received
+
+    def push(self, block: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Add samples; yield ``(first_token, lin, sof)`` for every chunk that became complete."""
+        block = np.asarray(block, np.float32)
+        if block.size:
+            self._buf = np.concatenate([self._buf, block])
+            self.samples += len(block)
+        s = self.model.token_samples
+        while True:
+            ready = (self.samples - self.model.right) // s + 1  # tokens computable now
+            if ready - self.next_token < self.chunk_tokens:
+                return
+            yield self._run(self.next_token + self.chunk_tokens, end=None)
+
+    def finish(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """End of signal: yield the remaining tokens (the chunk ends where the signal ends)."""
+        if self.samples - self._first >= self.model.min_samples:
+            out = self._run(None, end=self.samples)
+            if out[1].shape[1]:
+                yield out
+
+    def _run(self, k1: int | None, *, end: int | None) -> tuple[int, np.ndarray, np.ndarray]:
+        s, k = self.model.token_samples, self.next_token
+        a = max(0, k * s - self.left_n)
+        b = end if end is not None else (k1 - 1) * s + self.model.right
+        lin, sof = self.model.tokens(self._buf[a - self._first : b - self._first], self.norm)
+        offset = k - a // s
+        stop = None if k1 is None else k1 - a // s
+        lin, sof = lin[:, offset:stop], sof[:, offset:stop]
+        self.next_token = k + lin.shape[1]
+        drop = max(0, self.next_token * s - self.left_n) - self._first
+        if drop > 0:
+            self._buf, self._first = self._buf[drop:], self._first + drop
+        return k, lin, sof
+
+
+def iter_tokens(
+    model: StagedModel,
+    blocks: Iterable[np.ndarray],
+    *,
+    norm: np.ndarray | None = None,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """All tokens of the concatenated ``blocks``: ``(first_token, lin, sof)`` per chunk."""
+    runner = TokenRunner(model, norm=norm, chunk_tokens=chunk_tokens)
+    for block in blocks:
+        yield from runner.push(block)
+    yield from runner.finish()
+
+
+# --- pooling -----------------------------------------------------------------------------------
+class OnlinePool:
+    """``Σ_t lin·softmax_t(sof)`` over tokens added chunk by chunk (float64, running max)."""
+
+    def __init__(self) -> None:
+        self.m = self.s = self.a = None
+        self.tokens = 0
+
+    def add(self, lin: np.ndarray, sof: np.ndarray) -> None:
+        """Add the tokens of one chunk: (C, T, F') maps."""
+        if not sof.shape[1]:
+            return
+        sof64 = sof.astype(np.float64)
+        m = sof64.max(1)
+        if self.m is not None:
+            m = np.maximum(m, self.m)
+        e = np.exp(sof64 - m[:, None, :])
+        s, a = e.sum(1), (e * lin).sum(1)
+        if self.m is not None:
+            r = np.exp(self.m - m)
+            s, a = s + self.s * r, a + self.a * r
+        self.m, self.s, self.a = m, s, a
+        self.tokens += sof.shape[1]
+
+    def pooled(self) -> np.ndarray:
+        """The pooled map (C, F')."""
+        if self.m is None:
+            raise ValueError("no tokens")
+        return (self.a / self.s).astype(np.float32)
+
+
+class WindowPool:
+    """Attention pooling over windows of consecutive tokens, each token added once.
+
+    Tokens are appended in order (:meth:`add`); :meth:`pool` gives the pooled maps of windows
+    ``[j0, j1)`` of absolute token indices as differences of running prefix sums of
+    ``exp(sof − M)`` and ``lin·exp(sof − M)`` (float64; ``M`` a per-channel/band reference raised,
+    with the sums rescaled, whenever a larger ``sof`` arrives), so adding a token and pooling a
+    window each cost O(C·F') whatever the window's length. A window whose sum is so small
+    against the prefix sums that their difference would lose precision is pooled directly from
+    the kept tokens. :meth:`trim` forgets tokens before an index (and re-bases the sums).
+    """
+
+    #: A window whose exp-sum is below this fraction of the prefix sum is pooled directly.
+    MIN_RELATIVE = 1e-9
+
+    def __init__(self) -> None:
+        self.first = 0  # absolute index of the first kept token
+        self.ref = None  # (C, F') reference M
+        self._lo = self._hi = 0  # kept tokens are rows [_lo, _hi) of the buffers
+        self._lin = self._sof = None  # (capacity, C, F') float32
+        self._ps = self._pa = None  # (capacity + 1, C, F') float64 prefix sums
+
+    @property
+    def end(self) -> int:
+        """Absolute index after the last token added."""
+        return self.first + self._hi - self._lo
+
+    def add(self, lin: np.ndarray, sof: np.ndarray) -> None:
+        """Append tokens: (C, T, F') maps."""
+        n = sof.shape[1]
+        if not n:
+            return
+        lin, sof = np.moveaxis(lin, 1, 0), np.moveaxis(sof, 1, 0)
+        sof64 = sof.astype(np.float64)
+        top = sof64.max(0)
+        if self.ref is None:
+            self.ref = top
+            self._alloc(2 * n, top.shape)
+        elif (top > self.ref).any():
+            new = np.maximum(self.ref, top)
+            r = np.exp(self.ref - new)
+            self._ps[self._lo : self._hi + 1] *= r
+            self._pa[self._lo : self._hi + 1] *= r
+            self.ref = new
+        if self._hi + n > len(self._lin):
+            self._compact(n)
+        e = np.exp(sof64 - self.ref)
+        lo, hi = self._hi, self._hi + n
+        self._lin[lo:hi], self._sof[lo:hi] = lin, sof
+        np.cumsum(e, 0, out=self._ps[lo + 1 : hi + 1])
+        self._ps[lo + 1 : hi + 1] += self._ps[lo]
+        np.cumsum(e * lin, 0, out=self._pa[lo + 1 : hi + 1])
+        self._pa[lo + 1 : hi + 1] += self._pa[lo]
+        self._hi = hi
+
+    def _alloc(self, capacity: int, shape: tuple) -> None:
+        self._lin = np.zeros((capacity, *shape), np.float32)
+        self._sof = np.zeros((capacity, *shape), np.float32)
+        self._ps = np.zeros((capacity + 1, *shape))
+        self._pa = np.zeros((capacity + 1, *shape))
+
+    def _compact(self, n: int) -> None:
+        """Move the kept tokens to the front, growing the buffers if needed, and recompute their
+        prefix sums from the tokens with a fresh reference (re-basing by subtraction would keep
+        the rounding error of forgotten, much larger terms)."""
+        kept = self._hi - self._lo
+        lin, sof = self._lin[self._lo : self._hi], self._sof[self._lo : self._hi]
+        if kept + n > len(self._lin) // 2:
+            old = (lin, sof)
+            self._alloc(2 * (kept + n), self.ref.shape)
+            lin, sof = old
+        self._lin[:kept], self._sof[:kept] = lin.copy(), sof.copy()
+        self._lo, self._hi = 0, kept
+        sof64 = self._sof[:kept].astype(np.float64)
+        if kept:
+            self.ref = sof64.max(0)
+        e = np.exp(sof64 - self.ref)
+        np.cumsum(e, 0, out=self._ps[1 : kept + 1])
+        np.cumsum(e * self._lin[:kept], 0, out=self._pa[1 : kept + 1])
+
+    def trim(self, first: int) -> None:
+        """Forget the tokens before absolute index ``first``."""
+        drop = min(max(0, first - self.first), self._hi - self._lo)
+        self._lo += drop
+        self.first += drop
+
+    def pool(self, windows: list[tuple[int, int]]) -> np.ndarray:
+        """Pooled maps (len(windows), C, F') of token windows ``[j0, j1)`` (absolute, non-empty)."""
+        i0 = np.array([j0 for j0, _ in windows], dtype=np.int64) - self.first + self._lo
+        i1 = np.array([j1 for _, j1 in windows], dtype=np.int64) - self.first + self._lo
+        if self.ref is None or i0.min() < self._lo or i1.max() > self._hi or (i1 <= i0).any():
+            raise ValueError("window outside the kept tokens")
+        ps, pa = self._ps, self._pa
+        s, a = ps[i1] - ps[i0], pa[i1] - pa[i0]
+        out = a / np.where(s > 0, s, 1.0)
+        bad = (s <= self.MIN_RELATIVE * np.abs(ps[i1])).any(axis=(1, 2))
+        for r in np.flatnonzero(bad):  # precision fallback: this window on its own
+            sof = self._sof[i0[r] : i1[r]].astype(np.float64)
+            e = np.exp(sof - sof.max(0))
+            out[r] = (e * self._lin[i0[r] : i1[r]]).sum(0) / e.sum(0)
+        return out.astype(np.float32)

@@ -1,0 +1,131 @@
+"""Tests for wav2small.tokens: chunked tokens == one pass, online and windowed pooling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wav2small.tokens import (
+    OnlinePool,
+    StagedModel,
+    StatsAccumulator,
+    TokenRunner,
+    WindowPool,
+    iter_tokens,
+    signal_stats,
+)
+
+HEAD_GAIN = 100.0  # untrained outputs barely move; amplify so comparisons bite
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    """A tiny Wav2Small (amplified head) exported to ONNX, with its session."""
+    import torch
+
+    from wav2small.backends import onnx_metadata, onnx_session
+    from wav2small.export import export_onnx
+    from wav2small.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("wav2small-tiny")
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for _ in range(3):
+            model(torch.randn(4, 8000))
+        model.adv.weight.mul_(HEAD_GAIN)
+    path = export_onnx(model.eval(), tmp_path_factory.mktemp("tok") / "tiny.onnx")
+    session = onnx_session(path)
+    return StagedModel(session, onnx_metadata(session)), session
+
+
+def _signal(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    env = 0.2 + np.abs(np.sin(np.arange(n) / 3000))
+    return (rng.normal(0.01, 0.1, n) * env).astype(np.float32)
+
+
+def _blocks(x: np.ndarray, size: int) -> list[np.ndarray]:
+    return [x[i : i + size] for i in range(0, len(x), size)]
+
+
+@pytest.mark.parametrize(
+    "n, block, chunk",
+    [(64, 64, 1), (100, 7, 3), (1000, 333, 2), (48017, 4000, 60), (112000, 16000, 500)],
+)
+def test_chunked_tokens_and_pooling_equal_one_pass(staged, n, block, chunk):
+    model, session = staged
+    assert (model.token_samples, model.left, model.right, model.norm) == (64, 384, 448, "utterance")
+    x = _signal(n, n)
+    adv, lin, sof = session.run(None, {"signal": x[None]})
+    norm = signal_stats(_blocks(x, 999))
+    pool, parts, first = OnlinePool(), [], 0
+    for k, lin_c, sof_c in iter_tokens(model, _blocks(x, block), norm=norm, chunk_tokens=chunk):
+        assert k == first  # consecutive, each token once
+        first += lin_c.shape[1]
+        pool.add(lin_c, sof_c)
+        parts.append(np.concatenate([lin_c, sof_c]))
+    got = np.concatenate(parts, 1)
+    np.testing.assert_allclose(got, np.concatenate([lin[0], sof[0]]), atol=1e-5, rtol=0)
+    assert np.abs(model.head(pool.pooled()[None]) - adv).max() <= 1e-4
+
+
+def test_utterance_model_needs_statistics(staged):
+    with pytest.raises(ValueError, match="needs the signal's statistics"):
+        TokenRunner(staged[0])
+
+
+def test_stats_accumulator_matches_numpy():
+    x = np.random.default_rng(1).normal(3.0, 0.5, 10007)
+    acc = StatsAccumulator()
+    for b in _blocks(x, 1234):
+        acc.add(b)
+    mean, scale = acc.norm()
+    assert mean == pytest.approx(x.mean(), rel=1e-6)
+    assert scale == pytest.approx(np.sqrt(x.var() + 1e-7), rel=1e-6)
+
+
+def _direct(lin: np.ndarray, sof: np.ndarray) -> np.ndarray:
+    """Softmax pooling over axis 1 of (C, T, F) maps, in float64."""
+    s = sof.astype(np.float64)
+    e = np.exp(s - s.max(1, keepdims=True))
+    return (e * lin).sum(1) / e.sum(1)
+
+
+def _maps(t: int, seed: int, spread: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lin = rng.normal(size=(4, t, 5)).astype(np.float32)
+    sof = (rng.normal(size=(4, t, 5)) * spread).astype(np.float32)
+    return lin, sof
+
+
+def test_online_pool_is_exact_and_does_not_overflow():
+    lin, sof = _maps(300, 2)
+    sof[:, 100:] += 800.0  # exp would overflow without the running max
+    pool = OnlinePool()
+    for i in range(0, 300, 37):
+        pool.add(lin[:, i : i + 37], sof[:, i : i + 37])
+    np.testing.assert_allclose(pool.pooled(), _direct(lin, sof), rtol=1e-5, atol=1e-6)
+
+
+def test_window_pool_equals_direct_pooling_with_trims_and_rescaling():
+    lin, sof = _maps(2000, 3)
+    sof[:, 700:900] += 60.0  # a jump: the reference is raised and the sums rescaled
+    sof[:, 50:60] += 40.0  # early tokens that dwarf later windows: the precision fallback
+    pool = WindowPool()
+    rng = np.random.default_rng(4)
+    for i in range(0, 2000, 128):
+        pool.add(lin[:, i : i + 128], sof[:, i : i + 128])
+        lo = max(0, pool.end - 400)
+        windows = [
+            (int(a), int(a) + int(w))
+            for a, w in zip(rng.integers(lo, pool.end - 1, 6), rng.integers(1, 400, 6), strict=True)
+        ]
+        windows = [(a, min(b, pool.end)) for a, b in windows]
+        got = pool.pool(windows)
+        want = np.stack([_direct(lin[:, a:b], sof[:, a:b]) for a, b in windows])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        pool.trim(lo)
+    assert pool.first > 0
+    with pytest.raises(ValueError, match="outside the kept tokens"):
+        pool.pool([(0, 10)])

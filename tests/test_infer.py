@@ -208,7 +208,8 @@ def test_window_tail_shorter_than_a_frame_is_dropped(onnx_predictor, tmp_path):
 
 
 def test_long_input_is_length_weighted_mean_of_pieces(models, tmp_path):
-    p = Predictor(models["onnx"], max_seconds=1.0)
+    """Models without token stages (torch, MobileNets) average equal pieces of a long file."""
+    p = Predictor(models["torch"], max_seconds=1.0)
     x = speechy(2.5, 10)
     path = tmp_path / "x.wav"
     sf.write(path, x, SR, subtype="FLOAT")
@@ -219,8 +220,31 @@ def test_long_input_is_length_weighted_mean_of_pieces(models, tmp_path):
         frame = p.predict(source)
         assert frame.index[0][1:] == (0.0, 2.5)
         np.testing.assert_allclose(frame.to_numpy()[0], expected, atol=1e-5)
-    whole = Predictor(models["onnx"]).predict((x, SR)).to_numpy()[0]
+    whole = Predictor(models["torch"]).predict((x, SR)).to_numpy()[0]
     assert np.abs(whole - expected).max() > 1e-4  # it really is a different computation
+
+
+@pytest.mark.parametrize("kind", ["onnx", "int8"])
+def test_staged_onnx_predicts_long_input_in_one_exact_chunked_pass(models, tmp_path, kind):
+    """A Wav2Small export runs chunk by chunk (2 s reads, 500-token trunk calls) and still
+    gives the whole-input A/D/V of one pass over the whole signal (max |diff| ≤ 1e-4)."""
+    p = Predictor(models[kind])
+    assert p.staged is not None
+    x = speechy(11.3, 10) + 0.01  # a DC offset: the whole-file mean matters
+    path = tmp_path / "x.wav"
+    sf.write(path, x, SR, subtype="FLOAT")
+    one_pass = p.backend.session.run(["adv"], {"signal": x[None]})[0][0]
+    # fp32: 1e-4 absolute. int8: 1e-4 relative to the amplified (×100) outputs: statistics
+    # summed in float64 instead of the graph's float32 can move an 8-bit rounding step.
+    tol = 1e-4 * (1 if kind == "onnx" else np.abs(one_pass).max())
+    for source in (path, (x, SR)):
+        frame = p.predict(source)
+        assert frame.index[0][1:] == (0.0, 11.3)
+        assert np.abs(frame.to_numpy()[0] - one_pass).max() <= tol
+    loud_then_quiet = np.concatenate([x[: 5 * SR] * 20, x[5 * SR :]])
+    whole = p.backend.session.run(["adv"], {"signal": loud_then_quiet[None]})[0][0]
+    got = p.predict((loud_then_quiet, SR)).to_numpy()[0]
+    assert np.abs(got - whole).max() <= tol  # statistics of the whole input, not per chunk
 
 
 def test_clip_threads_and_workers(models, folder):
@@ -249,17 +273,59 @@ def test_timeline_bounds_rules():
     assert timeline_bounds(100, 300, 500) == [(0, 100)]  # shorter than one step
 
 
-def test_stream_equals_offline(onnx_predictor, tmp_path):
-    x = speechy(5.3, 11)
-    offline = onnx_predictor.timeline((x, SR), step=0.25, context=1.5)
-    ends = offline.index.get_level_values("end").to_numpy()
-    np.testing.assert_allclose(ends[:-1], 0.25 * np.arange(1, len(ends)))
-    assert ends[-1] == pytest.approx(5.3)
-    starts = offline.index.get_level_values("start").to_numpy()
-    np.testing.assert_allclose(starts, np.maximum(0, ends - 1.5), atol=1e-9)
+def test_timeline_reuses_tokens_of_the_whole_input(onnx_predictor):
+    """Each row pools the whole input's tokens inside its window, then runs the head."""
+    from wav2small.tokens import OnlinePool
 
+    p = onnx_predictor
+    x = speechy(3.1, 14)
+    frame = p.timeline((x, SR), step=0.5, context=1.0)
+    _, lin, sof = p.backend.session.run(None, {"signal": x[None]})  # one pass: all tokens
+    for (_, start, end), row in zip(frame.index, frame.to_numpy(), strict=True):
+        j0, j1 = round(start * SR) // 64, round(end * SR) // 64
+        if end == frame.index[-1][2]:
+            j1 = lin.shape[2]  # the last row takes every token up to the end
+        pool = OnlinePool()
+        pool.add(lin[0, :, j0:j1], sof[0, :, j0:j1])
+        assert np.abs(p.staged.head(pool.pooled()[None])[0] - row).max() <= 1e-4
+
+
+def test_token_stream_equals_offline_timeline(onnx_predictor, tmp_path):
+    """With the input's statistics, a stream computes each token once and gives the timeline."""
+    from wav2small.tokens import signal_stats
+
+    x = speechy(5.3, 11)
+    offline = onnx_predictor.timeline((x, SR), step=0.004, context=1.5)
+    assert len(offline) == 1325  # a row every token (5.3 s / 4 ms), the last at the end
     rng = np.random.default_rng(0)
+    stream = onnx_predictor.stream(
+        step=0.004, context=1.5, name="<array 0>", norm=signal_stats([x])
+    )
+    assert stream.latency == pytest.approx((50 * 64 + 448 - 64) / SR)
+    parts, i = [], 0
+    while i < len(x):  # chunks from 1 sample to 0.7 s, as a sound card might deliver
+        n = int(rng.choice([1, 37, 256, 320, 4000, 11200]))
+        parts.append(stream.push(x[i : i + n]))
+        i += n
+        assert stream._pool.end - stream._pool.first <= (1.5 + 0.004 + 0.7) * 250 + 2 * 50
+    parts.append(stream.close())
+    streamed = pd.concat(parts)
+    pd.testing.assert_index_equal(streamed.index, offline.index)
+    assert np.abs(streamed.to_numpy() - offline.to_numpy()).max() <= 1e-4
+
+    path = tmp_path / "x.wav"
+    sf.write(path, x, SR, subtype="FLOAT")
+    from_file = onnx_predictor.timeline(path, step=0.004, context=1.5)
+    assert np.abs(from_file.to_numpy() - offline.to_numpy()).max() <= 1e-4
+
+
+def test_stream_without_statistics_reruns_each_window(onnx_predictor):
+    """An utterance-normalised model's live stream (no statistics) re-runs every window."""
+    x = speechy(5.3, 11)
+    offline = [(s, e, onnx_predictor(x[s:e])[0]) for s, e in timeline_bounds(len(x), 4000, 24000)]
     stream = onnx_predictor.stream(step=0.25, context=1.5, name="<array 0>")
+    assert type(stream) is TimelineStream
+    rng = np.random.default_rng(0)
     parts, i = [], 0
     while i < len(x):  # chunks from 1 sample to 0.7 s, as a sound card might deliver
         n = int(rng.choice([1, 37, 256, 4000, 11200]))
@@ -268,21 +334,24 @@ def test_stream_equals_offline(onnx_predictor, tmp_path):
         assert len(stream._buf) <= (1.5 + 0.25 + 0.7) * SR  # bounded: context + step + chunk
     parts.append(stream.close())
     streamed = pd.concat(parts)
-    pd.testing.assert_index_equal(streamed.index, offline.index)
-    np.testing.assert_array_equal(streamed.to_numpy(), offline.to_numpy())
-
-    path = tmp_path / "x.wav"
-    sf.write(path, x, SR, subtype="FLOAT")
-    from_file = onnx_predictor.timeline(path, step=0.25, context=1.5)
-    np.testing.assert_array_equal(from_file.to_numpy(), offline.to_numpy())
+    ends = streamed.index.get_level_values("end").to_numpy()
+    np.testing.assert_allclose(ends, [e / SR for _, e, _ in offline])
+    np.testing.assert_allclose(ends[:-1], 0.25 * np.arange(1, len(ends)))
+    starts = streamed.index.get_level_values("start").to_numpy()
+    np.testing.assert_allclose(starts, np.maximum(0, ends - 1.5), atol=1e-9)
+    np.testing.assert_array_equal(streamed.to_numpy(), np.stack([y for _, _, y in offline]))
 
 
 def test_stream_resamples_like_the_file_path(onnx_predictor, tmp_path):
     x = speechy(3.0, 12, sr=8000)
     path = tmp_path / "x8k.wav"
     sf.write(path, x, 8000, subtype="FLOAT")
+    from wav2small.audio import iter_blocks
+    from wav2small.tokens import signal_stats
+
     offline = onnx_predictor.timeline(path, step=0.5, context=1.0)
-    stream = TimelineStream(onnx_predictor, step=0.5, context=1.0, sample_rate=8000)
+    norm = signal_stats(iter_blocks(path))
+    stream = onnx_predictor.stream(step=0.5, context=1.0, sample_rate=8000, norm=norm)
     rows = [stream.push(x[i : i + 1000]) for i in range(0, len(x), 1000)] + [stream.close()]
     streamed = pd.concat(rows)
     np.testing.assert_allclose(
@@ -519,6 +588,9 @@ def test_runtime_path_imports_no_torch(models, folder, tmp_path):
         stream = p.stream(step=0.5, context=1.0)
         stream.push(frame.to_numpy().ravel().repeat(200).astype("float32"))
         stream.close()
+        tokens = p.stream(step=0.004, context=1.0, norm=[0.0, 1.0])  # token reuse
+        tokens.push(frame.to_numpy().ravel().repeat(200).astype("float32"))
+        assert len(tokens.close()) >= 1
         argv = ["predict", {str(models["onnx"])!r}, {str(folder)!r}, "--out", {str(out)!r}]
         assert main(argv) == 0
         try:

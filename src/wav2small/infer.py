@@ -101,7 +101,7 @@ DEFAULT_CONTEXT = 4.0
 #: Seconds of audio read from disk at a time for a file's timeline.
 TIMELINE_BLOCK_SECONDS = 10.0
 #: Seconds of audio read from disk at a time by the chunked (token-level) paths.
-READ_BLOCK_SECONDS = 2.0
+READ_BLOCK_SECONDS = 1.0
 #: Tokens computed per trunk call in a live stream (latency vs CPU; see TokenTimelineStream).
 STREAM_CHUNK_TOKENS = 50
 TIME_DECIMALS = 6
@@ -630,6 +630,12 @@ def rows_to_frame(rows: list[Row], *, clip: bool = False) -> pd.DataFrame:
     if clip:
         values = np.clip(values, 0.0, 1.0)
     return pd.DataFrame(values, index=index, columns=list(LABELS))
+
+
+# pandas builds its first string-keyed MultiIndex by importing pyarrow's compatibility layer (≈ 7
+# MB of RSS, once per process). Paid here, with the pandas import, rather than inside the first
+# predict() where it would look like working memory of the model.
+rows_to_frame([("", 0.0, 0.0, np.zeros(len(LABELS), np.float32))])
 
 
 # --- streaming timeline ---------------------------------------------------------------------

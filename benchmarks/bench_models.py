@@ -1,70 +1,186 @@
-"""Model-size and speed figures for each Wav2Small preset (issue: foundation).
-
-Prints, per preset: trainable parameters, parameters counted in the ONNX graph, fp32 and int8
-ONNX bytes, tokens/s, onnxruntime ms per 5 s (1 thread, median of 20), and the peak-RSS increase
-of running the int8 model once on 5 s in a fresh process (onnxruntime session alone, and
-session + one run; CPU memory arena off).
+"""Size and speed of each Wav2Small preset against a Dawn-size teacher, measured in one run.
 
     .venv/bin/python benchmarks/bench_models.py [--presets wav2small-paper wav2small-tiny]
+                                                [--rounds 7] [--no-profile]
 
-Weights are untrained (sizes and speed do not depend on them).
+1. Exports a **Dawn-size teacher** to ONNX: transformers ``Wav2Vec2Model`` with Dawn's public
+   architecture (``models.teacher.DAWN_ARCHITECTURE``, 12 × 1024, SPEC §1.1), random weights,
+   per-utterance normalisation → mean over time → regression head.
+2. Exports every preset (fp32 + static int8, untrained weights: speed does not depend on them).
+3. Times all of them on the same 5 s input, ONNX Runtime, 1 intra-op thread, **interleaved**:
+   every round runs the teacher once and each student model ``--student-repeats`` times, so a
+   busy machine slows all of them alike. Prints medians and the ratios (teacher ÷ student fp32,
+   teacher ÷ student int8, int8 ÷ fp32): the targets are ≥ 200× and int8 ≤ fp32.
+4. An ONNX Runtime profile per student model: where the time goes, by op type.
+
+Also printed: trainable parameters, ONNX parameters, file sizes, tokens/s, the peak-RSS increase
+of one run in a fresh process (``wav2small.bench.rss_increase_mb``) and int8-vs-fp32 CCC.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from wav2small.bench import onnx_ms_per_clip, onnx_parameters, rss_increase_mb
+from wav2small import SAMPLE_RATE
+from wav2small.bench import onnx_parameters, profile_by_op, rss_increase_mb, session
 from wav2small.export import export
 from wav2small.models import count_parameters, create_model
 from wav2small.models.wav2small import Wav2Small
 
+SECONDS = 5.0
+TARGET_VS_TEACHER = 200.0
 
-def measure(name: str, out: Path) -> dict:
+
+class DawnOnnx(torch.nn.Module):
+    """Dawn's layout for export: normalise → wav2vec2 → mean over time → regression head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from wav2small.models import teacher as T
+
+        self.teacher = T.Wav2Vec2Teacher(T.DAWN_ARCHITECTURE).eval()
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        x = signal - signal.mean(1, keepdim=True)
+        x = x / torch.sqrt((x * x).mean(1, keepdim=True) + 1e-7)
+        hidden = self.teacher.wav2vec2(x).last_hidden_state
+        return self.teacher.classifier(hidden.mean(1))
+
+
+def export_dawn(path: Path) -> tuple[Path, int]:
+    """Export the Dawn-size teacher (random weights) to ONNX; returns (path, parameters)."""
     torch.manual_seed(0)
-    model = create_model(name)
-    report = export(model, out / name, int8=True, gate_int8=False)
-    tokens = model.tokens_per_second() if isinstance(model, Wav2Small) else float("nan")
-    return {
-        "preset": name,
-        "trainable": count_parameters(model),
-        **onnx_parameters(report.fp32_path),
-        "fp32 KB": report.fp32_bytes / 1024,
-        "int8 KB": report.int8_bytes / 1024,
-        "tokens/s": tokens,
-        "fp32 ms/5s": onnx_ms_per_clip(report.fp32_path),
-        "int8 ms/5s": onnx_ms_per_clip(report.int8_path),
-        **{f"int8 RSS+ MB {k}": v for k, v in rss_increase_mb(report.int8_path).items()},
-        "int8 CCC vs fp32 (min)": min(report.int8_ccc.values()),
-    }
+    model = DawnOnnx().eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(  # the TorchScript exporter: robust for transformers' wav2vec2
+            model,
+            (torch.zeros(1, SAMPLE_RATE).normal_(),),
+            str(path),
+            input_names=["signal"],
+            output_names=["adv"],
+            dynamic_axes={"signal": {0: "batch", 1: "samples"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path, count_parameters(model, trainable=False)
+
+
+def interleaved_ms(paths: dict[str, Path], *, rounds: int, student_repeats: int) -> dict:
+    """Median ms per 5 s of each model, timed interleaved round by round (1 thread each)."""
+    x = np.random.default_rng(0).normal(0, 0.1, (1, int(SECONDS * SAMPLE_RATE)))
+    x = x.astype(np.float32)
+    sessions = {k: session(p, threads=1) for k, p in paths.items()}
+    for s in sessions.values():  # warm-up
+        s.run(None, {"signal": x})
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            for _ in range(1 if k == "teacher" else student_repeats):
+                t = time.perf_counter()
+                s.run(None, {"signal": x})
+                times[k].append(time.perf_counter() - t)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["wav2small-paper", "wav2small-tiny"])
+    parser.add_argument("--rounds", type=int, default=7, help="teacher runs (interleaved)")
+    parser.add_argument("--student-repeats", type=int, default=5, help="student runs per round")
+    parser.add_argument("--no-profile", action="store_true", help="skip the op-type profiles")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(name, Path(tmp)) for name in args.presets]
+        tmp = Path(tmp)
+        print("exporting the Dawn-size teacher (random weights) to ONNX ...", flush=True)
+        dawn, dawn_params = export_dawn(tmp / "dawn.onnx")
+        paths, rows = {"teacher": dawn}, []
+        for name in args.presets:
+            torch.manual_seed(0)
+            model = create_model(name)
+            report = export(model, tmp / name, int8=True, gate_int8=False)
+            paths[f"{name} fp32"], paths[f"{name} int8"] = map(
+                Path, (report.fp32_path, report.int8_path)
+            )
+            tokens = model.tokens_per_second() if isinstance(model, Wav2Small) else float("nan")
+            rows.append(
+                {
+                    "preset": name,
+                    "trainable": count_parameters(model),
+                    **onnx_parameters(report.fp32_path),
+                    "fp32 KB": report.fp32_bytes / 1024,
+                    "int8 KB": report.int8_bytes / 1024,
+                    "tokens/s": tokens,
+                    **{
+                        f"int8 RSS+ MB {k}": v for k, v in rss_increase_mb(report.int8_path).items()
+                    },
+                    "int8 CCC vs fp32 (min)": min(report.int8_ccc.values()),
+                }
+            )
+        print(f"timing {len(paths)} models interleaved ({args.rounds} rounds) ...", flush=True)
+        ms = interleaved_ms(paths, rounds=args.rounds, student_repeats=args.student_repeats)
+        profiles = {} if args.no_profile else {k: profile_by_op(p) for k, p in paths.items()}
+
+    _table(rows)
+    print(
+        f"\n## Speed, ONNX Runtime, 1 thread, {SECONDS:g} s input, interleaved in one run "
+        f"(medians: teacher {args.rounds} runs, students {args.rounds * args.student_repeats})\n"
+    )
+    teacher = ms["teacher"]
+    print(
+        f"Dawn-size teacher ({dawn_params / 1e6:.0f} M parameters, random weights): "
+        f"{teacher:.0f} ms per {SECONDS:g} s"
+    )
+    print("\n| preset | fp32 ms | int8 ms | teacher ÷ fp32 | teacher ÷ int8 | int8 ÷ fp32 |")
+    print("|---|---|---|---|---|---|")
+    for name in args.presets:
+        f, q = ms[f"{name} fp32"], ms[f"{name} int8"]
+        print(
+            f"| {name} | {f:.2f} | {q:.2f} | {teacher / f:.0f}× | {teacher / q:.0f}× | "
+            f"{q / f:.2f} |"
+        )
+    for name in args.presets:
+        f, q = ms[f"{name} fp32"], ms[f"{name} int8"]
+        best = max(teacher / f, teacher / q)
+        print(
+            f"{name}: ≥ {TARGET_VS_TEACHER:.0f}× the teacher: "
+            f"{'MET' if best >= TARGET_VS_TEACHER else 'NOT MET'} ({best:.0f}×); "
+            f"int8 no slower than fp32: {'MET' if q <= f else 'NOT MET'} ({q / f:.2f})"
+        )
+    for key, ops in profiles.items():
+        if key == "teacher":
+            continue
+        total = sum(ops.values())
+        top = ", ".join(f"{op} {100 * us / total:.0f}%" for op, us in list(ops.items())[:6])
+        print(f"profile {key}: {total / 1000:.2f} ms of kernels: {top}")
+    print(
+        "\nint8 CCC vs fp32 is for untrained weights (near-constant outputs): see the export "
+        "gate on trained models. Ratios, not absolute times, carry over between machines."
+    )
+
+
+def _rss(path: str) -> dict[str, float]:
+    return rss_increase_mb(path)
+
+
+def _table(rows: list[dict]) -> None:
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
-        print(
-            "| "
-            + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values())
-            + " |"
-        )
-    print(
-        "\nint8 CCC vs fp32 is for untrained weights (near-constant outputs): see the export "
-        "gate on trained models. Timings: 1 thread, median of 20, this machine, this run."
-    )
+        cells = (f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values())
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ def session_options(*, threads: int | None = None, mem_arena: bool = True):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_cpu_mem_arena = mem_arena
+    # Wav2Small exports have optional inputs (initializers listed as graph inputs), which ONNX
+    # Runtime reports at WARNING level on every session; show errors only.
+    opts.log_severity_level = 3
     return opts
 
 

@@ -10,6 +10,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +40,35 @@ def session(path: str | Path, *, threads: int = 1, arena: bool = True):
     from wav2small.backends import onnx_session
 
     return onnx_session(path, threads=threads, mem_arena=arena)
+
+
+def profile_by_op(path: str | Path, *, seconds: float = 5.0, runs: int = 5) -> dict[str, float]:
+    """ONNX Runtime profile of ``runs`` calls on ``seconds``: µs per call by op type, largest first.
+
+    The op types are those of the optimised graph (e.g. ``FusedConv``, ``QLinearConv``,
+    ``NhwcMaxPool``), so the profile shows which fusions and layouts ONNX Runtime chose.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).normal(0, 0.1, (1, int(seconds * SAMPLE_RATE)))
+        x = x.astype(np.float32)
+        sess.run(None, {"signal": x})
+        for _ in range(runs):
+            sess.run(None, {"signal": x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + e["dur"] / (runs + 1)
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def median_ms(fn, *, repeats: int = 20, warmup: int = 3) -> float:

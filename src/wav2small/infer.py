@@ -600,6 +600,8 @@ def _map(fn, items: list, workers: int) -> Iterator:
 
 
 def _progress(results: Iterable, total: int, show: bool) -> Iterable:
+    if not show:  # tqdm.auto's import alone costs ~3 MB of RSS
+        return results
     from tqdm.auto import tqdm
 
     return tqdm(

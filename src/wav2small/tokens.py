@@ -244,15 +244,18 @@ class WindowPool:
 
     Tokens are appended in order (:meth:`add`); :meth:`pool` gives the pooled maps of windows
     ``[j0, j1)`` of absolute token indices as differences of running prefix sums of
-    ``exp(sof − M)`` and ``lin·exp(sof − M)`` (float64; ``M`` a per-channel/band reference raised,
-    with the sums rescaled, whenever a larger ``sof`` arrives), so adding a token and pooling a
-    window each cost O(C·F') whatever the window's length. A window whose sum is so small
+    ``exp(sof − M)`` and ``lin·exp(sof − M)`` (float64; ``M`` a per-channel/band reference,
+    raised with the sums rescaled when a ``sof`` exceeds it by :attr:`HEADROOM`), so adding a
+    token and pooling a window each cost O(C·F') whatever the window's length. A window whose sum is so small
     against the prefix sums that their difference would lose precision is pooled directly from
     the kept tokens. :meth:`trim` forgets tokens before an index (and re-bases the sums).
     """
 
     #: A window whose exp-sum is below this fraction of the prefix sum is pooled directly.
     MIN_RELATIVE = 1e-9
+    #: How far ``sof`` may exceed the reference before the sums are rescaled (float64 holds
+    #: e^50 · 1e9 tokens easily; rescaling at every new maximum would cost O(kept) per chunk).
+    HEADROOM = 50.0
 
     def __init__(self) -> None:
         self.first = 0  # absolute index of the first kept token
@@ -277,7 +280,7 @@ class WindowPool:
         if self.ref is None:
             self.ref = top
             self._alloc(2 * n, top.shape)
-        elif (top > self.ref).any():
+        elif (top > self.ref + self.HEADROOM).any():  # rare: exp(sof - ref) stays ≤ e^HEADROOM
             new = np.maximum(self.ref, top)
             r = np.exp(self.ref - new)
             self._ps[self._lo : self._hi + 1] *= r

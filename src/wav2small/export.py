@@ -442,8 +442,12 @@ def export(
         The report; ``report.passed`` is False when a gate failed (a model that failed its gate
         is renamed ``<name>.rejected``, never left under its final name).
     """
+    import onnxruntime as ort
+
     from wav2small.signals import pseudo_speech_set
 
+    # the parity and calibration sessions would each warn about the optional inputs
+    ort.set_default_logger_severity(3)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = export_onnx(model, out_dir / "model.onnx", metadata=metadata)

@@ -246,9 +246,9 @@ class WindowPool:
     ``[j0, j1)`` of absolute token indices as differences of running prefix sums of
     ``exp(sof − M)`` and ``lin·exp(sof − M)`` (float64; ``M`` a per-channel/band reference,
     raised with the sums rescaled when a ``sof`` exceeds it by :attr:`HEADROOM`), so adding a
-    token and pooling a window each cost O(C·F') whatever the window's length. A window whose sum is so small
-    against the prefix sums that their difference would lose precision is pooled directly from
-    the kept tokens. :meth:`trim` forgets tokens before an index (and re-bases the sums).
+    token and pooling a window each cost O(C·F') whatever the window's length. A window whose
+    sum is so small against the prefix sums that their difference would lose precision is
+    pooled directly from the kept tokens. :meth:`trim` forgets tokens before an index (and re-bases the sums).
     """
 
     #: A window whose exp-sum is below this fraction of the prefix sum is pooled directly.

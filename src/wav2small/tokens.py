@@ -248,7 +248,7 @@ class WindowPool:
     raised with the sums rescaled when a ``sof`` exceeds it by :attr:`HEADROOM`), so adding a
     token and pooling a window each cost O(C·F') whatever the window's length. A window whose
     sum is so small against the prefix sums that their difference would lose precision is
-    pooled directly from the kept tokens. :meth:`trim` forgets tokens before an index (and re-bases the sums).
+    pooled directly from the kept tokens. :meth:`trim` forgets tokens before an index.
     """
 
     #: A window whose exp-sum is below this fraction of the prefix sum is pooled directly.

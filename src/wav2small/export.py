@@ -94,10 +94,11 @@ def export_onnx(model, path: str | Path, *, metadata: dict[str, str] | None = No
     if isinstance(model, Wav2Small):  # staged form: optional inputs, per-token outputs
         module, staged = StagedExport(model), True
         example = module.example_inputs()
-        names = ([INPUT_NAME, NORM_INPUT, POOLED_INPUT], [OUTPUT_NAME, LIN_OUTPUT, SOF_OUTPUT])
+        norm = [NORM_INPUT] if module.utterance_norm else []
+        names = ([INPUT_NAME, *norm, POOLED_INPUT], [OUTPUT_NAME, LIN_OUTPUT, SOF_OUTPUT])
         shapes = (
             signal_shape,
-            {0: torch.export.Dim("norm_batch")},
+            *([{0: torch.export.Dim("norm_batch")}] if norm else []),
             {0: torch.export.Dim("pooled_batch")},
         )
     else:
@@ -134,8 +135,8 @@ def staged_facts(model) -> dict[str, str]:
     left, right = model.receptive_field()
     window, _ = model.frame_geometry()
     return {
-        "stages": f"{INPUT_NAME},{NORM_INPUT},{POOLED_INPUT}->{OUTPUT_NAME},{LIN_OUTPUT},"
-        f"{SOF_OUTPUT}",
+        "stages": f"{INPUT_NAME},{NORM_INPUT if model.norm == 'utterance' else ''},"
+        f"{POOLED_INPUT}->{OUTPUT_NAME},{LIN_OUTPUT},{SOF_OUTPUT}",
         "token_samples": str(model.token_samples()),
         "receptive_field": f"{left},{right}",
         "min_samples": str(window),

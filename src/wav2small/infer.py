@@ -12,20 +12,31 @@ another order is reordered).
 
 Modes:
 
-* **one row per file** (default). Files up to ``max_seconds`` (20 s) are run in one piece. A
-  longer file is cut into ``ceil(duration / max_seconds)`` equal consecutive pieces that are
-  streamed from disk one at a time, and the row is the length-weighted mean of the pieces'
-  outputs. This keeps memory bounded for hour-long files; for such files the result is the mean
-  emotion of ~20 s stretches, not one pass over the whole file (which Wav2Small's per-utterance
-  normalisation and attention pooling would weight differently).
+* **one row per file** (default). A Wav2Small ONNX export (token stages, see
+  :mod:`wav2small.tokens`) is run in one exact pass in bounded memory: the file is read in 1 s
+  blocks, the trunk runs on 1 s chunks overlapping by its receptive field, the attention pooling
+  is accumulated online and the head runs once; an utterance-normalised model first reads the
+  file once for its mean and RMS. The row equals one pass over the whole file (up to float
+  rounding) and the working set does not grow with the file's length. Other models (torch,
+  MobileNets) run files up to ``max_seconds`` (20 s) in one piece; a longer file is cut into
+  ``ceil(duration / max_seconds)`` equal pieces streamed from disk, and the row is the
+  length-weighted mean of the pieces' outputs (the mean emotion of ~20 s stretches).
 * **one row per window** (``win``/``hop``): windows start at ``0, hop, 2·hop, …`` and are
   streamed from disk (:func:`wav2small.audio.iter_windows`); the last window is cut at the end of
-  the file. A tail shorter than one analysis frame (64 samples = 4 ms) is dropped.
-* **timeline** (:meth:`Predictor.timeline`, :class:`TimelineStream`): every ``step`` seconds the
-  model is run on the last ``context`` seconds, i.e. rows ``(max(0, t − context), t)`` for
-  ``t = step, 2·step, …`` plus a final row ending at the end of the audio. Wav2Small's trunk runs
-  at 250 tokens/s (one token per 64 samples = 4 ms), the finest useful step. The stream is fed
-  chunk by chunk (live audio) and gives exactly the rows of the offline computation.
+  the file. A tail shorter than one analysis frame (64 samples = 4 ms) is dropped. Each window is
+  an independent input (its own normalisation and edges).
+* **timeline** (:meth:`Predictor.timeline`, :meth:`Predictor.stream`): rows
+  ``(max(0, t − context), t)`` for ``t = step, 2·step, …`` plus a final row ending at the end of
+  the audio; Wav2Small's 250 tokens/s make 4 ms the finest step. With a Wav2Small ONNX export
+  every token is computed once, in the context of the whole input, and each row pools the
+  tokens inside its window and runs the head (:class:`TokenTimelineStream`): a 4 ms step costs
+  about one offline pass plus one head per row. For an utterance-normalised model the tokens
+  use the whole input's statistics (a file is read twice), so a row is not the model run on
+  the isolated window (whose own statistics and zero-padded edges differ); a live stream
+  cannot know the statistics, so ``stream()`` of such a model re-runs the model on each window
+  (:class:`TimelineStream`) unless it is given ``norm``. A model with local normalisation
+  (``norm`` metadata ``"local"``) reuses tokens everywhere, and its stream equals its timeline.
+  Other models re-run each window.
 
 Bad input raises :class:`wav2small.audio.AudioError` naming the file and the problem; with
 ``on_error="skip"`` the file gets one row ``(file, NaN, NaN)`` of NaN values, the reasons are in
@@ -71,7 +82,6 @@ from wav2small.inputs import (  # noqa: F401 (AUDIO_EXTENSIONS, skipped_path: pu
     write_skipped,
 )
 from wav2small.tokens import (
-    CHUNK_TOKENS,
     OnlinePool,
     StagedModel,
     TokenRunner,
@@ -102,7 +112,9 @@ DEFAULT_CONTEXT = 4.0
 TIMELINE_BLOCK_SECONDS = 10.0
 #: Seconds of audio read from disk at a time by the chunked (token-level) paths.
 READ_BLOCK_SECONDS = 1.0
-#: Tokens computed per trunk call in a live stream (latency vs CPU; see TokenTimelineStream).
+#: Tokens computed per trunk call in a live stream (latency vs CPU; see TokenTimelineStream): at
+#: least this, and at least the model's receptive field in tokens (the overlap recomputed per
+#: call then costs at most as much as the new tokens).
 STREAM_CHUNK_TOKENS = 50
 TIME_DECIMALS = 6
 
@@ -389,7 +401,7 @@ class Predictor:
         name: str = "<stream>",
         clip: bool = False,
         norm: np.ndarray | None = None,
-        chunk_tokens: int = STREAM_CHUNK_TOKENS,
+        chunk_tokens: int | None = None,
     ) -> TimelineStream:
         """A stream for live audio fed chunk by chunk (rows as :meth:`timeline`).
 
@@ -541,7 +553,7 @@ class Predictor:
                 context=context_n / SAMPLE_RATE,
                 name=item.name,
                 norm=self._norm(item),
-                chunk_tokens=CHUNK_TOKENS,
+                chunk_tokens=self.staged.chunk_tokens(),
             )
             for block in self._blocks(item):
                 stream._feed(block)
@@ -796,7 +808,8 @@ class TokenTimelineStream(TimelineStream):
     Args:
         staged: the model's stages (:attr:`Predictor.staged`).
         norm: (mean, scale) statistics, required for ``norm == "utterance"`` models.
-        chunk_tokens: tokens per trunk call.
+        chunk_tokens: tokens per trunk call (default: :data:`STREAM_CHUNK_TOKENS`, at least the
+            receptive field in tokens).
         step, context, sample_rate, name, clip: as :class:`TimelineStream`.
     """
 
@@ -810,12 +823,14 @@ class TokenTimelineStream(TimelineStream):
         name: str = "<stream>",
         clip: bool = False,
         norm: np.ndarray | None = None,
-        chunk_tokens: int = STREAM_CHUNK_TOKENS,
+        chunk_tokens: int | None = None,
     ) -> None:
         super().__init__(
             staged.head, step=step, context=context, sample_rate=sample_rate, name=name, clip=clip
         )
         self.staged = staged
+        if chunk_tokens is None:
+            chunk_tokens = max(STREAM_CHUNK_TOKENS, staged.context_tokens)
         self._runner = TokenRunner(staged, norm=norm, chunk_tokens=chunk_tokens)
         self._pool = WindowPool()
         self._total = 0

@@ -30,11 +30,14 @@ import numpy as np
 
 from wav2small import LABELS
 
-#: Tokens computed per trunk call by default (1 s of audio). ONNX Runtime's working set grows with
-#: a call's length; the per-call overhead and the overlap (13 tokens) shrink with it. Measured
-#: peak RSS of predict() on 5 s above a loaded model, int8 / fp32: 500 tokens 12.4 / 7.6 MB,
-#: 250 tokens 7.4 / 5.3 MB, 125 tokens 4.3 / 3.2 MB.
+#: Tokens computed per trunk call by default (1 s of audio), at least OVERLAP_FACTOR × the
+#: receptive field. ONNX Runtime's working set grows with a call's length; the per-call overhead
+#: and the overlap's share shrink with it. Measured peak RSS of predict() on 5 s above a loaded
+#: wav2small-paper (released trunk, 13 tokens of overlap), int8 / fp32: 500 tokens 12.4 / 7.6
+#: MB, 250 tokens 7.4 / 5.3 MB, 125 tokens 4.3 / 3.2 MB.
 CHUNK_TOKENS = 250
+#: A chunk is at least this many times the receptive field (recomputed overlap ≤ 1 / factor).
+OVERLAP_FACTOR = 4
 NORM_EPS = 1e-7  # as wav2small.frontend.NORM_EPS (kept here: this module imports no torch)
 
 
@@ -56,13 +59,22 @@ class StagedModel:
         self.session = session
         self.order = list(range(len(LABELS))) if order is None else list(order)
         ins, outs = metadata["stages"].split("->")
-        self.input_name, self.norm_name, self.pooled_name = ins.split(",")
+        self.input_name, self.norm_name, self.pooled_name = ins.split(",")  # norm may be ""
         self.output_name, self.lin_name, self.sof_name = outs.split(",")
         self.token_samples = int(metadata["token_samples"])
         self.left, self.right = map(int, metadata["receptive_field"].split(","))
         self.min_samples = int(metadata.get("min_samples", self.token_samples))
         self.norm = metadata.get("norm", "utterance")
         self._dummy = np.zeros((1, self.min_samples), np.float32)
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens of overlap a chunk recomputes (its receptive field, in tokens)."""
+        return -(-(self.left + self.right) // self.token_samples)
+
+    def chunk_tokens(self, at_least: int = CHUNK_TOKENS) -> int:
+        """Tokens per trunk call: ``at_least``, and ≥ OVERLAP_FACTOR × the receptive field."""
+        return max(at_least, OVERLAP_FACTOR * self.context_tokens)
 
     @staticmethod
     def supports(metadata: dict[str, str]) -> bool:
@@ -74,7 +86,7 @@ class StagedModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(lin, sof), each (C, tokens, F'), of a 1-D chunk (normalised with ``norm`` if given)."""
         feeds = {self.input_name: np.ascontiguousarray(signal, np.float32)[None, :]}
-        if norm is not None and self.norm == "utterance":
+        if norm is not None and self.norm_name:
             feeds[self.norm_name] = np.asarray(norm, np.float32).reshape(1, 2)
         lin, sof = self.session.run([self.lin_name, self.sof_name], feeds)
         return lin[0], sof[0]
@@ -138,7 +150,8 @@ class TokenRunner:
         model: the staged model.
         norm: (mean, scale) for ``norm == "utterance"`` models (the whole signal's for results
             equal to one pass); ignored by ``"local"`` models.
-        chunk_tokens: tokens per trunk call (at least; the last may be longer or shorter).
+        chunk_tokens: tokens per trunk call (the last may be longer or shorter); default
+            :meth:`StagedModel.chunk_tokens`.
     """
 
     def __init__(
@@ -146,12 +159,12 @@ class TokenRunner:
         model: StagedModel,
         *,
         norm: np.ndarray | None = None,
-        chunk_tokens: int = CHUNK_TOKENS,
+        chunk_tokens: int | None = None,
     ) -> None:
         if model.norm == "utterance" and norm is None:
             raise ValueError("an utterance-normalised model needs the signal's statistics")
         self.model, self.norm = model, norm
-        self.chunk_tokens = max(1, int(chunk_tokens))
+        self.chunk_tokens = max(1, int(chunk_tokens or model.chunk_tokens()))
         s = model.token_samples
         self.left_n = -(-model.left // s) * s
         self._buf = np.zeros(0, np.float32)
@@ -199,7 +212,7 @@ def iter_tokens(
     blocks: Iterable[np.ndarray],
     *,
     norm: np.ndarray | None = None,
-    chunk_tokens: int = CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """All tokens of the concatenated ``blocks``: ``(first_token, lin, sof)`` per chunk."""
     runner = TokenRunner(model, norm=norm, chunk_tokens=chunk_tokens)

@@ -299,9 +299,10 @@ class Wav2Small(nn.Module):
 class StagedExport(nn.Module):
     """The ONNX export form of a Wav2Small model: one graph, usable plain or stage by stage.
 
-    ``forward(signal, norm, pooled) → (adv, lin, sof)``. Exported with ``norm`` and ``pooled`` as
-    *optional* inputs (ONNX inputs with a default initializer; ONNX Runtime lists only
-    ``signal`` as required), so ``model.onnx`` stays a plain signal → A/D/V model:
+    ``forward(signal, norm, pooled) → (adv, lin, sof)`` (no ``norm`` for a local-normalisation
+    model). Exported with ``norm`` and ``pooled`` as *optional* inputs (ONNX inputs with a
+    default initializer; ONNX Runtime lists only ``signal`` as required), so ``model.onnx``
+    stays a plain signal → A/D/V model:
 
     * ``norm`` (batch or 1, 2) = (mean, scale): the normalisation statistics to use instead of
       the input's own; default NaN = the input's own (one pass). Chunked inference passes the
@@ -316,35 +317,50 @@ class StagedExport(nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def utterance_norm(self) -> bool:
+        """Whether the model normalises per utterance (then the graph has the ``norm`` input)."""
+        return getattr(self.model, "norm", "utterance") == "utterance"
+
+    def pooled_shape(self) -> tuple[int, int]:
+        """(C, F') of the pooled map the head takes."""
+        if hasattr(self.model, "pooled_shape"):
+            return tuple(self.model.pooled_shape())
+        return self.model.cfg.width, POOLED_MELS
+
     def forward(
-        self, signal: torch.Tensor, norm: torch.Tensor, pooled: torch.Tensor
+        self, signal: torch.Tensor, first: torch.Tensor, second: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(signal, norm, pooled)`` for utterance-normalised models, ``(signal, pooled)`` else."""
         check_length(signal)
-        mean = signal.mean(1, keepdim=True)
-        centred = signal - mean
-        scale = torch.sqrt((centred * centred).mean(1, keepdim=True) + NORM_EPS)
-        mean = torch.where(torch.isnan(norm[:, :1]), mean, norm[:, :1])
-        scale = torch.where(torch.isnan(norm[:, 1:]), scale, norm[:, 1:])
-        lin, sof = self.model.tokens(signal, torch.cat([mean, scale], 1))
+        if self.utterance_norm:
+            norm, pooled = first, second
+            mean = signal.mean(1, keepdim=True)
+            centred = signal - mean
+            scale = torch.sqrt((centred * centred).mean(1, keepdim=True) + NORM_EPS)
+            mean = torch.where(torch.isnan(norm[:, :1]), mean, norm[:, :1])
+            scale = torch.where(torch.isnan(norm[:, 1:]), scale, norm[:, 1:])
+            lin, sof = self.model.tokens(signal, torch.cat([mean, scale], 1))
+        else:
+            pooled = first
+            lin, sof = self.model.tokens(signal)
         pooled = torch.cat([attention_pool(lin, sof), pooled], 0)
         return self.model.head(pooled), lin, sof
 
-    def example_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Inputs for tracing: 2 × 1 s of noise, NaN statistics, 2 extra pooled maps."""
-        w = self.model.cfg.width
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        """Inputs for tracing: 2 × 1 s of noise, (NaN statistics,) 2 extra pooled maps."""
         g = torch.Generator().manual_seed(0)
-        return (
-            torch.zeros(2, SAMPLE_RATE).normal_(generator=g),
-            torch.full((1, 2), float("nan")),
-            torch.zeros(2, w, POOLED_MELS).normal_(generator=g),
-        )
+        signal = torch.zeros(2, SAMPLE_RATE).normal_(generator=g)
+        pooled = torch.zeros(2, *self.pooled_shape()).normal_(generator=g)
+        if self.utterance_norm:
+            return signal, torch.full((1, 2), float("nan")), pooled
+        return signal, pooled
 
     def defaults(self) -> dict[str, torch.Tensor]:
         """Default values of the optional inputs (stored as initializers)."""
         from wav2small.export import NORM_INPUT, POOLED_INPUT
 
-        w = self.model.cfg.width
-        return {
-            NORM_INPUT: torch.full((1, 2), float("nan")),
-            POOLED_INPUT: torch.zeros(0, w, POOLED_MELS),
-        }
+        out = {POOLED_INPUT: torch.zeros(0, *self.pooled_shape())}
+        if self.utterance_norm:
+            out[NORM_INPUT] = torch.full((1, 2), float("nan"))
+        return out

@@ -112,9 +112,9 @@ def _stream_line(r: dict) -> str:
 RSS_CODE = r"""
 import json, sys
 import numpy as np
-import onnxruntime as ort
 import wav2small
 import wav2small.infer  # the package's imports (pandas, soundfile, soxr) are not working memory
+from wav2small.backends import onnx_session
 
 def kb(key):
     with open("/proc/self/status") as f:
@@ -126,9 +126,7 @@ def reset():
     return kb("VmRSS:")
 
 model, path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-opts = ort.SessionOptions()
-opts.log_severity_level = 3
-first = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+first = onnx_session(model, threads=threads)
 first.run(None, {first.get_inputs()[0].name: np.zeros((1, 16000), np.float32)})
 base = reset()
 p = wav2small.load(model, threads=threads)

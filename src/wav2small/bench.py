@@ -48,15 +48,10 @@ def profile_by_op(path: str | Path, *, seconds: float = 5.0, runs: int = 5) -> d
     The op types are those of the optimised graph (e.g. ``FusedConv``, ``QLinearConv``,
     ``NhwcMaxPool``), so the profile shows which fusions and layouts ONNX Runtime chose.
     """
-    import onnxruntime as ort
+    from wav2small.backends import onnx_session
 
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "profile")
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = onnx_session(path, threads=1, profile_prefix=str(Path(tmp) / "profile"))
         x = np.random.default_rng(0).normal(0, 0.1, (1, int(seconds * SAMPLE_RATE)))
         x = x.astype(np.float32)
         sess.run(None, {"signal": x})

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_models.py [--presets wav2small-paper wav2small-tiny]
                                                 [--rounds 7] [--no-profile]
 
-1. Exports a **Dawn-size teacher** to ONNX: transformers ``Wav2Vec2Model`` with Dawn's public
-   architecture (``models.teacher.DAWN_ARCHITECTURE``, 12 × 1024, SPEC §1.1), random weights,
-   per-utterance normalisation → mean over time → regression head.
+1. Exports a **Dawn-size teacher** to ONNX (``onnx_teacher.export_dawn_onnx``): transformers
+   ``Wav2Vec2Model`` with Dawn's public architecture (``models.teacher.DAWN_ARCHITECTURE``,
+   12 × 1024, SPEC §1.1), random weights, per-utterance normalisation → mean over time → head.
 2. Exports every preset (fp32 + static int8, untrained weights: speed does not depend on them).
 3. Times all of them on the same 5 s input, ONNX Runtime, 1 intra-op thread, **interleaved**:
    every round runs the teacher once and each student model ``--student-repeats`` times, so a
@@ -24,7 +24,6 @@ import logging
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,39 +39,16 @@ SECONDS = 5.0
 TARGET_VS_TEACHER = 200.0
 
 
-class DawnOnnx(torch.nn.Module):
-    """Dawn's layout for export: normalise → wav2vec2 → mean over time → regression head."""
+def export_dawn(folder: Path) -> tuple[Path, int]:
+    """Export the Dawn-size teacher (random weights) to ONNX; returns (model.onnx, parameters)."""
+    from wav2small.models import teacher as T
+    from wav2small.onnx_teacher import export_dawn_onnx
 
-    def __init__(self) -> None:
-        super().__init__()
-        from wav2small.models import teacher as T
-
-        self.teacher = T.Wav2Vec2Teacher(T.DAWN_ARCHITECTURE).eval()
-
-    def forward(self, signal: torch.Tensor) -> torch.Tensor:
-        x = signal - signal.mean(1, keepdim=True)
-        x = x / torch.sqrt((x * x).mean(1, keepdim=True) + 1e-7)
-        hidden = self.teacher.wav2vec2(x).last_hidden_state
-        return self.teacher.classifier(hidden.mean(1))
-
-
-def export_dawn(path: Path) -> tuple[Path, int]:
-    """Export the Dawn-size teacher (random weights) to ONNX; returns (path, parameters)."""
     torch.manual_seed(0)
-    model = DawnOnnx().eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(  # the TorchScript exporter: robust for transformers' wav2vec2
-            model,
-            (torch.zeros(1, SAMPLE_RATE).normal_(),),
-            str(path),
-            input_names=["signal"],
-            output_names=["adv"],
-            dynamic_axes={"signal": {0: "batch", 1: "samples"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    return path, count_parameters(model, trainable=False)
+    teacher = T.Wav2Vec2Teacher(T.DAWN_ARCHITECTURE).eval()
+    with torch.no_grad():
+        folder = export_dawn_onnx(teacher, folder)
+    return Path(folder) / "model.onnx", count_parameters(teacher, trainable=False)
 
 
 def interleaved_ms(paths: dict[str, Path], *, rounds: int, student_repeats: int) -> dict:
@@ -104,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print("exporting the Dawn-size teacher (random weights) to ONNX ...", flush=True)
-        dawn, dawn_params = export_dawn(tmp / "dawn.onnx")
+        dawn, dawn_params = export_dawn(tmp / "dawn")
         paths, rows = {"teacher": dawn}, []
         for name in args.presets:
             torch.manual_seed(0)

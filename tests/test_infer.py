@@ -273,34 +273,45 @@ def test_timeline_bounds_rules():
     assert timeline_bounds(100, 300, 500) == [(0, 100)]  # shorter than one step
 
 
-def test_timeline_reuses_tokens_of_the_whole_input(onnx_predictor):
+def _token_timeline(p, x, norm, step, context, chunks=None):
+    """Rows of a TokenTimelineStream fed ``x`` whole (the offline form) or in ``chunks``."""
+    from wav2small.infer import TokenTimelineStream
+
+    stream = TokenTimelineStream(p.staged, step=step, context=context, norm=norm)
+    for chunk in chunks or [x]:
+        stream._feed(chunk)
+    stream._finish()
+    return stream._take()
+
+
+def test_token_timeline_pools_the_whole_inputs_tokens_per_window(onnx_predictor):
     """Each row pools the whole input's tokens inside its window, then runs the head."""
-    from wav2small.tokens import OnlinePool
+    from wav2small.tokens import OnlinePool, signal_stats
 
     p = onnx_predictor
     x = speechy(3.1, 14)
-    frame = p.timeline((x, SR), step=0.5, context=1.0)
+    rows = _token_timeline(p, x, signal_stats([x]), 0.5, 1.0)
     _, lin, sof = p.backend.session.run(None, {"signal": x[None]})  # one pass: all tokens
-    for (_, start, end), row in zip(frame.index, frame.to_numpy(), strict=True):
+    assert [r[2] for r in rows] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.1]
+    for _, start, end, row in rows:
         j0, j1 = round(start * SR) // 64, round(end * SR) // 64
-        if end == frame.index[-1][2]:
+        if end == rows[-1][2]:
             j1 = lin.shape[2]  # the last row takes every token up to the end
         pool = OnlinePool()
         pool.add(lin[0, :, j0:j1], sof[0, :, j0:j1])
         assert np.abs(p.staged.head(pool.pooled()[None])[0] - row).max() <= 1e-4
 
 
-def test_token_stream_equals_offline_timeline(onnx_predictor, tmp_path):
-    """With the input's statistics, a stream computes each token once and gives the timeline."""
+def test_token_stream_equals_offline_token_timeline(onnx_predictor):
+    """Given the statistics, a stream computes each token once and equals the offline rows."""
     from wav2small.tokens import signal_stats
 
     x = speechy(5.3, 11)
-    offline = onnx_predictor.timeline((x, SR), step=0.004, context=1.5)
+    norm = signal_stats([x])
+    offline = _token_timeline(onnx_predictor, x, norm, 0.004, 1.5)
     assert len(offline) == 1325  # a row every token (5.3 s / 4 ms), the last at the end
     rng = np.random.default_rng(0)
-    stream = onnx_predictor.stream(
-        step=0.004, context=1.5, name="<array 0>", norm=signal_stats([x])
-    )
+    stream = onnx_predictor.stream(step=0.004, context=1.5, norm=norm)
     assert stream.latency == pytest.approx((50 * 64 + 448 - 64) / SR)
     parts, i = [], 0
     while i < len(x):  # chunks from 1 sample to 0.7 s, as a sound card might deliver
@@ -310,13 +321,9 @@ def test_token_stream_equals_offline_timeline(onnx_predictor, tmp_path):
         assert stream._pool.end - stream._pool.first <= (1.5 + 0.004 + 0.7) * 250 + 2 * 50
     parts.append(stream.close())
     streamed = pd.concat(parts)
-    pd.testing.assert_index_equal(streamed.index, offline.index)
-    assert np.abs(streamed.to_numpy() - offline.to_numpy()).max() <= 1e-4
-
-    path = tmp_path / "x.wav"
-    sf.write(path, x, SR, subtype="FLOAT")
-    from_file = onnx_predictor.timeline(path, step=0.004, context=1.5)
-    assert np.abs(from_file.to_numpy() - offline.to_numpy()).max() <= 1e-4
+    ends = streamed.index.get_level_values("end").to_numpy()
+    np.testing.assert_allclose(ends, [r[2] for r in offline])
+    assert np.abs(streamed.to_numpy() - np.stack([r[3] for r in offline])).max() <= 1e-4
 
 
 def test_stream_without_statistics_reruns_each_window(onnx_predictor):
@@ -346,12 +353,8 @@ def test_stream_resamples_like_the_file_path(onnx_predictor, tmp_path):
     x = speechy(3.0, 12, sr=8000)
     path = tmp_path / "x8k.wav"
     sf.write(path, x, 8000, subtype="FLOAT")
-    from wav2small.audio import iter_blocks
-    from wav2small.tokens import signal_stats
-
     offline = onnx_predictor.timeline(path, step=0.5, context=1.0)
-    norm = signal_stats(iter_blocks(path))
-    stream = onnx_predictor.stream(step=0.5, context=1.0, sample_rate=8000, norm=norm)
+    stream = TimelineStream(onnx_predictor, step=0.5, context=1.0, sample_rate=8000)
     rows = [stream.push(x[i : i + 1000]) for i in range(0, len(x), 1000)] + [stream.close()]
     streamed = pd.concat(rows)
     np.testing.assert_allclose(

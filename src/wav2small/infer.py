@@ -28,14 +28,12 @@ Modes:
 * **timeline** (:meth:`Predictor.timeline`, :meth:`Predictor.stream`): rows
   ``(max(0, t − context), t)`` for ``t = step, 2·step, …`` plus a final row ending at the end of
   the audio; Wav2Small's 250 tokens/s make 4 ms the finest step. With a Wav2Small ONNX export
-  every token is computed once, in the context of the whole input, and each row pools the
-  tokens inside its window and runs the head (:class:`TokenTimelineStream`): a 4 ms step costs
-  about one offline pass plus one head per row. For an utterance-normalised model the tokens
-  use the whole input's statistics (a file is read twice), so a row is not the model run on
-  the isolated window (whose own statistics and zero-padded edges differ); a live stream
-  cannot know the statistics, so ``stream()`` of such a model re-runs the model on each window
-  (:class:`TimelineStream`) unless it is given ``norm``. A model with local normalisation
-  (``norm`` metadata ``"local"``) reuses tokens everywhere, and its stream equals its timeline.
+  whose normalisation is local (``norm`` metadata ``"local"``) every token is computed once, in
+  the context of the whole input, and each row pools the tokens inside its window and runs the
+  head (:class:`TokenTimelineStream`): a 4 ms step costs about one offline pass plus one head
+  per row, and a stream equals the timeline. With utterance normalisation a row is the model run
+  on the isolated window (its own statistics), so each window is re-run (:class:`TimelineStream`,
+  as the browser page does); ``stream(norm=...)`` with known statistics reuses tokens instead.
   Other models re-run each window.
 
 Bad input raises :class:`wav2small.audio.AudioError` naming the file and the problem; with
@@ -549,7 +547,7 @@ class Predictor:
         return rows
 
     def _timeline_rows(self, item: _Item, step_n: int, context_n: int) -> list[Row]:
-        if self.staged is not None:
+        if self.staged is not None and self.staged.norm != "utterance":
             stream = TokenTimelineStream(
                 self.staged,
                 step=step_n / SAMPLE_RATE,

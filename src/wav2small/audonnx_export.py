@@ -100,6 +100,9 @@ def write_audonnx(onnx_path: str | os.PathLike, root: str | os.PathLike) -> Path
     names = [s.strip() for s in labels.split(",")]
     if names != list(LABELS):
         raise ValueError(f"{onnx_path}: outputs {names}; expected {list(LABELS)} in that order")
+    from wav2small.export import plain_graph
+
+    plain_graph(proto)  # a staged Wav2Small export: drop the optional inputs and token outputs
     _single_dynamic_axis(proto)
     tmp = root / f".{ONNX_FILE}.{os.getpid()}.tmp"
     onnx.save(proto, os.fspath(tmp))

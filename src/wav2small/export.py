@@ -144,6 +144,17 @@ def staged_facts(model) -> dict[str, str]:
     }
 
 
+def plain_graph(proto) -> None:
+    """Reduce a staged export to the plain ``signal → adv`` graph, in place: the optional inputs
+    become constants (their defaults) and the per-token outputs are dropped (for runtimes and
+    formats that want one input and one output, e.g. audonnx)."""
+    inits = {t.name for t in proto.graph.initializer}
+    keep_in = [i for i in proto.graph.input if i.name not in inits]
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep_in)
+    del proto.graph.output[1:]
+
+
 def _add_input_defaults(proto, defaults: dict) -> None:
     """Give graph inputs a default value (an initializer of the same name): optional inputs."""
     from onnx import numpy_helper

@@ -42,9 +42,7 @@ Backend = Callable[[np.ndarray], np.ndarray]
 
 
 # --- ONNX Runtime -----------------------------------------------------------------------------
-def session_options(
-    *, threads: int | None = None, mem_arena: bool = True, profile_prefix: str | None = None
-):
+def session_options(*, threads: int | None = None, mem_arena: bool = True):
     """ONNX Runtime options used by every session of the package.
 
     Args:
@@ -67,9 +65,6 @@ def session_options(
     # Wav2Small exports have optional inputs (initializers listed as graph inputs), which ONNX
     # Runtime reports at WARNING level on every session; show errors only.
     opts.log_severity_level = 3
-    if profile_prefix:  # ONNX Runtime's per-node profile (wav2small.bench.profile_by_op)
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
     return opts
 
 
@@ -79,7 +74,6 @@ def onnx_session(
     threads: int | None = None,
     mem_arena: bool = True,
     options=None,
-    profile_prefix: str | None = None,
 ):
     """A CPU :class:`onnxruntime.InferenceSession` for ``path`` with :func:`session_options`.
 
@@ -98,9 +92,7 @@ def onnx_session(
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such model file")
-    opts = options or session_options(
-        threads=threads, mem_arena=mem_arena, profile_prefix=profile_prefix
-    )
+    opts = options or session_options(threads=threads, mem_arena=mem_arena)
     try:
         return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types

@@ -48,10 +48,13 @@ def profile_by_op(path: str | Path, *, seconds: float = 5.0, runs: int = 5) -> d
     The op types are those of the optimised graph (e.g. ``FusedConv``, ``QLinearConv``,
     ``NhwcMaxPool``), so the profile shows which fusions and layouts ONNX Runtime chose.
     """
-    from wav2small.backends import onnx_session
+    from wav2small.backends import onnx_session, session_options
 
     with tempfile.TemporaryDirectory() as tmp:
-        sess = onnx_session(path, threads=1, profile_prefix=str(Path(tmp) / "profile"))
+        opts = session_options(threads=1)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = onnx_session(path, options=opts)
         x = np.random.default_rng(0).normal(0, 0.1, (1, int(seconds * SAMPLE_RATE)))
         x = x.astype(np.float32)
         sess.run(None, {"signal": x})

@@ -159,8 +159,11 @@ def _add_input_defaults(proto, defaults: dict) -> None:
     """Give graph inputs a default value (an initializer of the same name): optional inputs."""
     from onnx import numpy_helper
 
-    for name, value in defaults.items():
-        proto.graph.initializer.append(numpy_helper.from_array(value.numpy(), name))
+    # first in the list: the model's own weights keep their order (the head's last)
+    new = [numpy_helper.from_array(value.numpy(), name) for name, value in defaults.items()]
+    existing = list(proto.graph.initializer)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(new + existing)
 
 
 def _strip(proto) -> None:

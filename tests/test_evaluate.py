@@ -288,11 +288,11 @@ def test_evaluate_gives_the_numbers_predict_gives(shipped, tmp_path, capsys):
     np.testing.assert_allclose(by_model["checkpoint"], by_model["fp32"], atol=1e-4 * HEAD_GAIN)
     np.testing.assert_allclose(by_model["swapped"][:, 2], by_model["fp32"][:, 0], rtol=1e-6)
     np.testing.assert_allclose(by_model["swapped"][:, 0], by_model["fp32"][:, 1], rtol=1e-6)
-    # and the long file is the length-weighted mean of its pieces, not one pass
+    # and the long file is one exact pass (a Wav2Small ONNX model runs chunked, bounded memory)
     from wav2small.infer import Predictor
 
     one_pass = Predictor(models["fp32"], max_seconds=30).predict(paths[3]).to_numpy()[0]
-    assert np.abs(one_pass - by_model["fp32"][3]).max() > 1e-6
+    assert np.abs(one_pass - by_model["fp32"][3]).max() <= 1e-4
 
 
 def test_evaluate_of_a_torch_module_equals_its_checkpoint(shipped):

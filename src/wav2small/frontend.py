@@ -203,7 +203,7 @@ class PitchLogSpec(nn.Module):
     mel bands ``low_fmax``–``fmax`` of an ``n_fft_high``-sample window centred on the same instant.
     One frame every ``hop`` samples; frame t ends at sample :meth:`span` − 1 + t·hop.
 
-    ONNX ops: Conv (1-channel, strided), Slice, Mul, Add, MatMul, Max, Log, Concat.
+    ONNX ops: Conv (1-channel, strided), Slice, Mul, Add, MatMul, Max, Log, Concat, Transpose.
     """
 
     def __init__(
@@ -272,13 +272,18 @@ class PitchLogSpec(nn.Module):
         if self.fir is not None:
             x = self.fir(x)
         z = self.low(x)[:, :, :n]
-        low = z[:, : self.n_low] ** 2 + z[:, self.n_low :] ** 2  # (batch, n_low, frames)
+        low = _power(z[:, : self.n_low], z[:, self.n_low :])  # (batch, n_low, frames)
         z = self.high(signal[:, None, self.high_offset :])[:, :, :n]
         half = z.shape[1] // 2
-        power = z[:, :half] ** 2 + z[:, half:] ** 2
+        power = _power(z[:, :half], z[:, half:])
         high = torch.matmul(power.transpose(1, 2), self.melW)  # (batch, frames, n_mels)
         image = torch.cat([low.transpose(1, 2), high], 2)
         return 10 * torch.log10(torch.maximum(image, self.amin))
+
+
+def _power(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """re² + im² as products (ONNX Mul: cheaper than Pow in ONNX Runtime)."""
+    return re * re + im * im
 
 
 class LocalNorm(nn.Module):

@@ -5,9 +5,11 @@ once, distils each variant with the demo's recipe (cached whole-clip targets, CC
 torch thread per run, two runs at a time), scores every student on the test split against gold
 and against the teacher, and times each fp32 and int8 ONNX export in ONNX Runtime (1 thread,
 5 s, interleaved in one loop). Writes ``results.json``/``table.md`` under ``--out`` and, with
-``--write-docs``, the table into docs/DISTILL.md between the ``frontend-study`` markers.
+unless ``--no-docs``, the table into docs/DISTILL.md between the ``frontend-study`` markers.
+``make bench`` runs it through benchmarks/run_all.py (all variants: about 4 × 6 minutes on two
+idle cores).
 
-    python benchmarks/bench_frontend.py --out runs/bench_frontend --write-docs
+    python benchmarks/bench_frontend.py [--variants paper released] [--steps 1000 2000]
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--no-docs", action="store_true", help="do not update docs/DISTILL.md")
     args = ap.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     table = _table(rows, teacher)
     (args.out / "table.md").write_text(table)
     print(table)
-    if args.write_docs:
+    if not args.no_docs:
         _write_docs(table)
     return 0
 
@@ -175,7 +177,8 @@ def _table(rows: list[dict], teacher: dict) -> str:
     cols = list(rows[0])
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     lines = [
-        "| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+        "| "
+        + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols)
         + " |"
         for r in rows
     ]

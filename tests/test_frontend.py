@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from wav2small.frontend import (
-    LocalNorm,
-    PitchLogSpec,
     HOP,
     N_FFT,
+    LocalNorm,
     LogMel,
+    PitchLogSpec,
     Spectrogram,
     _hz_to_mel,
     _mel_to_hz,
@@ -116,7 +116,8 @@ def test_pitch_spectrum_resolves_the_harmonics_of_voices_10_hz_apart():
     # one peak per harmonic below 1 kHz (145 … 870 Hz: 6), at the harmonic's bin
     for f0, found in peaks.items():
         expected = [round(k * f0 / 31.25) - 2 for k in range(1, 7)]
-        assert len(found) == 6 and max(abs(a - b) for a, b in zip(found, expected)) <= 1
+        assert len(found) == 6
+        assert max(abs(a - b) for a, b in zip(found, expected, strict=True)) <= 1
     assert peaks[145.0] != peaks[155.0]  # higher harmonics land in different bins
 
 

@@ -239,7 +239,9 @@ class PitchLogSpec(nn.Module):
             sample_rate=sample_rate, n_fft=n_fft_high, n_mels=n_mels, fmin=low_fmax, fmax=fmax
         )
         if (mel.sum(1) == 0).any():
-            raise ValueError(f"{n_mels} mel bands above {low_fmax} Hz are too narrow for n_fft_high")
+            raise ValueError(
+                f"{n_mels} mel bands above {low_fmax} Hz are too narrow for n_fft_high {n_fft_high}"
+            )
         used = np.flatnonzero(mel.sum(0) > 0)  # only the DFT rows some mel band reads
         mel = mel[:, used]
         hi_re, hi_im = _dft_rows(n_fft_high, used)

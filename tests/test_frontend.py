@@ -7,7 +7,9 @@ import torch
 from wav2small.frontend import (
     HOP,
     N_FFT,
+    LocalNorm,
     LogMel,
+    PitchLogSpec,
     Spectrogram,
     _hz_to_mel,
     _mel_to_hz,
@@ -76,3 +78,98 @@ def test_logmel_image_rate_and_short_input_error():
     assert image.shape == (1, 1, 499, 26)  # ≈ 500 frames/s, 26 mel bands
     with pytest.raises(ValueError, match="shorter than one frame"):
         LogMel()(torch.randn(1, 63))
+
+
+# --- the pitch-resolving front end (wav2small-paper) ------------------------------------------
+def _harmonic(f0: float, seconds: float = 1.0, gain: float = 1.0) -> torch.Tensor:
+    """A 19-harmonic complex (1/k amplitudes) at f0 Hz in faint noise (every band above the
+    −100 dB floor, as in any recording): a steady voiced sound."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    x = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 20))
+    x = x + 1e-2 * np.random.default_rng(0).standard_normal(len(t))
+    return torch.tensor(gain * x, dtype=torch.float32)[None]
+
+
+def _peaks(row: torch.Tensor) -> list[int]:
+    return [i for i in range(1, len(row) - 1) if row[i] > row[i - 1] and row[i] > row[i + 1]]
+
+
+def test_pitch_spectrum_layout_and_rate():
+    spec = PitchLogSpec()
+    assert (spec.n_low, spec.n_mels, spec.n_bands) == (31, 12, 43)
+    np.testing.assert_allclose(spec.low_hz[:2], [62.5, 93.75])  # bins 31.25 Hz apart
+    assert spec.low_hz[-1] == 1000.0
+    assert spec.melW.shape == (spec.high.weight.shape[0] // 2, 12)
+    assert (spec.melW.sum(0) > 0).all()  # every mel band reads some DFT row
+    assert not any(p.requires_grad for p in spec.parameters())
+    image = spec(torch.randn(2, 16000))
+    assert image.shape == (2, spec.frames(torch.tensor(16000)).item(), 43)
+    assert image.shape[1] == (16000 - 541) // 64 + 1  # 250 frames/s
+    with pytest.raises(ValueError, match="shorter than one frame"):
+        spec(torch.randn(1, 540))
+
+
+def test_pitch_spectrum_resolves_the_harmonics_of_voices_10_hz_apart():
+    spec = PitchLogSpec()
+    low = {f0: spec(_harmonic(f0)).mean(1)[0, : spec.n_low] for f0 in (145.0, 155.0)}
+    peaks = {f0: _peaks(row) for f0, row in low.items()}
+    # one peak per harmonic below 1 kHz (145 … 870 Hz: 6), at the harmonic's bin
+    for f0, found in peaks.items():
+        expected = [round(k * f0 / 31.25) - 2 for k in range(1, 7)]
+        assert len(found) == 6
+        assert max(abs(a - b) for a, b in zip(found, expected, strict=True)) <= 1
+    assert peaks[145.0] != peaks[155.0]  # higher harmonics land in different bins
+
+
+def test_local_norm_is_gain_invariant_and_local():
+    spec, norm = PitchLogSpec(), LocalNorm(25)
+    x = _harmonic(150.0, 2.0) * torch.linspace(0.2, 1.0, 32000)  # level changes over time
+    ref = norm(spec(x))
+    for gain in (0.05, 3.0):
+        torch.testing.assert_close(norm(spec(gain * x)), ref, atol=0.02, rtol=0)  # dB
+    # the level contour survives (it carries arousal): later frames are louder than earlier ones
+    raw = spec(x).mean(2)[0]
+    assert raw[-1] > raw[0] + 10
+    # padding is excluded: a padded batch row equals the clip alone
+    frames = spec.frames(torch.tensor([32000, 20000]))
+    batch = torch.cat([x, torch.cat([x[:, :20000], torch.zeros(1, 12000)], 1)])
+    together = norm(spec(batch), frames)
+    alone = norm(spec(x[:, :20000]))
+    torch.testing.assert_close(together[1:, : alone.shape[1]], alone, atol=2e-3, rtol=0)  # dB
+
+
+def test_paper_preset_is_gain_invariant_end_to_end():
+    from wav2small.models import create_model
+
+    model = create_model("wav2small-paper").eval()
+    assert model.norm == "local"
+    x = _harmonic(180.0, 1.5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(0.1 * x), model(x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_paper_preset_exports_with_common_ops_and_fits_the_int8_budget(tmp_path):
+    import onnx
+
+    from wav2small.export import export
+    from wav2small.models import count_parameters, create_model
+
+    torch.manual_seed(0)
+    model = create_model("wav2small-paper")
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 16000) * 0.1)
+    model.eval()
+    assert abs(count_parameters(model) - 72_000) <= 0.02 * 72_000
+    report = export(model, tmp_path, int8=True, gate_int8=False)
+    assert max(report.max_abs_diff.values()) <= 1e-4  # ONNX Runtime equals torch
+    assert report.int8_bytes <= 120 * 1024
+    ops = {n.op_type for n in onnx.load(report.fp32_path).graph.node}
+    common = {"Conv", "MatMul", "Gemm", "Mul", "Add", "Sub", "Div", "Log", "Max", "Min", "Relu"}
+    common |= {"Slice", "Concat", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Shape"}
+    common |= {"ReduceMean", "ReduceMax", "ReduceSum", "Softmax", "Exp", "Sqrt", "Where"}
+    common |= {"IsNaN", "Equal", "Expand", "Gather", "Cast", "Constant", "ConstantOfShape"}
+    common |= {"Clip", "Pow", "Range", "Less", "Not", "Flatten", "Identity", "Neg"}
+    assert ops <= common, ops - common

@@ -160,3 +160,157 @@ class LogMel(nn.Module):
         check_length(signal, self.n_fft)
         x = prenorm(signal, lengths)
         return self.logmel_extractor(self.spectrogram_extractor(x))
+
+
+# --- the pitch-resolving front end (wav2small-paper) ------------------------------------------
+# A 32 ms window resolves the harmonics of a 90–235 Hz voice (bins 31.25 Hz apart); computing
+# its DFT at 16 kHz for every bin would cost ≈ 2·257·512 MAC per frame, so the low band is read
+# from a 4× decimated signal (one shared low-pass FIR, then a 128-point DFT at 4 kHz that keeps
+# only the bins below ``low_fmax``), and the band above it from a short 8 ms window through
+# Slaney mel filters. Both paths are Conv1d (+ MatMul for the mel projection), frozen, and share
+# one hop, so the trunk runs directly at 250 frames/s = 250 tokens/s.
+
+
+def lowpass_fir(taps: int, cutoff: float) -> np.ndarray:
+    """Hann-windowed sinc low-pass with unit DC gain; ``cutoff`` as a fraction of Nyquist."""
+    n = np.arange(taps) - (taps - 1) / 2
+    h = cutoff * np.sinc(cutoff * n) * np.hanning(taps + 2)[1:-1]
+    return (h / h.sum()).astype(np.float32)
+
+
+def _dft_rows(n_fft: int, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Real and imaginary Hann-windowed DFT rows (len(bins), n_fft) for the given bin indices."""
+    n = np.arange(n_fft)
+    phase = -2j * np.pi * bins[:, None] * n[None, :] / n_fft
+    rows = np.exp(phase) * hann_periodic(n_fft)[None, :]
+    return rows.real.astype(np.float32), rows.imag.astype(np.float32)
+
+
+def _frozen_conv(weight: np.ndarray, stride: int) -> nn.Conv1d:
+    """A frozen bias-free Conv1d(1, out, k) holding ``weight`` (out, k)."""
+    conv = nn.Conv1d(1, weight.shape[0], weight.shape[1], stride=stride, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(weight[:, None, :]))
+    conv.requires_grad_(False)
+    return conv
+
+
+class PitchLogSpec(nn.Module):
+    """Waveform (batch, samples) → (batch, frames, bands) dB image that resolves harmonics.
+
+    Rows 0 .. n_low-1: log power of the DFT bins ``low_fmin``–``low_fmax`` of a ``n_fft``-sample
+    (at 16 kHz) Hann window, computed on a ``decimate``× decimated signal; then ``n_mels`` Slaney
+    mel bands ``low_fmax``–``fmax`` of an ``n_fft_high``-sample window centred on the same instant.
+    One frame every ``hop`` samples; frame t ends at sample :meth:`span` − 1 + t·hop.
+
+    ONNX ops: Conv (1-channel, strided), Slice, Mul, Add, MatMul, Max, Log, Concat, Transpose.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_fft: int = 512,
+        hop: int = 64,
+        decimate: int = 4,
+        fir_taps: int = 33,
+        low_fmin: float = 60.0,
+        low_fmax: float = 1000.0,
+        n_fft_high: int = 64,
+        n_mels: int = 12,
+        fmax: float = 8000.0,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        super().__init__()
+        if n_fft % decimate or hop % decimate:
+            raise ValueError("n_fft and hop must be multiples of decimate")
+        self.hop, self.decimate = hop, decimate
+        n_low_fft = n_fft // decimate
+        bin_hz = sample_rate / n_fft
+        bins = np.arange(int(np.ceil(low_fmin / bin_hz)), int(np.floor(low_fmax / bin_hz)) + 1)
+        if decimate > 1:
+            self.fir = _frozen_conv(lowpass_fir(fir_taps, 0.9 / decimate)[None, :], decimate)
+            low_span = fir_taps + decimate * (n_low_fft - 1)
+        else:
+            self.fir = None
+            low_span = n_fft
+        re, im = _dft_rows(n_low_fft, bins)
+        self.low = _frozen_conv(np.concatenate([re, im]), hop // decimate)
+        mel = mel_filterbank(
+            sample_rate=sample_rate, n_fft=n_fft_high, n_mels=n_mels, fmin=low_fmax, fmax=fmax
+        )
+        if (mel.sum(1) == 0).any():
+            raise ValueError(
+                f"{n_mels} mel bands above {low_fmax} Hz are too narrow for n_fft_high {n_fft_high}"
+            )
+        used = np.flatnonzero(mel.sum(0) > 0)  # only the DFT rows some mel band reads
+        mel = mel[:, used]
+        hi_re, hi_im = _dft_rows(n_fft_high, used)
+        self.high = _frozen_conv(np.concatenate([hi_re, hi_im]), hop)
+        self.register_buffer("melW", torch.from_numpy(mel.T.copy()))
+        self.register_buffer("amin", torch.tensor([AMIN]))
+        self.n_low, self.n_mels = len(bins), n_mels
+        self.low_hz = (bins * bin_hz).tolist()
+        self.span = max(low_span, n_fft_high)
+        # centre the short window on the long one
+        self.high_offset = (low_span - n_fft_high) // 2 if low_span > n_fft_high else 0
+        self.low_offset = 0 if low_span > n_fft_high else (n_fft_high - low_span) // 2
+
+    @property
+    def n_bands(self) -> int:
+        return self.n_low + self.n_mels
+
+    def frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames of ``lengths`` samples (no centring)."""
+        return torch.div(lengths - self.span, self.hop, rounding_mode="floor") + 1
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        if signal.shape[-1] < self.span:
+            raise ValueError(
+                f"input of {signal.shape[-1]} samples is shorter than one frame "
+                f"({self.span} samples = {1000 * self.span / SAMPLE_RATE:.0f} ms)"
+            )
+        n = (signal.shape[-1] - self.span) // self.hop + 1
+        x = signal[:, None, self.low_offset :]
+        if self.fir is not None:
+            x = self.fir(x)
+        z = self.low(x)[:, :, :n]
+        low = _power(z[:, : self.n_low], z[:, self.n_low :])  # (batch, n_low, frames)
+        z = self.high(signal[:, None, self.high_offset :])[:, :, :n]
+        half = z.shape[1] // 2
+        power = _power(z[:, :half], z[:, half:])
+        high = torch.matmul(power.transpose(1, 2), self.melW)  # (batch, frames, n_mels)
+        image = torch.cat([low.transpose(1, 2), high], 2)
+        return 10 * torch.log10(torch.maximum(image, self.amin))
+
+
+def _power(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """re² + im² as products (ONNX Mul: cheaper than Pow in ONNX Runtime)."""
+    return re * re + im * im
+
+
+class LocalNorm(nn.Module):
+    """Scale-invariant local normalisation of a dB image (batch, frames, bands).
+
+    Subtracts the mean level over all bands and the ``2·half + 1`` frames centred on each frame
+    (frames past a clip's end and before its start are excluded from the mean). A gain g adds
+    20·log10 g dB to every cell and cancels exactly (above the −100 dB floor), and a frame's
+    value depends only on ``half`` frames either side: streams and timelines can reuse it.
+
+    ONNX ops: ReduceMean, Conv (a fixed box filter), Max, Div, Sub.
+    """
+
+    def __init__(self, half: int) -> None:
+        super().__init__()
+        self.half = half
+        self.box = _frozen_conv(np.ones((1, 2 * half + 1), np.float32), 1)
+        self.box.padding = (half,)
+
+    def forward(self, image: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        level = image.mean(2)[:, None, :]  # (batch, 1, frames)
+        if frames is None:
+            ones = torch.ones_like(level[:1])
+        else:
+            ones = time_mask(frames, image.shape[1]).to(image.dtype)[:, None, :]
+            level = level * ones
+        local = self.box(level) / self.box(ones).clamp_min(1.0)  # 0 past a padded end
+        return image - local[:, 0, :, None]

@@ -8,16 +8,21 @@ from torch import nn
 
 from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
 
-# Preset → constructor. `wav2small-paper`: the paper gives 72K parameters, 250 tokens/s, ~9 MB RAM
-# and ~9 ms per 5 s, but not the layout that reaches 72K [open, SPEC §1.2]. Compute is spent per
-# frame, so we keep the released 13-channel stem at 500 frames/s, widen the four token-rate blocks
-# only to 16 channels, and put most of the extra capacity in a 128-unit ReLU layer on the
-# [pooled ; Gram] features, which runs once per clip: 72,600 trainable parameters for ≈ 1.2× the
-# tiny model's FLOPs. Widening the token-rate blocks to 44 channels also reaches 72K but costs
-# ≈ 4× the FLOPs (measured ≈ 2× the CPU time). See docs/ARCHITECTURE.md.
+# Preset → constructor. `wav2small-tiny`: the released 13-channel design (n_fft 64, 26 mels, VGG7).
+# `wav2small-paper`: the paper gives 72K parameters, 250 tokens/s, ~9 MB RAM and ~9 ms per 5 s but
+# not the layout [open, SPEC §1.2]. Ours must see pitch (the released 26-band, 4 ms input resolves
+# no harmonic of a voice and kept 0.20× of the teacher's valence), so it reads a pitch-resolving
+# image (31 DFT bins 62–1000 Hz of a 32 ms window + 12 mels to 8 kHz, hop 64) with a local,
+# gain-invariant normalisation (exact token reuse in streams), and a time-convolution trunk at
+# 250 frames/s: every layer's parameters are its MACs per token (≈ 66K × 250 tokens/s). Its
+# dilations 1, 3, 9, 27 give each token ±41 frames (±164 ms): a word's pitch ramp. 71,873
+# trainable parameters. docs/DISTILL.md ("Front-end study") has the measurements.
+PAPER_CONFIG = Wav2SmallConfig(
+    frontend="pitch", norm="local", norm_frames=125, width=68, pool=30, dilations=(1, 3, 9, 27)
+)
 _PRESETS: dict[str, Callable[[], nn.Module]] = {
     "wav2small-tiny": lambda: Wav2Small(Wav2SmallConfig(stem=13, width=13)),
-    "wav2small-paper": lambda: Wav2Small(Wav2SmallConfig(stem=13, width=16, head=128)),
+    "wav2small-paper": lambda: Wav2Small(PAPER_CONFIG),
 }
 
 
@@ -42,6 +47,15 @@ _PRESETS.update(
         )
     }
 )
+
+
+def register_model(name: str, factory: Callable[[], nn.Module]) -> None:
+    """Add (or replace) a preset: ``create_model(name)`` then calls ``factory()``.
+
+    Names starting with ``wav2small`` must build a :class:`Wav2Small` (checkpoints rebuild it
+    from its stored config).
+    """
+    _PRESETS[name] = factory
 
 
 def list_models() -> list[str]:

@@ -1,18 +1,22 @@
-"""MobileNet students (SPEC §1.3): timm MobileNetV4/V3 on the Wav2Small log-mel image.
+"""MobileNet students (SPEC §1.3): timm MobileNetV4/V3 on a pitch-resolving spectrogram image.
 
 The paper distils its teacher into four MobileNets as well as Wav2Small; which four is open, and
 we follow the plausible reading V4-Small, V4-Medium, V4-Large and V3-Large. Each is timm's
 network with ``in_chans=1``, ``num_classes=3`` and random weights (ImageNet weights would need a
-model hub and do not fit a one-channel spectrogram), fed the *same* front end as Wav2Small
-(:class:`wav2small.frontend.LogMel`: prenorm → DFT-conv power → 26 Slaney log-mels, 500 frames/s),
-read as a (frames × 26) one-channel image after a fixed standardisation of its dB values. After
-the network's 32× down-sampling that gives the ≈16 tokens/s quoted for MobileNetV4-S.
+model hub and do not fit a one-channel spectrogram).
 
-Padding: with ``lengths`` the per-utterance normalisation ignores the padding (which stays
-zero, i.e. the −100 dB floor of the log-mel); the network itself sees the padded image, so unlike
-Wav2Small a clip's output depends slightly on the batch it is padded into. The training loop
-crops every batch to one length (see :mod:`wav2small.data`) and evaluation runs full utterances
-one at a time, so neither pads.
+Input image (ours, [open] in the paper): the released 26-band image leaves ONE band after the
+networks' 32× down-sampling and resolves no harmonic of a voice, and MobileNets on it barely
+learned (docs/RESULTS.md). They now read the pitch-resolving image of wav2small-paper, widened for
+a 2-D network: :class:`wav2small.frontend.PitchLogSpec` with 31 DFT bins 62–1000 Hz of a 32 ms
+window plus 34 mel bands 1–8 kHz of a 16 ms window = 65 rows (3 bands after 32×), at hop 128
+(125 frames/s, ≈ 4 tokens/s after 32×), locally normalised (:class:`~wav2small.frontend.
+LocalNorm`, ±0.5 s: gain-invariant) and divided by a fixed 20 dB.
+
+Padding: with ``lengths`` the local normalisation ignores the padding; the network itself sees
+the padded image, so unlike Wav2Small a clip's output depends slightly on the batch it is padded
+into. The training loop crops every batch to one length (see :mod:`wav2small.data`) and
+evaluation runs full utterances one at a time, so neither pads.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wav2small.frontend import LogMel
+from wav2small.frontend import LocalNorm, PitchLogSpec
 
 #: Preset name → timm architecture.
 TIMM_ARCHS: dict[str, str] = {
@@ -30,10 +34,12 @@ TIMM_ARCHS: dict[str, str] = {
     "mobilenetv3-large": "mobilenetv3_large_100",
 }
 N_OUTPUTS = 3
-#: Fixed standardisation of the log-mel image (dB). After prenorm the image of speech-like audio
-#: has mean ≈ −34 dB and std ≈ 19 dB (measured on wav2small.signals clips); mapping it to ≈ N(0, 1)
-#: keeps the first convolution and the untrained outputs in a sane range.
-IMAGE_MEAN = -35.0
+#: The MobileNets' image: hop (samples), high-band window and mel bands, local-norm half window
+#: (frames) and the fixed dB scale of the normalised image.
+HOP = 128
+N_FFT_HIGH = 256
+N_MELS_HIGH = 34
+NORM_FRAMES = 62
 IMAGE_STD = 20.0
 
 
@@ -51,21 +57,23 @@ class MobileNetStudent(nn.Module):
 
         self.arch = arch
         self.n_outputs = n_outputs
-        self.frontend = LogMel()
+        self.frontend = PitchLogSpec(hop=HOP, n_fft_high=N_FFT_HIGH, n_mels=N_MELS_HIGH)
+        self.local_norm = LocalNorm(NORM_FRAMES)
         self.backbone = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=n_outputs)
 
     def forward(self, signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Predict arousal, dominance, valence.
 
         Args:
-            signal: (batch, samples) 16 kHz float waveforms (at least 64 samples).
+            signal: (batch, samples) 16 kHz float waveforms (at least 541 samples).
             lengths: optional (batch,) valid samples, for zero-padded batches.
 
         Returns:
             (batch, 3) unbounded regression outputs.
         """
-        image = (self.frontend(signal, lengths) - IMAGE_MEAN) / IMAGE_STD
-        return self.backbone(image)
+        frames = None if lengths is None else self.frontend.frames(lengths)
+        image = self.local_norm(self.frontend(signal), frames) / IMAGE_STD
+        return self.backbone(image[:, None])  # (batch, 1, frames, 65)
 
     def config_dict(self) -> dict:
         """Constructor arguments, for checkpoints."""

@@ -9,7 +9,17 @@ dict keys these module names reproduce):
       ─ [pooled (C×13) ; Gram (C×C)] ─ Linear → arousal, dominance, valence
 
 ``stem`` is the channel count of the three full-rate blocks, ``width`` that of the four token-rate
-blocks (the released design uses 13 for both). Padding-aware: given ``lengths``, every feature
+blocks (the released design uses 13 for both). ``wav2small-tiny`` is exactly that design.
+
+``frontend="pitch"`` (``wav2small-paper``, :class:`PitchNet`) replaces it with an input that
+resolves the harmonics of a voice and a trunk that runs at the token rate::
+
+    waveform ─ [prenorm] ─ PitchLogSpec: 31 DFT bins 62–1000 Hz of a 32 ms window (4× decimated)
+      + 12 mels 1–8 kHz of a 4 ms window, hop 64 ─ dB ─ [LocalNorm] ─ (batch, 43, frames, 1)
+      ─ Conv(3×1) 43 → W ─ 4 × dilated Conv(3×1) W → W (dilations 1, 2, 4, 8) at 250 frames/s
+      ─ lin, sof (1×1, W → P) ─ attention pooling ─ [pooled (P) ; Gram (P×P)] ─ Linear → A/D/V
+
+(docs/DISTILL.md, "Front-end study", says why.) Padding-aware: given ``lengths``, every feature
 map is zeroed past each clip's end before the next convolution (exactly what that clip's own
 zero padding would see), and the softmax ignores padded tokens, so a clip's output does not
 depend on the batch it is in.
@@ -26,7 +36,9 @@ from wav2small import SAMPLE_RATE
 from wav2small.frontend import (
     N_MELS,
     NORM_EPS,
+    LocalNorm,
     LogmelFilterBank,
+    PitchLogSpec,
     Spectrogram,
     check_length,
     num_frames,
@@ -47,12 +59,42 @@ class Wav2SmallConfig:
         head: hidden units of an optional ReLU layer between the pooled features and the output
             Linear (0: none, as released). Head parameters run once per clip, not per token.
         n_outputs: regression outputs (3: arousal, dominance, valence).
+        frontend: ``"released"`` (n_fft 64, 26 log-mels at 500 frames/s, VGG7 trunk: the
+            fields below are unused) or ``"pitch"`` (:class:`~wav2small.frontend.PitchLogSpec`
+            at ``hop``, a dilated time-convolution trunk of ``width`` channels: :class:`PitchNet`).
+        norm: ``"utterance"`` (zero mean, unit RMS waveform) or ``"local"`` (dB image minus its
+            mean over ``2·norm_frames + 1`` frames: :class:`~wav2small.frontend.LocalNorm`).
+        n_fft, hop, decimate, low_fmin, low_fmax, n_fft_high, n_mels, fmax: the pitch front end.
+        dilations: one 3-tap time convolution per entry after the first, with that dilation.
+        pool: channels of the ``lin``/``sof`` attention maps of the pitch trunk.
     """
 
     stem: int = 13
     width: int = 13
     head: int = 0
     n_outputs: int = 3
+    frontend: str = "released"
+    norm: str = "utterance"
+    norm_frames: int = 125
+    n_fft: int = 512
+    hop: int = 64
+    decimate: int = 4
+    low_fmin: float = 60.0
+    low_fmax: float = 1000.0
+    n_fft_high: int = 64
+    n_mels: int = 12
+    fmax: float = 8000.0
+    dilations: tuple[int, ...] = (1, 2, 4, 8)
+    pool: int = 30
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dilations", tuple(self.dilations))
+        if self.frontend not in ("released", "pitch"):
+            raise ValueError(f"frontend must be 'released' or 'pitch', not {self.frontend!r}")
+        if self.norm not in ("utterance", "local"):
+            raise ValueError(f"norm must be 'utterance' or 'local', not {self.norm!r}")
+        if self.frontend == "released" and self.norm != "utterance":
+            raise ValueError("the released front end uses norm='utterance'")
 
 
 class Conv(nn.Module):
@@ -118,6 +160,23 @@ class Vgg7(nn.Module):
         """Per-token attention maps ``lin``, ``sof``: each (batch, C, tokens, F')."""
         return self.lin(x), self.sof(x)
 
+    def frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Valid frames of ``lengths`` samples."""
+        return num_frames(lengths)
+
+    def frames_to_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """Valid tokens of ``frames`` valid frames."""
+        return frames_to_tokens(frames)
+
+    def frame_geometry(self) -> tuple[int, int]:
+        """(window, hop) of the front end's frames, in samples."""
+        conv = self.spectrogram_extractor.conv_real
+        return conv.kernel_size[0], conv.stride[0]
+
+    def pooled_shape(self) -> tuple[int, int]:
+        """(C, F') of the pooled map."""
+        return self.lin.out_channels, POOLED_MELS
+
     def trunk_layers(self) -> list[nn.Module]:
         """The trunk's time-axis layers in order (Conv2d / MaxPool2d), for the receptive field."""
         convs = [b.conv for b in (self.l1, self.l2, self.l3)]
@@ -134,6 +193,115 @@ class Vgg7(nn.Module):
 def frames_to_tokens(frames: torch.Tensor) -> torch.Tensor:
     """Valid tokens after the stride-2 max-pool (padding 1) of ``frames`` valid frames."""
     return torch.div(frames + 1, 2, rounding_mode="floor")
+
+
+class TimeConv(nn.Module):
+    """Conv2d (3, 1) over time (no bias, given dilation) → BatchNorm → ReLU on (batch, C, T, 1).
+
+    A 2-D convolution with a 1-wide kernel rather than a Conv1d: ONNX export gives a 4-D ``Conv``
+    that the int8 quantiser treats as a trunk layer (rank-3 weights are the frozen front end).
+    """
+
+    def __init__(self, c_in: int, c_out: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            c_in, c_out, (3, 1), padding=(dilation, 0), dilation=(dilation, 1), bias=False
+        )
+        self.norm = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.norm(self.conv(x)))
+
+
+class PitchNet(nn.Module):
+    """The pitch-resolving design: waveform → flat feature vector, in four stages.
+
+    ``features``: normalisation + :class:`~wav2small.frontend.PitchLogSpec` → dB image
+    (batch, bands, frames, 1) at 250 frames/s; ``trunk``: a 3-tap time convolution from all bands
+    to ``width`` channels, then one dilated 3-tap convolution per ``dilations`` entry (every
+    frame sees the whole spectrum, so a layer can match harmonic templates: pitch);
+    ``lin``/``sof``: 1×1 maps to ``pool`` channels (batch, pool, tokens, 1); pooling
+    Σ_t lin·softmax_t(sof) and its Gram (outer product, the F' = 1 case of the released Gram).
+    Each trunk layer costs its parameter count in MACs per token: ≈ 65K MAC × 250 tokens/s.
+    """
+
+    def __init__(self, cfg: Wav2SmallConfig) -> None:
+        super().__init__()
+        self.spec = PitchLogSpec(
+            n_fft=cfg.n_fft,
+            hop=cfg.hop,
+            decimate=cfg.decimate,
+            low_fmin=cfg.low_fmin,
+            low_fmax=cfg.low_fmax,
+            n_fft_high=cfg.n_fft_high,
+            n_mels=cfg.n_mels,
+            fmax=cfg.fmax,
+        )
+        self.local_norm = LocalNorm(cfg.norm_frames) if cfg.norm == "local" else None
+        w = cfg.width
+        self.l0 = TimeConv(self.spec.n_bands, w)
+        self.blocks = nn.ModuleList(TimeConv(w, w, d) for d in cfg.dilations)
+        self.lin = nn.Conv2d(w, cfg.pool, 1)
+        self.sof = nn.Conv2d(w, cfg.pool, 1)
+        self.n_features = cfg.pool + cfg.pool * cfg.pool
+
+    def frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Valid frames (= tokens) of ``lengths`` samples."""
+        return self.spec.frames(lengths)
+
+    def frames_to_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """Valid tokens of ``frames`` valid frames (the same: one token per frame)."""
+        return frames
+
+    def frame_geometry(self) -> tuple[int, int]:
+        """(window, hop) of the front end's frames, in samples."""
+        return self.spec.span, self.spec.hop
+
+    def pooled_shape(self) -> tuple[int, int]:
+        """(C, F') of the pooled map."""
+        return self.lin.out_channels, 1
+
+    # -- stages --
+    def features(
+        self,
+        signal: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        norm: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Normalisation + front end: (batch, samples) → dB image (batch, bands, frames, 1).
+
+        ``norm`` (batch or 1, 2) = (mean, scale) replaces the per-utterance statistics of an
+        ``"utterance"`` model; a ``"local"`` model ignores it (it needs no statistics).
+        """
+        if self.local_norm is not None:
+            frames = None if lengths is None else self.frames(lengths)
+            image = self.local_norm(self.spec(signal), frames)
+        else:
+            x = prenorm(signal, lengths) if norm is None else (signal - norm[:, :1]) / norm[:, 1:]
+            image = self.spec(x)
+        return image.transpose(1, 2)[..., None]
+
+    def trunk(self, image: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, bands, T, 1) → token map (batch, width, T, 1), zero past each clip's frames."""
+        x = self.l0(_mask(image, frames))
+        for block in self.blocks:
+            x = block(_mask(x, frames))
+        return x
+
+    def token_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token attention maps ``lin``, ``sof``: each (batch, pool, tokens, 1)."""
+        return self.lin(x), self.sof(x)
+
+    def trunk_layers(self) -> list[nn.Module]:
+        """Time-axis layers after the framing, in order (for the receptive field): the local
+        normalisation's box filter, then the trunk's convolutions."""
+        norm = [] if self.local_norm is None else [self.local_norm.box]
+        return [*norm, self.l0.conv, *[b.conv for b in self.blocks]]
+
+    def forward(self, signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        frames = None if lengths is None else self.frames(lengths)
+        lin, sof = self.token_maps(self.trunk(self.features(signal, lengths), frames))
+        return pooled_features(attention_pool(lin, sof, frames))
 
 
 def attention_pool(
@@ -208,17 +376,27 @@ class Wav2Small(nn.Module):
 
     #: Normalisation of the input: "utterance" (whole-input mean/RMS; chunked inference needs
     #: the whole file's statistics first) or "local" (tokens depend on nearby samples only).
+    #: Set per instance from the config.
     norm = "utterance"
 
     def __init__(self, cfg: Wav2SmallConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or Wav2SmallConfig()
-        self.vgg7 = Vgg7(self.cfg)
-        n_in = self.vgg7.n_features
+        self.norm = self.cfg.norm
+        if self.cfg.frontend == "pitch":
+            self.net = PitchNet(self.cfg)
+        else:
+            self.vgg7 = Vgg7(self.cfg)
+        n_in = self.body.n_features
         if self.cfg.head:
             self.hidden = nn.Linear(n_in, self.cfg.head)
             n_in = self.cfg.head
         self.adv = nn.Linear(n_in, self.cfg.n_outputs)
+
+    @property
+    def body(self) -> Vgg7 | PitchNet:
+        """Front end, trunk and attention maps (:class:`Vgg7` or :class:`PitchNet`)."""
+        return self.net if self.cfg.frontend == "pitch" else self.vgg7
 
     # -- stages --
     def features(
@@ -227,16 +405,16 @@ class Wav2Small(nn.Module):
         lengths: torch.Tensor | None = None,
         norm: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Stage 1: waveform → log-mel image (see :meth:`Vgg7.features`)."""
-        return self.vgg7.features(signal, lengths, norm)
+        """Stage 1: waveform → image (see :meth:`Vgg7.features`, :meth:`PitchNet.features`)."""
+        return self.body.features(signal, lengths, norm)
 
     def trunk(self, image: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """Stage 2: image → token map (batch, C, tokens, F')."""
-        return self.vgg7.trunk(image, frames)
+        return self.body.trunk(image, frames)
 
     def token_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 3: per-token attention maps (lin, sof)."""
-        return self.vgg7.token_maps(x)
+        return self.body.token_maps(x)
 
     def tokens(
         self, signal: torch.Tensor, norm: torch.Tensor | None = None
@@ -252,20 +430,23 @@ class Wav2Small(nn.Module):
         return self.adv(x)
 
     def forward(self, signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        frames = None if lengths is None else num_frames(lengths)
+        frames = None if lengths is None else self.body.frames(lengths)
         lin, sof = self.token_maps(self.trunk(self.features(signal, lengths), frames))
-        tokens = None if frames is None else frames_to_tokens(frames)
+        tokens = None if frames is None else self.body.frames_to_tokens(frames)
         return self.head(attention_pool(lin, sof, tokens))
 
     # -- geometry --
     def frame_geometry(self) -> tuple[int, int]:
         """(window, hop) of the front end's frames, in samples."""
-        conv = self.vgg7.spectrogram_extractor.conv_real
-        return conv.kernel_size[0], conv.stride[0]
+        return self.body.frame_geometry()
+
+    def pooled_shape(self) -> tuple[int, int]:
+        """(C, F') of the pooled map that :meth:`head` takes."""
+        return self.body.pooled_shape()
 
     def token_samples(self) -> int:
-        """Samples per token (64: hop 32, then a stride-2 pool)."""
-        stride, _, _ = time_receptive_field(self.vgg7.trunk_layers())
+        """Samples per token (64: hop 32 then a stride-2 pool, or hop 64)."""
+        stride, _, _ = time_receptive_field(self.body.trunk_layers())
         return self.frame_geometry()[1] * stride
 
     def tokens_per_second(self) -> float:
@@ -279,7 +460,7 @@ class Wav2Small(nn.Module):
         padding and dilation along time), for fixed normalisation statistics.
         """
         window, hop = self.frame_geometry()
-        stride, left, right = time_receptive_field(self.vgg7.trunk_layers())
+        stride, left, right = time_receptive_field(self.body.trunk_layers())
         # token t ↔ frames t·stride − left … t·stride + right;
         # frame j ↔ samples [j·hop, j·hop + window)
         return left * hop, right * hop + window
@@ -288,7 +469,7 @@ class Wav2Small(nn.Module):
         """Tokens of an unpadded input of ``n_samples`` samples."""
         window, hop = self.frame_geometry()
         frames = (n_samples - window) // hop + 1
-        stride, _, _ = time_receptive_field(self.vgg7.trunk_layers())
+        stride, _, _ = time_receptive_field(self.body.trunk_layers())
         return -(-frames // stride)
 
     def config_dict(self) -> dict:

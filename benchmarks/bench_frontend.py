@@ -54,8 +54,8 @@ for _name, (_cfg, _) in VARIANTS.items():
 def _corpus(out: Path, n_pool: int, n_test: int, seed: int) -> dict[str, Path]:
     """Pool + test splits and the teacher's cached labels of both (reused when present)."""
     from wav2small.labels import label
-    from wav2small.models.teacher import load_teacher
     from wav2small.synth import generate
+    from wav2small.teachers import load_teacher
 
     data = out / "corpus"
     paths = {}

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_models.py [--presets wav2small-paper wav2small-tiny]
                                                 [--rounds 7] [--no-profile]
 
-1. Exports a **Dawn-size teacher** to ONNX (``onnx_teacher.export_dawn_onnx``): transformers
-   ``Wav2Vec2Model`` with Dawn's public architecture (``models.teacher.DAWN_ARCHITECTURE``,
+1. Exports a **Dawn-size teacher** to ONNX (``teachers.onnx.export_dawn_onnx``): transformers
+   ``Wav2Vec2Model`` with Dawn's public architecture (``teachers.DAWN_ARCHITECTURE``,
    12 × 1024, SPEC §1.1), random weights, per-utterance normalisation → mean over time → head.
 2. Exports every preset (fp32 + static int8, untrained weights: speed does not depend on them).
 3. Times all of them on the same 5 s input, ONNX Runtime, 1 intra-op thread, **interleaved**:
@@ -41,8 +41,8 @@ TARGET_VS_TEACHER = 200.0
 
 def export_dawn(folder: Path) -> tuple[Path, int]:
     """Export the Dawn-size teacher (random weights) to ONNX; returns (model.onnx, parameters)."""
-    from wav2small.models import teacher as T
-    from wav2small.onnx_teacher import export_dawn_onnx
+    from wav2small import teachers as T
+    from wav2small.teachers.onnx import export_dawn_onnx
 
     torch.manual_seed(0)
     teacher = T.Wav2Vec2Teacher(T.DAWN_ARCHITECTURE).eval()

@@ -2,7 +2,7 @@
 
 Builds the full-size Dawn architecture (wav2vec2-large-robust pruned to 12 layers, random
 weights: never third-party weights), exports it in audEERING's published ONNX layout with
-:func:`wav2small.onnx_teacher.export_dawn_onnx`, then labels the same WAV folder with
+:func:`wav2small.teachers.onnx.export_dawn_onnx`, then labels the same WAV folder with
 ``wav2small.labels.label`` end to end (read, batch, teacher, Parquet) through the torch teacher
 and the ONNX teacher, interleaved round by round on the same number of threads. Prints the
 median audio seconds per wall second of each and their ratio, plus the largest difference
@@ -37,9 +37,9 @@ def main() -> None:
 
     from wav2small import LABELS, SAMPLE_RATE
     from wav2small.labels import label
-    from wav2small.models.teacher import DAWN_ARCHITECTURE, Wav2Vec2Teacher
-    from wav2small.onnx_teacher import OnnxTeacher, export_dawn_onnx
     from wav2small.signals import pseudo_speech
+    from wav2small.teachers import DAWN_ARCHITECTURE, Wav2Vec2Teacher
+    from wav2small.teachers.onnx import OnnxTeacher, export_dawn_onnx
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -55,7 +55,7 @@ def student_rows(out: Path) -> list[dict]:
 
 
 def dawn_ms_per_5s() -> tuple[float, int]:
-    from wav2small.models import teacher as T
+    from wav2small import teachers as T
 
     model = T.Wav2Vec2Teacher(T.DAWN_ARCHITECTURE).eval()
     x = torch.from_numpy(
@@ -69,7 +69,7 @@ def dawn_ms_per_5s() -> tuple[float, int]:
 def _labels(teacher: str, csv: Path, out: Path) -> Path:
     """The teacher's outputs for every clip of ``csv`` (cached; resumable)."""
     from wav2small.labels import label
-    from wav2small.models.teacher import load_teacher
+    from wav2small.teachers import load_teacher
 
     if not out.is_file():
         label(load_teacher(teacher), csv, out, teacher_name=teacher)

@@ -43,7 +43,7 @@ DECODE_CLIPS = 32
 def _make_teacher(kind: str, folder: Path) -> Path:
     import torch
 
-    from wav2small.models import teacher as T
+    from wav2small import teachers as T
 
     torch.manual_seed(0)
     if kind == "small":
@@ -81,7 +81,7 @@ def run_local(kind: str, clips: int) -> list[dict]:
     import torch
 
     from wav2small.labels import label
-    from wav2small.models.teacher import load_teacher
+    from wav2small.teachers import load_teacher
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

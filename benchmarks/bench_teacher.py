@@ -31,7 +31,7 @@ THREADS = (1, 2)
 def _teacher(kind: str):
     import torch
 
-    from wav2small.models import teacher as T
+    from wav2small import teachers as T
 
     torch.manual_seed(0)
     if kind == "small":

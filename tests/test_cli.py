@@ -19,8 +19,8 @@ from wav2small import SAMPLE_RATE
 from wav2small.cli import build_parser, main
 from wav2small.labels import job_path, parts_dir
 from wav2small.models import create_model, save_model
-from wav2small.models.teacher import SynthTeacher, save_teacher
 from wav2small.signals import pseudo_speech_set
+from wav2small.teachers import SynthTeacher, save_teacher
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -80,7 +80,7 @@ def test_cli_options_reach_the_trainer_config():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Train/val CSVs of 1 s clips and a tiny teacher whose outputs vary across clips."""
-    from wav2small.models.teacher import SYNTH_DEFAULTS, SynthTeacher, save_teacher
+    from wav2small.teachers import SYNTH_DEFAULTS, SynthTeacher, save_teacher
 
     root = tmp_path_factory.mktemp("ddp_corpus")
     rng = np.random.default_rng(0)

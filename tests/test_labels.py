@@ -26,8 +26,8 @@ from wav2small.labels import (
     read_manifest,
     skipped_path,
 )
-from wav2small.models.teacher import SynthTeacher, load_teacher, save_teacher
 from wav2small.signals import pseudo_speech_set
+from wav2small.teachers import SynthTeacher, load_teacher, save_teacher
 
 N_FILES = 12
 
@@ -158,7 +158,7 @@ SLOW_LABEL = textwrap.dedent(
     """
     import sys, time, torch
     from wav2small.labels import label
-    from wav2small.models.teacher import load_teacher
+    from wav2small.teachers import load_teacher
 
     teacher = load_teacher(sys.argv[1])
     inner = teacher.forward_batch

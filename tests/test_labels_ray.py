@@ -19,8 +19,8 @@ from wav2small import LABELS, SAMPLE_RATE, labels_ray
 from wav2small.audio import AudioError
 from wav2small.labels import COLUMNS, label, parts_dir, skipped_path
 from wav2small.labels_ray import label_ray
-from wav2small.models.teacher import SynthTeacher, load_teacher, save_teacher
 from wav2small.signals import pseudo_speech_set
+from wav2small.teachers import SynthTeacher, load_teacher, save_teacher
 
 N_FILES = 10
 #: Two teacher actors + decoding fit in the 2 CPUs of the test cluster.

@@ -12,15 +12,15 @@ import soundfile as sf
 import torch
 
 from wav2small import LABELS, SAMPLE_RATE
-from wav2small.models.teacher import DAWN_ARCHITECTURE, Wav2Vec2Teacher
-from wav2small.onnx_teacher import (
+from wav2small.signals import pseudo_speech
+from wav2small.teachers import DAWN_ARCHITECTURE, Wav2Vec2Teacher
+from wav2small.teachers.onnx import (
     OnnxTeacher,
     OnnxTeacherError,
     _yaml_labels,
     export_dawn_onnx,
     is_onnx_teacher,
 )
-from wav2small.signals import pseudo_speech
 
 TINY = {
     "hidden_size": 32,

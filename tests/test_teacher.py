@@ -8,6 +8,8 @@ from wav2small, and their random weights are saved under the public key names.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wav2small import LABELS, SAMPLE_RATE
-from wav2small.models import teacher as T
+from wav2small import teachers as T
 from wav2small.signals import pseudo_speech_set
 
 # transformers' WavLM (used directly by the reference model) mixes mask types; not our code.
@@ -619,7 +621,7 @@ def test_unreachable_hub_falls_back_to_cache_then_names_the_id(monkeypatch):
         calls.append(local_only)
         raise ConnectionError("no route to host")
 
-    monkeypatch.setattr(T, "_snapshot", fail)
+    monkeypatch.setattr("wav2small.teachers.resolve._snapshot", fail)
     with pytest.raises(T.TeacherError, match="'org/model'.*could not be reached"):
         T.load_teacher("org/model")
     assert calls == [False, True]
@@ -680,3 +682,25 @@ def test_saved_dawn_folder_loads_with_transformers_from_pretrained(tmp_path, daw
         assert torch.allclose(
             backbone(x).last_hidden_state, teacher.wav2vec2(x).last_hidden_state, atol=1e-5
         )
+
+
+# --- package layout -----------------------------------------------------------------------------
+def test_old_import_paths_are_the_same_objects():
+    import wav2small
+    import wav2small.models.teacher as old
+    import wav2small.onnx_teacher as old_onnx
+    from wav2small.teachers import loader, onnx
+
+    assert old.load_teacher is loader.load_teacher is T.load_teacher
+    assert old.SynthTeacher is T.SynthTeacher and old.TeacherError is T.TeacherError
+    assert old_onnx.OnnxTeacher is onnx.OnnxTeacher
+    assert set(old.__all__) == set(T.__all__)
+    with pytest.raises(AttributeError):
+        T.no_such_name  # noqa: B018
+    assert callable(wav2small.load_teacher)
+
+
+def test_onnx_teachers_import_without_torch():
+    code = "import sys, wav2small.teachers.onnx; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.audio import AudioError
-from wav2small.models.teacher import SynthTeacher, load_teacher
 from wav2small.signals import pseudo_speech_set
 from wav2small.teacher_train import TrainConfig, read_labelled, train_teacher
+from wav2small.teachers import SynthTeacher, load_teacher
 
 TINY = {"channels": [8, 8], "gru_hidden": 8, "n_mels": 32, "pitch_bins": 16, "win": 512, "hop": 160}
 N_CLIPS = 64

@@ -44,7 +44,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Labelled train/val CSVs of 1 s clips, a tiny teacher folder, and cached labels."""
-    from wav2small.models.teacher import SYNTH_DEFAULTS, SynthTeacher, save_teacher
+    from wav2small.teachers import SYNTH_DEFAULTS, SynthTeacher, save_teacher
 
     root = tmp_path_factory.mktemp("train_corpus")
     rng = np.random.default_rng(0)

@@ -61,19 +61,19 @@ def load_teacher(name_or_path, **kwargs):
     """Load a teacher (needs torch): an alias (``dawn``, ``odyssey``, ``ensemble``, ``synth``),
     a local folder, a Hugging Face id, or ``ensemble:A+B``.
 
-    Keyword arguments go to :func:`wav2small.models.teacher.load_teacher` (``device``,
+    Keyword arguments go to :func:`wav2small.teachers.load_teacher` (``device``,
     ``clip``). The teacher maps ``(wave, lengths)`` to (batch, 3) arousal, dominance, valence;
     :func:`wav2small.backends.teacher_predict` runs it on waveforms and
     :func:`wav2small.backends.teacher_predict_files` on audio files.
 
     Raises:
-        wav2small.models.teacher.TeacherError: unknown name, missing or corrupt files (named).
+        wav2small.teachers.TeacherError: unknown name, missing or corrupt files (named).
 
     Example:
         >>> import wav2small
         >>> teacher = wav2small.load_teacher("synth")  # doctest: +SKIP
     """
-    from wav2small.models.teacher import load_teacher as _load_teacher
+    from wav2small.teachers import load_teacher as _load_teacher
 
     return _load_teacher(name_or_path, **kwargs)
 

@@ -294,7 +294,7 @@ def _teacher_runner(teacher) -> Callable[[list[np.ndarray]], np.ndarray]:
         return lambda clips: np.asarray(teacher.predict_waves(clips), dtype=np.float32)
     import torch
 
-    from wav2small.models.teacher import pad_batch
+    from wav2small.teachers import pad_batch
 
     device = next(iter(teacher.parameters()), torch.zeros(0)).device
 
@@ -324,7 +324,7 @@ def teacher_predict(
     left as it is (:func:`wav2small.load_teacher` returns it in eval mode).
 
     Args:
-        teacher: a :class:`wav2small.models.teacher.Teacher`, any module mapping
+        teacher: a :class:`wav2small.teachers.Teacher`, any module mapping
             ``(wave, lengths)`` to (batch, 3), or an object with ``predict_waves(waves)``.
         waves: float waveforms at 16 kHz.
         names: one name per clip (e.g. its file) for error messages; default ``clip <i>``.
@@ -383,7 +383,7 @@ def teacher_predict_files(
 
     Memory does not grow with file length: files are read a batch of ``batch_seconds`` at a
     time, and a file longer than the teacher's ``window_seconds`` (20 s) is streamed from disk
-    in the equal pieces :meth:`wav2small.models.teacher.Teacher.forward` cuts it into
+    in the equal pieces :meth:`wav2small.teachers.Teacher.forward` cuts it into
     (``ceil(n / window)`` pieces of ``ceil(n / pieces)`` samples), whose outputs are averaged
     as there.
 

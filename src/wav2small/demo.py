@@ -352,8 +352,8 @@ def run_demo(
     from wav2small.evaluate import evaluate
     from wav2small.infer import Predictor
     from wav2small.labels import label
-    from wav2small.models.teacher import load_teacher
     from wav2small.report import plot_size_vs_ccc, plot_timeline
+    from wav2small.teachers import load_teacher
 
     torch.set_num_threads(1)
     plan = plan or (QUICK if quick else FULL)

@@ -148,7 +148,7 @@ def teacher_values(teacher, manifest: pd.DataFrame, *, progress: bool = False) -
     from wav2small.backends import teacher_predict_files
 
     if isinstance(teacher, str | os.PathLike):
-        from wav2small.models.teacher import load_teacher
+        from wav2small.teachers import load_teacher
 
         teacher = load_teacher(teacher)
     paths = manifest["path"].tolist()

@@ -443,7 +443,7 @@ def _merge(out: Path, segments: Sequence[Segment]) -> int:
 
 def label_cli(args) -> int:
     """``wav2small label`` entry point."""
-    from wav2small.onnx_teacher import OnnxTeacher, is_onnx_teacher
+    from wav2small.teachers.onnx import OnnxTeacher, is_onnx_teacher
 
     with output_lock(args.out):  # fail fast, before loading the teacher
         pass
@@ -452,7 +452,7 @@ def label_cli(args) -> int:
     else:
         import torch
 
-        from wav2small.models.teacher import load_teacher
+        from wav2small.teachers import load_teacher
 
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -109,7 +109,7 @@ class TeacherWorker:
     """Ray actor: loads the teacher once, then labels decoded batches.
 
     Args:
-        teacher: name/folder for :func:`~wav2small.models.teacher.load_teacher`, or a dict
+        teacher: name/folder for :func:`~wav2small.teachers.load_teacher`, or a dict
             ``{relative path: bytes}`` of a saved teacher folder (shipped by the driver).
         clip: clip ensemble outputs to [0, 1].
         threads: torch threads of this actor.
@@ -121,7 +121,7 @@ class TeacherWorker:
     ) -> None:
         import torch
 
-        from wav2small.models.teacher import load_teacher
+        from wav2small.teachers import load_teacher
 
         torch.set_num_threads(max(1, threads))
         device = "cuda" if use_gpu else "cpu"
@@ -172,7 +172,7 @@ def _teacher_payload(teacher) -> tuple[str | dict[str, bytes], str]:
     """What the actors load (a name/path, or the files of a saved module) and the default name."""
     if isinstance(teacher, str | os.PathLike):
         return os.fspath(teacher), os.fspath(teacher)
-    from wav2small.models.teacher import save_teacher
+    from wav2small.teachers import save_teacher
 
     with tempfile.TemporaryDirectory(prefix="wav2small-teacher-") as tmp:
         folder = save_teacher(teacher, Path(tmp) / "teacher")

@@ -1,6 +1,6 @@
 """``wav2small train-teacher``: train a teacher on labelled audio with the CCC loss.
 
-By default it trains the synthetic-world teacher (:class:`~wav2small.models.teacher.SynthTeacher`)
+By default it trains the synthetic-world teacher (:class:`~wav2small.teachers.SynthTeacher`)
 from scratch; ``init`` fine-tunes any loadable teacher instead (Dawn, Odyssey, a folder, …).
 
 * Data: a CSV with ``file`` (relative paths are taken from the CSV's folder) and ``arousal``,
@@ -12,7 +12,7 @@ from scratch; ``init`` fine-tunes any loadable teacher instead (Dawn, Odyssey, a
 * Loss ``Σ_d (1 − CCC_d)`` over the batch (+ optional MSE), AdamW, cosine learning rate.
   Validation CCC per dimension on full clips after every epoch, written to ``metrics.csv``.
 * The best epoch (mean validation CCC) is saved to ``out`` in the Hugging Face layout
-  :func:`~wav2small.models.teacher.load_teacher` reads. ``out/checkpoint/`` holds the last epoch
+  :func:`~wav2small.teachers.load_teacher` reads. ``out/checkpoint/`` holds the last epoch
   (weights as safetensors; optimizer, scheduler and random-generator states in ``state.pt``, read
   back with ``torch.load(weights_only=True)``), so ``resume=True`` continues exactly where the
   run stopped — a resumed run gives the same weights as an uninterrupted one — and refuses
@@ -150,7 +150,7 @@ def usable(
 @torch.no_grad()
 def compute_features(model, waves: list[np.ndarray]) -> list[torch.Tensor]:
     """Raw features (frames, channels) float16 per clip (``model.features_raw``), in batches."""
-    from wav2small.models.teacher import pad_batch
+    from wav2small.teachers import pad_batch
 
     out: list[torch.Tensor | None] = [None] * len(waves)
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
@@ -231,7 +231,7 @@ def _feature_batch(model, feats, idx, cfg: TrainConfig, gen: torch.Generator):
 
 
 def _wave_batch(waves, idx, cfg: TrainConfig, gen: torch.Generator):
-    from wav2small.models.teacher import pad_batch
+    from wav2small.teachers import pad_batch
 
     crop = None if cfg.crop_seconds is None else int(cfg.crop_seconds * SAMPLE_RATE)
     items = []
@@ -293,7 +293,7 @@ def save_checked(model, folder: Path) -> None:
         NonFiniteError: a NaN/Inf weight (named); nothing is written.
     """
     from wav2small.models import check_finite_state
-    from wav2small.models.teacher import save_teacher
+    from wav2small.teachers import save_teacher
 
     check_finite_state(model.state_dict(), f"teacher for {folder}")
     save_teacher(model, folder)
@@ -313,7 +313,7 @@ def _ccc(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
 
 # --- training ------------------------------------------------------------------------------------
 def _build_model(cfg: TrainConfig):
-    from wav2small.models.teacher import SynthTeacher, load_teacher
+    from wav2small.teachers import SynthTeacher, load_teacher
 
     torch.manual_seed(cfg.seed)
     if cfg.init:
@@ -335,7 +335,7 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     from wav2small.metrics import ccc_loss
-    from wav2small.models.teacher import SynthTeacher, load_teacher
+    from wav2small.teachers import SynthTeacher, load_teacher
 
     cfg.validate()
     if cfg.threads:
@@ -512,7 +512,7 @@ def train_teacher_cli(args) -> int:
         + " / ".join(f"{k[0].upper()} {v:.3f}" for k, v in result.best_ccc.items())
     )
     if args.test:
-        from wav2small.models.teacher import load_teacher
+        from wav2small.teachers import load_teacher
 
         test = evaluate_teacher(load_teacher(result.out), args.test)
         write_json(result.out / "test_ccc.json", test)

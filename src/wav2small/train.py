@@ -393,7 +393,7 @@ def fit(cfg: TrainConfig) -> TrainResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     teacher = None
     if cfg.teacher and (cfg.targets == "online" or cfg.val_target == "teacher"):
-        from wav2small.models.teacher import load_teacher
+        from wav2small.teachers import load_teacher
 
         teacher = load_teacher(cfg.teacher)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same init whatever came before

@@ -35,7 +35,7 @@ normalise over time, so with padding the convolutional encoder is run clip by cl
 
 Backbones: a local folder or hub id in Hugging Face layout (``Wav2Vec2Model``/``WavLMModel``,
 also the Dawn checkpoint, whose ``wav2vec2.*`` weights load as the backbone, and the
-WavLM-Odyssey layout via :mod:`wav2small.models.teacher`), or ``random:<preset>`` for a randomly
+WavLM-Odyssey layout via :mod:`wav2small.teachers`), or ``random:<preset>`` for a randomly
 initialised backbone of a known shape (:data:`RANDOM_BACKBONES`; no pretrained weights are
 available offline).
 """
@@ -165,7 +165,7 @@ def load_backbone(spec: str | os.PathLike) -> nn.Module:
         except (OSError, json.JSONDecodeError) as e:
             raise ExitsError(f"{folder / 'config.json'}: cannot read the config: {e}") from e
         if config.get("model_type") == "ser":  # WavLM-Odyssey layout: take its WavLM
-            from wav2small.models.teacher import load_teacher
+            from wav2small.teachers import load_teacher
 
             return load_teacher(folder).ssl_model
     elif not folder.exists() and spec.count("/") != 1:

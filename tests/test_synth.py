@@ -15,6 +15,7 @@ from wav2small.cli import main as cli_main
 from wav2small.metrics import ccc
 
 synth = pytest.importorskip("wav2small.synth")
+syllables = pytest.importorskip("wav2small.synth.texts")._syllables
 pytest.importorskip("espeakng_loader")
 
 C = synth.CONTROLS
@@ -286,7 +287,7 @@ def test_each_control_moves_its_acoustic_correlate(control_sweep, control, measu
     for base in (0, 1):
         (p_lo, lo), (p_hi, hi) = (control_sweep[(control, base, v)] for v in (-1.5, 1.5))
         for p, c in ((p_lo, lo), (p_hi, hi)):
-            c["syllables_per_s"] = sum(synth._syllables(w) for w in p.words) / c["speech_s"]
+            c["syllables_per_s"] = sum(syllables(w) for w in p.words) / c["speech_s"]
         if control == "f0":
             assert hi["f0_median"] / lo["f0_median"] > 1.4  # 2^(2.6*3/12) = 1.57
         else:
@@ -321,3 +322,13 @@ def test_generate_errors(tmp_path):
     not_a_dir.write_text("x")
     with pytest.raises(NotADirectoryError, match="file"):
         synth.generate("test", 1, not_a_dir)
+
+
+def test_package_layout_keeps_the_old_names():
+    from wav2small import espeak as old_espeak
+    from wav2small.synth import corpus, espeak, labels, plan
+
+    assert old_espeak is espeak  # one module object: the binding's state is shared
+    assert synth.generate is corpus.generate and synth.plan_clip is plan.plan_clip
+    assert synth.emotion_class is labels.emotion_class
+    assert set(synth.__all__) <= set(dir(synth))

@@ -52,7 +52,7 @@ def hf_hidden_states(model: EarlyExitModel, wave, lengths=None):
     mask = None
     if lengths is not None:
         mask = (torch.arange(wave.shape[1])[None] < lengths[:, None]).to(wave.dtype)
-    x = model._normalise(wave, mask)
+    x = model._normalise(wave, lengths)
     attn = None if mask is None else mask.long()
     return model.backbone(x, attention_mask=attn, output_hidden_states=True)
 

@@ -14,36 +14,12 @@ import torch
 from torch import nn
 
 from wav2small import SAMPLE_RATE
+from wav2small.ops import NORM_EPS, prenorm, time_mask  # noqa: F401 (also public here)
 
 N_FFT = 64
 HOP = 32
 N_MELS = 26
-NORM_EPS = 1e-7
 AMIN = 1e-10
-
-
-def prenorm(signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-utterance normalisation (Dawn, Wav2Small): ``(x − μ) / sqrt(mean((x − μ)²) + 1e-7)``.
-
-    Args:
-        signal: (batch, samples) float waveforms.
-        lengths: optional (batch,) valid sample counts; padding is excluded from the statistics
-            and set to zero in the output.
-    """
-    if lengths is None:
-        signal = signal - signal.mean(1, keepdim=True)
-        var = (signal * signal).mean(1, keepdim=True)
-        return signal / torch.sqrt(var + NORM_EPS)
-    mask = time_mask(lengths, signal.shape[1]).to(signal.dtype)
-    n = lengths.to(signal.dtype)[:, None]
-    signal = (signal - (signal * mask).sum(1, keepdim=True) / n) * mask
-    var = (signal * signal).sum(1, keepdim=True) / n
-    return signal / torch.sqrt(var + NORM_EPS)
-
-
-def time_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
-    """Boolean (batch, size) mask, True where the index is below the length."""
-    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def num_frames(lengths: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.ops import masked_mean, prenorm, receptive_field, time_mask
 
 #: Exits of the paper's default configuration (after encoder layers 3, 8 and 10).
 DEFAULT_EXITS = (3, 8, 10)
@@ -66,8 +67,6 @@ FEATURE_LEVELS = ("embedding", "linear")
 DEEPEST = "deepest"
 FUSION = "fusion"
 RANDOM_PREFIX = "random:"
-#: Per-utterance normalisation epsilon (Wav2Vec2FeatureExtractor with do_normalize=True).
-NORM_EPS = 1e-7
 #: ``preset`` written into checkpoints and ONNX metadata of early-exit models.
 PRESET = "early-exit"
 _BACKBONE_TYPES = ("wav2vec2", "wavlm")
@@ -194,17 +193,8 @@ def _model_type(backbone: nn.Module) -> str:
 
 
 # --- heads ----------------------------------------------------------------------------------
-def frame_mask(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """Boolean (batch, size) mask, True for the first ``frames[i]`` frames of row ``i``."""
-    return torch.arange(size, device=frames.device)[None, :] < frames[:, None]
-
-
-def masked_mean(x: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
-    """Mean over time of (batch, time, dim), over each row's valid frames (all when None)."""
-    if frames is None:
-        return x.mean(dim=1)
-    m = frame_mask(frames, x.shape[1]).to(x.dtype)[..., None]
-    return (x * m).sum(1) / frames.to(x.dtype)[:, None].clamp(min=1)
+#: Old name of :func:`wav2small.ops.time_mask` (True for the first ``frames[i]`` frames).
+frame_mask = time_mask
 
 
 class ExitHead(nn.Module):
@@ -355,9 +345,7 @@ class EarlyExitModel(nn.Module):
         )
         self.deepest = DeepestHead(hidden, config.n_out, config.head_dim)
         self._group_norm = backbone.config.feat_extract_norm == "group"
-        self.min_samples = _receptive_field(
-            backbone.config.conv_kernel, backbone.config.conv_stride
-        )
+        self.min_samples = receptive_field(backbone.config.conv_kernel, backbone.config.conv_stride)
 
     # --- facts ---------------------------------------------------------------------------
     @property
@@ -429,15 +417,13 @@ class EarlyExitModel(nn.Module):
         return sum(p.numel() for m in modules for p in m.parameters())
 
     # --- backbone pieces -------------------------------------------------------------------
-    def _normalise(self, wave: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _normalise(self, wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """Per-utterance normalisation over each clip's valid samples (padding → 0)."""
         if not self.config.normalize:
-            return wave if mask is None else wave * mask
-        if mask is None:
-            centred = wave - wave.mean(dim=1, keepdim=True)
-            return centred / torch.sqrt((centred * centred).mean(dim=1, keepdim=True) + NORM_EPS)
-        n = mask.sum(1, keepdim=True)
-        centred = (wave - (wave * mask).sum(1, keepdim=True) / n) * mask
-        return centred / torch.sqrt((centred * centred).sum(1, keepdim=True) / n + NORM_EPS)
+            if lengths is None:
+                return wave
+            return wave * time_mask(lengths, wave.shape[1]).to(wave.dtype)
+        return prenorm(wave, lengths)
 
     def _conv_features(self, wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """(batch, samples) → (batch, frames, conv_dim); group norm runs clip by clip if padded."""
@@ -452,8 +438,8 @@ class EarlyExitModel(nn.Module):
 
     def _prepare(
         self, wave: torch.Tensor, lengths: torch.Tensor | Sequence[int] | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Pad to the receptive field, check shapes; → (wave, lengths or None, sample mask)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pad to the receptive field, check shapes; → (wave, lengths or None)."""
         if wave.dim() != 2:
             raise ExitsError(f"input must be (batch, samples), got shape {tuple(wave.shape)}")
         if lengths is not None:
@@ -472,9 +458,7 @@ class EarlyExitModel(nn.Module):
                 lengths = torch.full((wave.shape[0],), self.min_samples, device=wave.device)
         if lengths is not None:
             lengths = lengths.clamp(min=self.min_samples)
-            mask = torch.arange(wave.shape[1], device=wave.device)[None] < lengths[:, None]
-            return wave, lengths, mask.to(wave.dtype)
-        return wave, None, None
+        return wave, lengths
 
     def layer_outputs(
         self,
@@ -492,13 +476,14 @@ class EarlyExitModel(nn.Module):
         depth = self.num_layers if depth is None else depth
         if not 1 <= depth <= self.num_layers:
             raise ExitsError(f"depth must lie in 1..{self.num_layers}, got {depth}")
-        wave, lengths, mask = self._prepare(wave, lengths)
+        wave, lengths = self._prepare(wave, lengths)
         bb, enc = self.backbone, self.backbone.encoder
-        hidden = bb.feature_projection(self._conv_features(self._normalise(wave, mask), lengths))[0]
+        features = self._conv_features(self._normalise(wave, lengths), lengths)
+        hidden = bb.feature_projection(features)[0]
         frames = fmask = None
         if lengths is not None:
             frames = self.frames(lengths)
-            fmask = frame_mask(frames, hidden.shape[1])
+            fmask = time_mask(frames, hidden.shape[1])
         if self.training:
             hidden = bb._mask_hidden_states(hidden, attention_mask=fmask)
         if fmask is not None:  # padded frames enter the positional convolution as zeros
@@ -654,14 +639,6 @@ def _last(items: Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]):
     for item in items:  # noqa: B007 - only the last one is wanted
         pass
     return item
-
-
-def _receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
-    field_, jump = 1, 1
-    for k, s in zip(kernels, strides, strict=True):
-        field_ += (k - 1) * jump
-        jump *= s
-    return field_
 
 
 def _config_fields(config) -> dict[str, Any]:

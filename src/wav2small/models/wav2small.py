@@ -35,16 +35,14 @@ from torch import nn
 from wav2small import SAMPLE_RATE
 from wav2small.frontend import (
     N_MELS,
-    NORM_EPS,
     LocalNorm,
     LogmelFilterBank,
     PitchLogSpec,
     Spectrogram,
     check_length,
     num_frames,
-    prenorm,
-    time_mask,
 )
+from wav2small.ops import NORM_EPS, prenorm, time_mask
 
 POOLED_MELS = (N_MELS + 1) // 2  # mel bins after the stride-2 max-pool (26 → 13)
 

@@ -238,3 +238,39 @@ def test_an_absurd_config_is_refused_before_allocating(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(ValueError, match="junk.safetensors: not a readable safetensors"):
         load_model(tmp_path / "junk.safetensors")
+
+
+# --- the one registry ----------------------------------------------------------------------------
+def test_one_registry_lists_students_teachers_and_backbones():
+    import wav2small
+    from wav2small.models.exits import RANDOM_BACKBONES
+    from wav2small.models.mobilenet import TIMM_ARCHS
+    from wav2small.teachers import ALIASES
+
+    assert set(TIMM_ARCHS) <= set(list_models())
+    assert wav2small.list_models() == list_models() == list_models("student")
+    assert list_models("teacher") == sorted(ALIASES)
+    assert list_models("backbone") == sorted(RANDOM_BACKBONES)
+    with pytest.raises(ValueError, match="unknown kind"):
+        list_models("vocoder")
+    with pytest.raises(ValueError, match="unknown teacher 'nope'"):
+        create_model("nope", kind="teacher")
+
+
+def test_create_model_builds_each_kind():
+    from wav2small.models import register_model
+    from wav2small.models.exits import RANDOM_BACKBONES
+    from wav2small.teachers import SynthTeacher
+
+    teacher = create_model("synth", kind="teacher")
+    assert isinstance(teacher, SynthTeacher) and not teacher.training
+    backbone = create_model("wav2vec2-tiny", kind="backbone")
+    assert backbone.config.hidden_size == RANDOM_BACKBONES["wav2vec2-tiny"][1]["hidden_size"]
+    register_model("test-linear", lambda: torch.nn.Linear(2, 3))
+    try:
+        model = create_model("test-linear")
+        assert model.preset == "test-linear" and "test-linear" in list_models()
+    finally:
+        from wav2small.models import _PRESETS
+
+        _PRESETS.pop("test-linear")

@@ -25,18 +25,22 @@ __all__ = [
 ]
 
 
-def create_model(name: str, **kwargs):
-    """Build a student model by preset name (see :func:`list_models`)."""
+def create_model(name: str, *, kind: str = "student", **kwargs):
+    """Build a model by registered name (see :func:`list_models`); students by default.
+
+    ``kind="teacher"`` loads a teacher by alias (as :func:`load_teacher`), ``kind="backbone"``
+    builds a random early-exit backbone. The one registry is :mod:`wav2small.models`.
+    """
     from wav2small.models import create_model as _create
 
-    return _create(name, **kwargs)
+    return _create(name, kind=kind, **kwargs)
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
+def list_models(kind: str = "student") -> list[str]:
+    """Names accepted by :func:`create_model` for a kind: student, teacher or backbone."""
     from wav2small.models import list_models as _list
 
-    return _list()
+    return _list(kind)
 
 
 def load(model, **kwargs):

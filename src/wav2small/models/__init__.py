@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from wav2small.models.mobilenet import TIMM_ARCHS
 from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
 
 # Preset → constructor. `wav2small-tiny`: the released 13-channel design (n_fft 64, 26 mels, VGG7).
@@ -36,46 +37,90 @@ def _mobilenet(name: str) -> Callable[[], nn.Module]:
 
 
 # timm MobileNets on the same log-mel image (SPEC §1.3; models/mobilenet.py).
-_PRESETS.update(
-    {
-        name: _mobilenet(name)
-        for name in (
-            "mobilenetv4-small",
-            "mobilenetv4-medium",
-            "mobilenetv4-large",
-            "mobilenetv3-large",
-        )
-    }
-)
+_PRESETS.update({name: _mobilenet(name) for name in TIMM_ARCHS})
+
+#: What the registry holds: students (this package's presets), teachers (by alias, built by
+#: :func:`wav2small.teachers.load_teacher`) and random early-exit backbones (by shape, built by
+#: :func:`wav2small.models.exits.load_backbone`). The teacher and backbone tables stay with their
+#: code (``teachers.ALIASES``, ``exits.RANDOM_BACKBONES``); they are listed here on first use.
+KINDS = ("student", "teacher", "backbone")
+_REGISTRY: dict[str, dict[str, Callable[..., nn.Module]]] = {
+    "student": _PRESETS,
+    "teacher": {},
+    "backbone": {},
+}
 
 
-def register_model(name: str, factory: Callable[[], nn.Module]) -> None:
-    """Add (or replace) a preset: ``create_model(name)`` then calls ``factory()``.
+def _teacher(name: str) -> Callable[..., nn.Module]:
+    def build(**kwargs) -> nn.Module:
+        from wav2small.teachers import load_teacher
 
-    Names starting with ``wav2small`` must build a :class:`Wav2Small` (checkpoints rebuild it
-    from its stored config).
+        return load_teacher(name, **kwargs)
+
+    return build
+
+
+def _backbone(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from wav2small.models.exits import RANDOM_PREFIX, load_backbone
+
+        return load_backbone(RANDOM_PREFIX + name)
+
+    return build
+
+
+def _table(kind: str) -> dict[str, Callable[..., nn.Module]]:
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    table = _REGISTRY[kind]
+    if kind == "teacher" and not table:
+        from wav2small.teachers.base import ALIASES
+
+        table.update({name: _teacher(name) for name in ALIASES})
+    elif kind == "backbone" and not table:
+        from wav2small.models.exits import RANDOM_BACKBONES
+
+        table.update({name: _backbone(name) for name in RANDOM_BACKBONES})
+    return table
+
+
+def register_model(name: str, factory: Callable[..., nn.Module], *, kind: str = "student") -> None:
+    """Add (or replace) an entry: ``create_model(name, kind=kind)`` then calls ``factory()``.
+
+    Student names starting with ``wav2small`` must build a :class:`Wav2Small` (checkpoints
+    rebuild it from its stored config).
     """
-    _PRESETS[name] = factory
+    _table(kind)[name] = factory
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
-    return sorted(_PRESETS)
-
-
-def create_model(name: str) -> nn.Module:
-    """Build a (randomly initialised) model by preset name.
+def list_models(kind: str = "student") -> list[str]:
+    """Names accepted by :func:`create_model` for a kind (students by default).
 
     Args:
-        name: one of :func:`list_models`.
+        kind: ``student``, ``teacher`` (aliases such as ``synth``, ``dawn``) or ``backbone``
+            (random early-exit backbones, ``random:<name>`` in ``selfdistill``).
+    """
+    return sorted(_table(kind))
+
+
+def create_model(name: str, *, kind: str = "student", **kwargs) -> nn.Module:
+    """Build a model by registered name: a random student, a teacher, or a random backbone.
+
+    Args:
+        name: one of :func:`list_models` of that kind.
+        kind: ``student`` (default), ``teacher`` or ``backbone``.
+        **kwargs: passed to the factory (teachers: ``device``, ``clip``).
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown kind or name.
     """
-    if name not in _PRESETS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
-    model = _PRESETS[name]()
-    model.preset = name
+    table = _table(kind)
+    if name not in table:
+        what = "model" if kind == "student" else kind
+        raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(sorted(table))}")
+    model = table[name](**kwargs)
+    if kind == "student":
+        model.preset = name
     return model
 
 

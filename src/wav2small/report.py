@@ -78,17 +78,12 @@ EVAL_DPI = 110
 
 
 def _save_figure(fig, out: str | os.PathLike) -> Path:
-    """Save a figure to PNG under a temporary name, then rename."""
-    import matplotlib.pyplot as plt
-
+    """Save an Agg figure to PNG under a temporary name, then rename."""
     from wav2small.inputs import atomic_write
 
     out = Path(out)
-    try:
-        with atomic_write(out) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)  # long runs (demo, bench) draw many figures
+    with atomic_write(out) as tmp:
+        fig.savefig(tmp, format="png")
     return out
 
 
@@ -196,6 +191,10 @@ def plot_ccc_bars(metrics, out: str | os.PathLike, *, reference: str = "gold") -
 
 
 # --- model size vs accuracy (demo, benchmarks) ----------------------------------------------
+SIZE_VS_CCC_INCHES = (6.0, 4.0)
+SIZE_VS_CCC_DPI = 100
+
+
 def plot_size_vs_ccc(rows: list[dict], out: str | os.PathLike) -> Path:
     """Scatter of parameters (log scale) against mean CCC vs gold, one point per model.
 
@@ -204,12 +203,12 @@ def plot_size_vs_ccc(rows: list[dict], out: str | os.PathLike) -> Path:
             ``CCC V gold``.
         out: PNG path (written atomically).
     """
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=SIZE_VS_CCC_INCHES, dpi=SIZE_VS_CCC_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for row in rows:
         mean = sum(row[f"CCC {d} gold"] for d in "ADV") / 3
         ax.scatter(row["params"], mean, s=40)

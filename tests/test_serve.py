@@ -282,15 +282,55 @@ def test_page_in_headless_chromium_equals_predict_timeline(
 
 
 @pytest.mark.browser
-def test_page_microphone_stream_gives_timeline_rows(server):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _require("playwright (pip install 'wav2small[browser]')", False)
-    chromium = shutil.which("chromium")
-    _require("chromium (apt-get install chromium)", chromium is not None)
+def test_token_stream_in_chromium_any_chunking_equals_predict(exports, wav, tmp_path):
+    """timeline.js's TokenRunner/WindowPool/TokenTimelineStream in the browser, fed uneven blocks
+    with short trunk chunks (overlap recomputed, tokens trimmed and compacted), equal `predict
+    --timeline` on a local-normalisation model."""
+    sync_playwright, chromium = _playwright_chromium()
+    model = exports("paper-fp32")
+    csv = tmp_path / "cli.csv"
+    args = ["--timeline", "0.25", "--context", "1.0", "--out", str(csv)]
+    assert main(["predict", str(model), str(wav), *args]) == 0
+    want = read_table(csv)
+    x, _ = sf.read(wav, dtype="float32")
+    with _serving(model) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            page.wait_for_function("window.wav2small && window.wav2small.ready", timeout=60_000)
+            rows = page.evaluate(
+                """async (x) => {
+  const t = await import("./timeline.js");
+  const bytes = new Uint8Array(await (await fetch("model.onnx")).arrayBuffer());
+  const meta = t.onnxMetadata(bytes);
+  const opts = { executionProviders: ["wasm"] };
+  const session = await ort.InferenceSession.create(bytes, opts);
+  const head = await ort.InferenceSession.create(t.withRequiredInputs(bytes, ["pooled"]), opts);
+  const staged = new t.StagedModel(session, meta, { headSession: head });
+  const stream = new t.TokenTimelineStream(staged, { step: 0.25, context: 1.0, chunkTokens: 60 });
+  const rows = [];
+  for (let i = 0, k = 1; i < x.length; i += 997 * k, k = (k % 7) + 1)
+    rows.push(...await stream.push(Float32Array.from(x.slice(i, i + 997 * k))));
+  rows.push(...await stream.close());
+  return rows;
+}""",
+                x.tolist(),
+            )
+        finally:
+            browser.close()
+    assert [(r["start"], r["end"]) for r in rows] == [(s, e) for _, s, e in want.index.to_list()]
+    got = np.array([r["values"] for r in rows])
+    assert np.abs(got - want.to_numpy()).max() <= 1e-3
+    assert np.ptp(got, axis=0).max() > 1e-2
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("key", ["tiny-fp32", "paper-fp32"])
+def test_page_microphone_stream_gives_timeline_rows(key, exports):
+    sync_playwright, chromium = _playwright_chromium()
     fake_mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-    with sync_playwright() as p:
+    with _serving(exports(key)) as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", *fake_mic])
         try:
             page = browser.new_context(permissions=["microphone"]).new_page()
@@ -302,9 +342,11 @@ def test_page_microphone_stream_gives_timeline_rows(server):
             page.wait_for_function("window.wav2small.rows.length >= 3", timeout=60_000)
             page.click("#mic")  # stop: the last row ends at the end of the stream
             page.wait_for_function("window.wav2small.done", timeout=60_000)
-            rows = page.evaluate("window.wav2small.rows")
+            state = page.evaluate("window.wav2small")
         finally:
             browser.close()
+    rows = state["rows"]
+    assert state["timeline"] == ("tokens" if key.startswith("paper") else "windows")
     n = round(rows[-1]["end"] * SAMPLE_RATE)
     want = [
         (round(s / SAMPLE_RATE, 6), round(e / SAMPLE_RATE, 6))

@@ -70,7 +70,7 @@ def exports(tmp_path_factory):
     def get(key: str) -> Path:
         if key not in cache:
             preset, int8 = MODELS[key]
-            cache[key] = _export(preset, tmp_path_factory.mktemp(key), int8=int8)
+            cache[key] = _export(preset, tmp_path_factory.mktemp(key, numbered=False), int8=int8)
         return cache[key]
 
     return get

@@ -1,29 +1,67 @@
 // The page: load the model, decode audio to 16 kHz mono, run the timeline, draw it, offer the CSV.
-import { SAMPLE_RATE, TimelineStream, seconds, timelineBounds, toCsv, toSamples } from "./timeline.js";
+import {
+  LABELS, MIN_SAMPLES, SAMPLE_RATE, StagedModel, TimelineStream, TokenTimelineStream, onnxMetadata, reusesTokens,
+  withRequiredInputs,
+  seconds, timelineBounds, toCsv, toSamples,
+} from "./timeline.js";
 
-const LABELS = ["arousal", "dominance", "valence"];
 const COLORS = ["#d62728", "#1f77b4", "#2ca02c"];
 const $ = (id) => document.getElementById(id);
 // State the browser test reads: the rows exactly as drawn.
-const state = (window.wav2small = { rows: [], done: false, ready: false, msPerSecond: null, modelBytes: null });
+const state = (window.wav2small = {
+  rows: [], done: false, ready: false, msPerSecond: null, modelBytes: null, timeline: null, inputNames: null,
+});
+const READ_BLOCK = SAMPLE_RATE; // a file is fed to a token stream in 1 s blocks, as predict reads it
 
 ort.env.wasm.wasmPaths = new URL("vendor/", location.href).href; // absolute: dynamic import
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer needed (no cross-origin isolation)
 
 let session = null;
+let staged = null; // the model's stages when its timeline computes each token once
+let inputName = null, outputName = null; // of the plain signal → A/D/V call
 let order = [0, 1, 2]; // model output index of arousal, dominance, valence
 let runMs = 0;
-let runSeconds = 0;
 
 function status(text, error = false) {
   $("status").textContent = text;
   $("status").className = error ? "error" : "";
 }
 
-async function loadModel(bytes, name, labels = LABELS) {
+// every model call, timed (ms per second of audio)
+const timedRun = (s) => ({
+  run: async (feeds, fetches) => {
+    const t0 = performance.now();
+    const out = await s.run(feeds, fetches);
+    runMs += performance.now() - t0;
+    return out;
+  },
+});
+const timed = { run: (feeds, fetches) => timedRun(session).run(feeds, fetches) };
+
+async function loadModel(bytes, name, labels = null) {
+  const meta = onnxMetadata(bytes);
+  labels = labels ?? (meta.labels ? meta.labels.split(",") : LABELS);
   session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
   order = LABELS.map((l) => labels.indexOf(l));
   if (order.some((i) => i < 0)) throw new Error(`model outputs ${labels}, expected ${LABELS}`);
+  staged = null;
+  if (reusesTokens(meta)) {
+    // onnxruntime-web refuses feeds of optional inputs: the head runs on a variant whose
+    // `pooled` input is required
+    const pooledName = meta.stages.split("->")[0].split(",")[2];
+    const head = await ort.InferenceSession.create(withRequiredInputs(bytes, [pooledName]), {
+      executionProviders: ["wasm"],
+    });
+    staged = new StagedModel(timed, meta, { order, headSession: timedRun(head) });
+  }
+  [inputName, outputName] = StagedModel.supports(meta)
+    ? [meta.stages.split(",")[0], meta.stages.split("->")[1].split(",")[0]]
+    : [session.inputNames[0], session.outputNames[0]];
+  state.inputNames = [...session.inputNames];
+  state.timeline = staged ? "tokens" : "windows";
+  $("timeline-kind").textContent = staged
+    ? `each token once (${meta.norm} normalisation)`
+    : `model re-run per window${meta.norm ? ` (${meta.norm} normalisation)` : ""}`;
   state.modelBytes = bytes.byteLength;
   $("model-name").textContent = name;
   $("model-size").textContent = `${(bytes.byteLength / 1024).toFixed(1)} KB`;
@@ -32,11 +70,8 @@ async function loadModel(bytes, name, labels = LABELS) {
 }
 
 async function run(window) {
-  const t0 = performance.now();
-  const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", window, [1, window.length]) };
-  const out = (await session.run(feeds))[session.outputNames[0]].data;
-  runMs += performance.now() - t0;
-  runSeconds += window.length / SAMPLE_RATE;
+  const feeds = { [inputName]: new ort.Tensor("float32", Float32Array.from(window), [1, window.length]) };
+  const out = (await timed.run(feeds, [outputName]))[outputName].data;
   const values = order.map((i) => out[i]);
   if (!values.every(Number.isFinite)) throw new Error("the model returned NaN or Inf");
   return values;
@@ -93,7 +128,6 @@ function reset() {
   state.rows = [];
   state.done = false;
   runMs = 0;
-  runSeconds = 0;
   draw();
 }
 
@@ -114,15 +148,30 @@ async function processFile(file) {
   reset();
   try {
     const x = await decode(file);
-    const stepN = toSamples(+$("step").value, "step");
-    const contextN = toSamples(+$("context").value, "context");
-    const bounds = timelineBounds(x.length, stepN, contextN);
-    if (!bounds.length) throw new Error(`${file.name}: shorter than one 4 ms frame`);
-    for (const [s, e] of bounds) {
-      addRows([{ file: file.name, start: seconds(s), end: seconds(e), values: await run(x.subarray(s, e)) }]);
+    const step = +$("step").value, context = +$("context").value;
+    const stepN = toSamples(step, "step");
+    const contextN = toSamples(context, "context");
+    if (x.length < MIN_SAMPLES) throw new Error(`${file.name}: shorter than one 4 ms frame`);
+    const progress = async (e) => {
       showSpeed(Math.min(e, x.length) / SAMPLE_RATE);
       status(`${file.name}: ${seconds(e).toFixed(1)} / ${seconds(x.length).toFixed(1)} s`);
       await new Promise((r) => setTimeout(r)); // let the page draw
+    };
+    if (staged) {
+      // each token once, chunk by chunk, as `wav2small predict --timeline` (file: chunkTokens())
+      const stream = new TokenTimelineStream(staged, {
+        step, context, name: file.name, chunkTokens: staged.chunkTokens(),
+      });
+      for (let i = 0; i < x.length; i += READ_BLOCK) {
+        addRows(await stream.push(x.subarray(i, i + READ_BLOCK)));
+        await progress(Math.min(x.length, i + READ_BLOCK));
+      }
+      addRows(await stream.close());
+    } else {
+      for (const [s, e] of timelineBounds(x.length, stepN, contextN)) {
+        addRows([{ file: file.name, start: seconds(s), end: seconds(e), values: await run(x.subarray(s, e)) }]);
+        await progress(e);
+      }
     }
     showSpeed(x.length / SAMPLE_RATE);
     status(`${file.name}: ${state.rows.length} rows over ${seconds(x.length)} s.`);
@@ -152,7 +201,10 @@ async function toggleMic() {
   const ctx = new AudioContext({ sampleRate: SAMPLE_RATE });
   const source = ctx.createMediaStreamSource(media);
   const node = ctx.createScriptProcessor(4096, 1, 1);
-  const stream = new TimelineStream(run, { step: +$("step").value, context: +$("context").value });
+  const step = +$("step").value, context = +$("context").value;
+  const stream = staged
+    ? new TokenTimelineStream(staged, { step, context }) // latency: stream.latency seconds
+    : new TimelineStream(run, { step, context });
   mic = { ctx, source, node, stream, chain: Promise.resolve(), received: 0 };
   node.onaudioprocess = (ev) => {
     const chunk = Float32Array.from(ev.inputBuffer.getChannelData(0));

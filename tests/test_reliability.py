@@ -224,3 +224,45 @@ def test_every_batch_command_has_the_same_on_error_choice(command):
     sub = next(a for a in parser._actions if a.dest == "command" or a.choices)  # subparsers
     action = next(a for a in sub.choices[command]._actions if a.dest == "on_error")
     assert list(action.choices) == ["raise", "skip"], command
+
+
+# --- bounded memory -----------------------------------------------------------------------------
+def test_label_streams_a_file_longer_than_the_teacher_window(tmp_path, monkeypatch):
+    """A whole long file is never read at once (memory bounded); the label is unchanged."""
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+    import torch
+
+    from wav2small import SAMPLE_RATE, audio
+    from wav2small.backends import teacher_predict
+    from wav2small.labels import label
+    from wav2small.models.teacher import SynthTeacher
+    from wav2small.signals import pseudo_speech_set
+
+    torch.manual_seed(0)
+    teacher = SynthTeacher({"channels": [4, 8, 8, 8], "gru_hidden": 8}).eval()
+    wave = np.tile(np.concatenate(pseudo_speech_set(4, seed=2, seconds=(2.0, 3.0))), 6)[
+        : 47 * SAMPLE_RATE
+    ]
+    sf.write(tmp_path / "long.wav", wave, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(tmp_path / "short.wav", wave[: 2 * SAMPLE_RATE], SAMPLE_RATE, subtype="FLOAT")
+    whole = teacher_predict(teacher, [audio.read_audio(tmp_path / "long.wav")])[0]
+    reads, real = [], audio.read_audio
+
+    def spy(path, *args, **kwargs):
+        out = real(path, *args, **kwargs)
+        reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(audio, "read_audio", spy)
+    label(teacher, tmp_path, tmp_path / "labels.parquet", progress=False)
+    table = pd.read_parquet(tmp_path / "labels.parquet").set_index("file")
+    assert len(table) == 2 and max(reads) <= teacher.window_seconds * SAMPLE_RATE
+    np.testing.assert_allclose(
+        table.loc[str(tmp_path / "long.wav"), ["arousal", "dominance", "valence"]].to_numpy(
+            np.float32
+        ),
+        whole,
+        atol=2e-5,
+    )

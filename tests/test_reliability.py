@@ -266,3 +266,17 @@ def test_label_streams_a_file_longer_than_the_teacher_window(tmp_path, monkeypat
         whole,
         atol=2e-5,
     )
+
+
+def test_export_calibration_reads_a_bounded_piece_of_each_file(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from wav2small import SAMPLE_RATE
+    from wav2small.export import CALIBRATION_READ_SECONDS, load_calibration_clips
+
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "long.wav", 0.1 * rng.standard_normal(60 * SAMPLE_RATE), SAMPLE_RATE)
+    sf.write(tmp_path / "short.wav", 0.1 * rng.standard_normal(SAMPLE_RATE), SAMPLE_RATE)
+    clips = load_calibration_clips([str(tmp_path)])
+    assert [len(c) for c in clips] == [CALIBRATION_READ_SECONDS * SAMPLE_RATE, SAMPLE_RATE]

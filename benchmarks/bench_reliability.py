@@ -5,9 +5,10 @@ disk, 1-hour files. Prints a table of probes tried and held and writes it to doc
 
 Every probe runs the real command line (``python -m wav2small.cli``) in a fresh process:
 
-* **kill -9** of ``label`` and of ``distill`` at several points, then a rerun (``label``) or
-  ``--resume`` (``distill``): the label table must equal an uninterrupted run's (same rows, no
-  duplicates, same values), the resumed student's outputs must equal an uninterrupted run's;
+* **kill -9** of ``label`` (while the teacher loads, and after 2, 5, 9 shards of 8 rows) and
+  of ``distill`` (after its 1st and 3rd checkpoint of 6, ``val_every=4`` steps), then a rerun
+  (``label``) or ``--resume`` (``distill``): the label table must equal an uninterrupted run's
+  (same rows, no duplicates, same values), the resumed student's outputs an uninterrupted run's;
 * **two writers** of one ``--out``: the second fails fast (exit 2, "another wav2small process")
   while the first finishes complete;
 * **a full disk**: a small tmpfs (``mount -t tmpfs``, needs root; the probe is reported as not
@@ -128,11 +129,14 @@ def probe_label_kill(work: Path, csv: Path, points: list[float]) -> Path:
         record("label reference run", False, last_line(run.stderr))
         return ref_out
     ref = read_table(ref_out)
-    for t in points:
+    for t in points:  # 0: while the teacher loads; k: once k shards are written
         out = work / f"label-kill-{t:g}.parquet"
         proc = start("label", "--teacher", "synth", "--audio", str(csv), "--out", str(out),
                      "--shard-rows", "8", "--no-progress")  # fmt: skip
-        time.sleep(t)
+        parts = out.with_name(out.name + ".parts")
+        time.sleep(1.5)
+        while t and proc.poll() is None and len(list(parts.glob("*.parquet"))) < t:
+            time.sleep(0.02)
         killed = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
@@ -140,7 +144,7 @@ def probe_label_kill(work: Path, csv: Path, points: list[float]) -> Path:
         rerun = cli("label", "--teacher", "synth", "--audio", str(csv), "--out", str(out),
                     "--shard-rows", "8", "--no-progress")  # fmt: skip
         if rerun.returncode:
-            record(f"label kill -9 at {t:g} s + rerun", False, last_line(rerun.stderr))
+            record(f"label kill -9 (point {t:g}) + rerun", False, last_line(rerun.stderr))
             continue
         got = read_table(out)
         same = (
@@ -151,7 +155,7 @@ def probe_label_kill(work: Path, csv: Path, points: list[float]) -> Path:
         )
         leftovers = [p.name for p in work.glob(f".{out.name}*.tmp*")]
         record(
-            f"label kill -9 at {t:g} s + rerun",
+            f"label kill -9 {f'after {t:g} shards' if t else 'at start'} + rerun",
             same and not leftovers,
             f"{'killed mid-run' if killed else 'had finished'}, {shards} shard(s) kept; "
             f"rerun: {len(got)}/{len(ref)} rows, duplicates "
@@ -188,16 +192,25 @@ def probe_distill_kill(work: Path, csv: Path, labels: Path, points: list[float],
         record("distill reference run", False, last_line(run.stderr))
         return
     ref = _student_outputs(ref_dir / "model.safetensors")
-    for t in points:
+    for t in points:  # kill once the k-th checkpoint (last.ckpt) has been written
         out = work / f"distill-kill-{t:g}"
         proc = start(*_distill_args(csv, labels, out, steps))
-        time.sleep(t)
+        seen, stamp = 0, None
+        while proc.poll() is None and seen < t:
+            try:
+                now = (out / "last.ckpt").stat().st_mtime_ns
+            except FileNotFoundError:
+                now = None
+            if now is not None and now != stamp:
+                seen, stamp = seen + 1, now
+            time.sleep(0.02)
         killed = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         resumed = cli(*_distill_args(csv, labels, out, steps), "--resume")
         if resumed.returncode:
-            record(f"distill kill -9 at {t:g} s + --resume", False, last_line(resumed.stderr))
+            name = f"distill kill -9 after checkpoint {t:g} + --resume"
+            record(name, False, last_line(resumed.stderr))
             continue
         got = _student_outputs(out / "model.safetensors")
         metrics = pd.read_csv(out / "metrics.csv")
@@ -208,7 +221,7 @@ def probe_distill_kill(work: Path, csv: Path, labels: Path, points: list[float],
         same = got is not None and ref is not None and np.allclose(got, ref, atol=1e-5)
         diff = float(np.abs(got - ref).max()) if got is not None and ref is not None else np.nan
         record(
-            f"distill kill -9 at {t:g} s + --resume",
+            f"distill kill -9 after checkpoint {t:g} + --resume",
             same and dup == 0,
             f"{'killed mid-run' if killed else 'had finished'}; resumed student vs uninterrupted:"
             f" max |diff| {diff:.2e}; duplicated metric steps {dup}",
@@ -216,6 +229,7 @@ def probe_distill_kill(work: Path, csv: Path, labels: Path, points: list[float],
 
 
 def probe_two_writers(work: Path, csv: Path) -> None:
+    """The first writer labels the long file (it runs long enough to be caught in the act)."""
     out = work / "two-writers.parquet"
     first = start("label", "--teacher", "synth", "--audio", str(csv), "--out", str(out),
                   "--no-progress")  # fmt: skip
@@ -390,11 +404,11 @@ def main() -> int:
         if run.returncode:
             print(run.stderr)
             return 1
-        label_points = [5.0, 8.0] if args.quick else [4.0, 6.0, 9.0]
+        label_points = [0, 3] if args.quick else [0, 2, 5, 9]
         labels = probe_label_kill(work, csv, label_points)
-        distill_points = [12.0] if args.quick else [10.0, 16.0, 24.0]
-        probe_distill_kill(work, csv, labels, distill_points, 24 if args.quick else 40)
-        probe_two_writers(work, csv)
+        distill_points = [2] if args.quick else [1, 3]
+        probe_distill_kill(work, csv, labels, distill_points, 24)
+        probe_two_writers(work, long_file.with_suffix(".csv"))
         probe_full_disk(work, csv, long_file)
         probe_long_files(work, long_file, short_file, model)
     text = table()

@@ -280,3 +280,17 @@ def test_export_calibration_reads_a_bounded_piece_of_each_file(tmp_path):
     sf.write(tmp_path / "short.wav", 0.1 * rng.standard_normal(SAMPLE_RATE), SAMPLE_RATE)
     clips = load_calibration_clips([str(tmp_path)])
     assert [len(c) for c in clips] == [CALIBRATION_READ_SECONDS * SAMPLE_RATE, SAMPLE_RATE]
+
+
+def test_a_full_disk_error_names_the_output(tmp_path, capsys):
+    from wav2small.cli import error_line
+    from wav2small.inputs import atomic_write
+
+    out = tmp_path / "labels.parquet"
+    with pytest.raises(OSError) as info:
+        with atomic_write(out) as tmp:
+            tmp.write_bytes(b"half")
+            _full_disk()
+    code, line = error_line(info.value)
+    assert code == 2 and str(out) in line and "No space left on device" in line, line
+    assert list(tmp_path.iterdir()) == []

@@ -191,7 +191,7 @@ def probe_distill_kill(work: Path, csv: Path, labels: Path, points: list[float],
     if run.returncode:
         record("distill reference run", False, last_line(run.stderr))
         return
-    ref = _student_outputs(ref_dir / "model.safetensors")
+    ref = _student_outputs(ref_dir / "last.ckpt")
     for t in points:  # kill once the k-th checkpoint (last.ckpt) has been written
         out = work / f"distill-kill-{t:g}"
         proc = start(*_distill_args(csv, labels, out, steps))
@@ -212,7 +212,7 @@ def probe_distill_kill(work: Path, csv: Path, labels: Path, points: list[float],
             name = f"distill kill -9 after checkpoint {t:g} + --resume"
             record(name, False, last_line(resumed.stderr))
             continue
-        got = _student_outputs(out / "model.safetensors")
+        got = _student_outputs(out / "last.ckpt")
         metrics = pd.read_csv(out / "metrics.csv")
         steps_logged = (
             metrics.dropna(subset=["train/loss"])["step"] if "train/loss" in metrics else []

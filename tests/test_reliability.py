@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "wav2small"
-#: Modules another change is moving into packages (they keep their own atomic writer for now).
-_MOVING = {"teacher.py", "onnx_teacher.py", "synth.py"}
+#: Known leftovers (pid temp names, not removed on error), moved by another change: to be ported
+#: to inputs.atomic_write; listed here so that no new one appears anywhere else.
+_KNOWN = {"teachers/onnx.py", "synth/render.py"}
 
 
 def _full_disk(*_args, **_kwargs):
@@ -27,7 +28,7 @@ def test_no_fixed_or_pid_temporary_names_outside_inputs():
     bad = [
         f"{p.relative_to(SRC)}:{i}"
         for p in SRC.rglob("*.py")
-        if p.name != "inputs.py" and p.name not in _MOVING
+        if p.name != "inputs.py" and str(p.relative_to(SRC)) not in _KNOWN
         for i, line in enumerate(p.read_text().splitlines(), 1)
         if pattern.search(line)
     ]

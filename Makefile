@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 QUICK   ?=
 
-.PHONY: setup demo test test-slow bench lint teacher clean web
+.PHONY: setup demo test test-slow bench reliability lint teacher clean web
 
 setup: $(STAMP) web
 
@@ -42,6 +42,11 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# Slow reliability probes (kill -9 + resume, two writers, a full tmpfs, 1-hour files): prints the
+# table of probes tried and held and writes docs/RELIABILITY.md (≈ 10 min on 2 cores; QUICK=1: 10-min files).
+reliability: setup
+	$(BIN)/python benchmarks/bench_reliability.py $(if $(QUICK),--quick,)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -6,7 +6,8 @@ Everything in wav2small works on float32 mono signals at :data:`wav2small.SAMPLE
 * other sample rates are resampled with soxr (``"HQ"`` quality); upsampling from below 16 kHz logs
   a WARNING, since the missing high band cannot be recovered;
 * every problem raises :class:`AudioError`, whose message names the file and the problem
-  (missing, empty, corrupt, truncated, no samples, NaN/Inf samples, offset past the end).
+  (missing, empty, corrupt, truncated, no samples, an implausible header sample rate,
+  NaN/Inf samples, offset past the end).
 
 In-memory signals follow the soundfile convention: shape ``(samples,)`` or ``(samples, channels)``.
 Long files can be streamed window by window in bounded memory with :func:`iter_windows`.
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 RESAMPLE_QUALITY = "HQ"
 #: Seconds of audio read from disk at a time by :func:`iter_windows`.
 BLOCK_SECONDS = 10.0
+#: Plausible native sample rates (Hz). A header outside this range is a lie or a damaged file:
+#: 400 KB of 16-bit samples "at 1 Hz" would otherwise plan 55 hours of audio.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768_000
 #: Formats whose RIFF header is checked for truncation (libsndfile silently shortens those).
 _RIFF_FORMATS = ("WAV", "WAVEX")
 #: Placeholder data sizes that streaming writers leave in a WAV header.
@@ -140,6 +145,12 @@ def _info(f: sf.SoundFile, path: str) -> AudioInfo:
         _check_riff_data_size(path)
     if f.frames <= 0:
         raise AudioError(f"{path}: has no samples")
+    if not MIN_SAMPLE_RATE <= f.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{path}: implausible sample rate {f.samplerate} Hz in the header (expected "
+            f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz; {f.frames} frames would be "
+            f"{f.frames / f.samplerate / 3600:.1f} h): a damaged or mislabelled file"
+        )
     return AudioInfo(
         path, f.samplerate, f.channels, f.frames, f.frames / f.samplerate, f.format, f.subtype
     )

@@ -104,12 +104,11 @@ def write_audonnx(onnx_path: str | os.PathLike, root: str | os.PathLike) -> Path
 
     plain_graph(proto)  # a staged Wav2Small export: drop the optional inputs and token outputs
     _single_dynamic_axis(proto)
-    tmp = root / f".{ONNX_FILE}.{os.getpid()}.tmp"
-    onnx.save(proto, os.fspath(tmp))
-    os.replace(tmp, root / ONNX_FILE)
-    tmp = root / f".{YAML_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(audonnx_yaml(names), encoding="utf-8")
-    os.replace(tmp, root / YAML_FILE)
+    from wav2small.inputs import atomic_write, write_text
+
+    with atomic_write(root / ONNX_FILE) as tmp:
+        onnx.save(proto, os.fspath(tmp))
+    write_text(root / YAML_FILE, audonnx_yaml(names))
     return root
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from wav2small import LABELS, SAMPLE_RATE
-from wav2small.errors import NonFiniteError
+from wav2small.errors import NonFiniteError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,29 @@ def check_finite(out: np.ndarray, source: str) -> np.ndarray:
     return out
 
 
+def check_audio_model(session, path: str) -> None:
+    """Raise unless an ONNX session maps float audio ``(batch, samples)`` to ``(batch, 3)``.
+
+    A model of another kind (wrong input rank or type, a fixed input length, not three
+    outputs) fails here with one line naming the file, not with a runtime error at the first
+    batch.
+
+    Raises:
+        wav2small.errors.UserError: the interface is not audio → A/D/V.
+    """
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    x, y = inputs[0], outputs[0]
+    problem = None
+    if x.type != "tensor(float)" or len(x.shape) != 2:
+        problem = f"its input '{x.name}' is {x.type} {x.shape}, not float audio (batch, samples)"
+    elif isinstance(x.shape[1], int) and x.shape[1] > 0:
+        problem = f"its input '{x.name}' has a fixed length of {x.shape[1]} samples"
+    elif len(y.shape) != 2 or (isinstance(y.shape[1], int) and y.shape[1] != len(LABELS)):
+        problem = f"its output '{y.name}' is {y.shape}, not (batch, {len(LABELS)}) A/D/V"
+    if problem:
+        raise UserError(f"{path}: not a wav2small audio → A/D/V model: {problem}")
+
+
 class OnnxBackend:
     """ONNX Runtime on CPU: (batch, samples) float32 → (batch, 3) in LABELS order.
 
@@ -160,6 +183,7 @@ class OnnxBackend:
         rate = int(self.metadata.get("sample_rate", SAMPLE_RATE))
         if rate != SAMPLE_RATE:
             raise ValueError(f"{path}: model expects {rate} Hz input, not {SAMPLE_RATE} Hz")
+        check_audio_model(self.session, path)
         self.order = label_order(self.metadata.get("labels"), path)
         self.input_name = self.session.get_inputs()[0].name
         self.path = path
@@ -442,6 +466,7 @@ __all__ = [
     "RUN_WEIGHTS",
     "TEACHER_BATCH_SECONDS",
     "TorchBackend",
+    "check_audio_model",
     "check_finite",
     "label_order",
     "make_backend",

@@ -656,6 +656,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the metrics as JSON to this file")
     p.add_argument("--out", help="folder for metrics.csv/json, predictions.csv and PNG plots")
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
+    _add_on_error(p)
     _add_progress(p)
 
 

@@ -417,11 +417,11 @@ def run_demo(
         print(f"\n{split}:\n{evals[split].table()}")
 
     stage("export int8 ONNX (parity gate), measure size, RAM and speed")
-    from wav2small.audio import read_audio
+    from wav2small.export import load_calibration_clips
     from wav2small.inputs import read_manifest
 
     pool = read_manifest(csv["pool"]).head(96)  # 72 calibrate int8, 24 check its fidelity
-    calibration = [read_audio(p) for p in pool["path"]]
+    calibration = load_calibration_clips(pool["path"].tolist())
     rows = [_teacher_row(teacher) | ccc_columns(evals["test"], "teacher")]
     for name, weights in models.items():
         card = {"metrics": _card_metrics(evals, name), "data": _card_data(plan, name)}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,14 +115,31 @@ def predict(
         AudioError: an unreadable or too short file (named).
         ValueError: non-finite outputs (the file is named).
     """
+    frame, label = _predict_frame(model, paths, progress=progress, threads=threads, name=name)
+    if frame is None:
+        return np.zeros((0, len(LABELS)))
+    return by_file(frame, paths, model=label)
+
+
+def _predict_frame(
+    model,
+    paths: Sequence[str | os.PathLike],
+    *,
+    progress: bool = False,
+    threads: int | None = None,
+    name: str | None = None,
+    on_error: str = "raise",
+) -> tuple[pd.DataFrame | None, str]:
+    """:meth:`Predictor.predict` of the distinct ``paths`` (skipped files: NaN rows listed in
+    ``frame.attrs["skipped"]``) and the model's display name."""
     from wav2small.infer import Predictor
 
     predictor = model if isinstance(model, Predictor) else Predictor(model, threads=threads)
     files = list(dict.fromkeys(os.fspath(p) for p in paths))
+    label = name or repr(predictor)
     if not files:
-        return np.zeros((0, len(LABELS)))
-    frame = predictor.predict(files, progress=progress)
-    return by_file(frame, paths, model=name or repr(predictor))
+        return None, label
+    return predictor.predict(files, progress=progress, on_error=on_error), label
 
 
 def teacher_values(teacher, manifest: pd.DataFrame, *, progress: bool = False) -> np.ndarray:
@@ -164,13 +182,15 @@ class Evaluation:
         metrics: one row per (model, reference) with ``n`` and the CCC per dimension and mean.
         predictions: model name → (n, 3) predictions (the teacher's too, as ``"teacher"``).
         references: reference name → (n, 3) values.
-        files: the clips, in the CSV's order.
+        files: the clips, in the CSV's order (without skipped ones).
+        skipped: (file, reason) of the clips left out with ``on_error="skip"``.
     """
 
     metrics: pd.DataFrame
     predictions: dict[str, np.ndarray]
     references: dict[str, np.ndarray]
     files: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def ccc(self, model: str, reference: str = "gold") -> dict[str, float]:
         """CCC per dimension (and ``mean``) of ``model`` against ``reference``.
@@ -270,6 +290,10 @@ class Evaluation:
             self.write_json(out_dir / METRICS_JSON),
             self.write_predictions(out_dir / PREDICTIONS_CSV),
         ]
+        from wav2small.inputs import write_skipped
+
+        report = write_skipped(out_dir / PREDICTIONS_CSV, self.skipped)  # predictions.skipped.csv
+        written += [report] if report else []
         return written + (self.plot(out_dir) if plots else [])
 
 
@@ -311,7 +335,12 @@ def _named(models) -> dict[str, Any]:
 
 
 def evaluate(
-    models, data: str | os.PathLike | pd.DataFrame, *, teacher=None, progress: bool = False
+    models,
+    data: str | os.PathLike | pd.DataFrame,
+    *,
+    teacher=None,
+    progress: bool = False,
+    on_error: str = "raise",
 ) -> Evaluation:
     """Score models on full utterances against gold, truth and a teacher.
 
@@ -321,21 +350,45 @@ def evaluate(
         data: a CSV/folder (see :func:`wav2small.data.load_manifest`) or a loaded manifest.
         teacher: a teacher name/folder, a torch teacher, or a label table (path or DataFrame).
         progress: show progress bars.
+        on_error: ``"raise"`` at the first unusable clip (unreadable, too short, non-finite),
+            or ``"skip"`` it: a clip any model cannot score is left out for every model and
+            listed in :attr:`Evaluation.skipped`.
 
     Returns:
         The :class:`Evaluation`.
 
     Raises:
+        AudioError: an unusable clip with ``on_error="raise"`` (named).
+        InputError: ``on_error="skip"`` left no clip.
         ValueError: nothing to compare with (no gold columns and no teacher).
     """
     from wav2small.data import load_manifest
+    from wav2small.inputs import check_any_good
     from wav2small.metrics import ccc
 
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     manifest = data if isinstance(data, pd.DataFrame) else load_manifest(data, progress=progress)
-    references = references_of(manifest)
     paths = manifest["path"].tolist()
+    frames, failed = {}, {}
+    for name, m in _named(models).items():
+        frames[name] = _predict_frame(m, paths, progress=progress, name=name, on_error=on_error)
+        if frames[name][0] is not None:
+            failed.update(frames[name][0].attrs.get("skipped", {}))
+    keep = np.array([os.fspath(p) not in failed for p in paths], bool)
+    skipped = [
+        (f, failed[os.fspath(p)])
+        for f, p, k in zip(manifest["file"], paths, keep, strict=True)
+        if not k
+    ]
+    check_any_good(int(keep.sum()), skipped)
+    if skipped:
+        manifest = manifest[keep].reset_index(drop=True)
+        paths = manifest["path"].tolist()
+    references = references_of(manifest)
     predictions = {
-        name: predict(m, paths, progress=progress, name=name) for name, m in _named(models).items()
+        name: by_file(frame, paths, model=label) if frame is not None else np.zeros((0, 3))
+        for name, (frame, label) in frames.items()
     }
     if teacher is not None:
         references[TEACHER] = teacher_values(teacher, manifest, progress=progress)
@@ -362,7 +415,7 @@ def evaluate(
                 }
             )
     metrics = pd.DataFrame(rows, columns=["model", "reference", "n", *LABELS, "mean"])
-    return Evaluation(metrics, predictions, references, manifest["file"].tolist())
+    return Evaluation(metrics, predictions, references, manifest["file"].tolist(), skipped)
 
 
 def evaluate_cli(args) -> int:
@@ -372,8 +425,11 @@ def evaluate_cli(args) -> int:
         args.data,
         teacher=args.teacher,
         progress=not getattr(args, "no_progress", False),
+        on_error=getattr(args, "on_error", "raise"),
     )
     print(result.table())
+    if result.skipped:  # each reason was logged when the clip was skipped
+        print(f"skipped {len(result.skipped)} clip(s) (every model)", file=sys.stderr)
     if args.json:
         print(f"wrote {result.write_json(args.json)}")
     if args.out:

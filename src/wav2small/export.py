@@ -42,6 +42,9 @@ INT8_MIN_CCC = 0.99
 ACTIVATION_BITS = (8, 16)
 N_CALIBRATION = 64
 N_VALIDATION = 64
+#: Longest piece read from each calibration/validation file (from its start): memory stays
+#: bounded whatever the files' lengths (calibration itself uses 4 s of each clip).
+CALIBRATION_READ_SECONDS = 20.0
 
 
 @dataclass
@@ -584,11 +587,17 @@ def _fmt(values: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in values.items())
 
 
-def _load_clips(paths: list[str]) -> list[np.ndarray]:
+def load_calibration_clips(paths: list[str]) -> list[np.ndarray]:
+    """Calibration/validation clips for int8 export: the first
+    :data:`CALIBRATION_READ_SECONDS` of each file (folders expanded), bounded memory.
+
+    Raises:
+        AudioError: an unreadable file (named).
+    """
     from wav2small.audio import read_audio
     from wav2small.inputs import expand_paths
 
-    return [read_audio(f) for f in expand_paths(paths)]
+    return [read_audio(f, duration=CALIBRATION_READ_SECONDS) for f in expand_paths(paths)]
 
 
 def export_cli(args) -> int:
@@ -610,7 +619,7 @@ def export_cli(args) -> int:
     else:
         model = load_model(args.model)
     card = {"untrained": True} if untrained else {"facts": run_facts(args.model)}
-    calibration = _load_clips(args.calibration) if args.calibration else None
+    calibration = load_calibration_clips(args.calibration) if args.calibration else None
     report = export(
         model,
         args.out,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.inputs import write_text
 
 MODEL_TYPE = "wav2small-student"
 CONFIG_FILE = "config.json"
@@ -33,12 +34,6 @@ FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "weights": WEIGHTS_FIL
 VARIANTS = ("auto", "int8", "fp32")
 #: Files fetched for a hub id (the ONNX runtime never needs the weights).
 HUB_PATTERNS = [CONFIG_FILE, README_FILE, "*.onnx"]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def student_config(info: dict[str, str], report) -> dict[str, Any]:
@@ -107,8 +102,8 @@ def write_hub_files(
     out_dir = Path(out_dir)
     config = student_config(info, report)
     save_model(model, out_dir / WEIGHTS_FILE, extra={k: v for k, v in info.items() if v})
-    _write_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-    _write_atomic(out_dir / README_FILE, front_matter(config, untrained=untrained) + card)
+    write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    write_text(out_dir / README_FILE, front_matter(config, untrained=untrained) + card)
     return out_dir
 
 

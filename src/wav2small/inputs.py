@@ -206,7 +206,8 @@ def atomic_write(path: str | os.PathLike, *, suffix: str | None = None) -> Itera
     The temporary file lives in the destination's folder (so the rename is atomic) and has a
     unique name (``.<name>.<random>.tmp<suffix>``), so concurrent writers never clobber each
     other's temporary files. On any error the temporary file is removed and ``path`` is left as
-    it was. The file gets the usual permissions (``0o666`` minus the umask). The temporary name
+    it was; an ``OSError`` that names no file (a full disk) is re-raised naming ``path``. The
+    file gets the usual permissions (``0o666`` minus the umask). The temporary name
     ends in ``suffix`` (default: the suffix of ``path``) for writers that pick the format from it.
 
     Example::
@@ -224,7 +225,12 @@ def atomic_write(path: str | os.PathLike, *, suffix: str | None = None) -> Itera
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:  # a full disk names no file: name the output
+            if e.filename is None and e.errno is not None:
+                raise OSError(e.errno, e.strerror or str(e), os.fspath(path)) from e
+            raise
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and safetensors) create owner-only files
         os.replace(tmp, path)
     finally:

@@ -296,6 +296,36 @@ class _ShardWriter:
 
 
 # --- labelling ------------------------------------------------------------------------------------
+def _streamed(teacher, batch: list[Segment], on_error: str, skipped: list[tuple[str, str]]):
+    """Label the whole-file segments of ``batch`` longer than the teacher's window by streaming
+    them from disk (:func:`wav2small.backends.teacher_predict_files`: the same equal pieces the
+    teacher cuts, bounded memory whatever the length).
+
+    Returns:
+        (the other segments, the streamed segments, their (k, 3) predictions).
+    """
+    from wav2small.audio import AudioError, audio_info
+    from wav2small.backends import teacher_predict_files
+
+    window = getattr(teacher, "window_seconds", None)
+    rest, kept, preds = [], [], []
+    for seg in batch:
+        if not window or seg.start != 0 or seg.duration <= window:
+            rest.append(seg)
+            continue
+        try:
+            if seg.end < audio_info(seg.path).duration:  # a part of a file: read as a clip
+                rest.append(seg)
+                continue
+            preds.append(teacher_predict_files(teacher, [seg.path])[0])
+            kept.append(seg)
+        except AudioError as e:
+            if on_error == "raise":
+                raise
+            skipped.append((seg.file, str(e)))
+    return rest, kept, preds
+
+
 def _read(batch: list[Segment], on_error: str, skipped: list[tuple[str, str]]):
     from wav2small.audio import AudioError, read_audio
 
@@ -391,9 +421,12 @@ def _label_locked(
         dynamic_ncols=True,
     ) as bar:
         for batch in batches(todo, batch_seconds):
-            kept, waves = _read(batch, on_error, skipped)
+            rest, kept, preds = _streamed(teacher, batch, on_error, skipped)
+            read, waves = _read(rest, on_error, skipped)
+            if read:
+                kept += read
+                preds += list(teacher_predict(teacher, waves, names=[s.file for s in read]))
             if kept:
-                preds = teacher_predict(teacher, waves, names=[s.file for s in kept])
                 writer.add(
                     [
                         {

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ import numpy as np
 
 from wav2small import SAMPLE_RATE
 from wav2small.errors import NonFiniteError, UserError
+from wav2small.inputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -589,10 +589,8 @@ def run_lightning(
     if not trainer.is_global_zero:  # DDP: rank 0 writes the run's files
         return result
     if val_loader is None or not checkpoint.best_model_path:
-        fd, tmp = tempfile.mkstemp(prefix=".best.", suffix=".tmp", dir=run_dir)
-        os.close(fd)
-        shutil.copyfile(last, tmp)
-        os.replace(tmp, result.best_checkpoint)
+        with atomic_write(result.best_checkpoint) as tmp:
+            shutil.copyfile(last, tmp)
     else:
         result.best_checkpoint = Path(checkpoint.best_model_path)
     score = checkpoint.best_model_score  # Lightning stores a NaN score as -inf: both undefined

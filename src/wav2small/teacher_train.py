@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.config import TeacherConfig
 from wav2small.errors import UserError
+from wav2small.inputs import atomic_write
 from wav2small.runs import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -281,9 +282,8 @@ def _save_checkpoint(folder: Path, model, optimizer, scheduler, gen, state: dict
         "best_score": state["best_score"],
         "elapsed": state["elapsed"],
     }
-    tmp = folder / f".state.pt.{os.getpid()}.tmp"
-    torch.save(blob, tmp)
-    os.replace(tmp, folder / "state.pt")
+    with atomic_write(folder / "state.pt") as tmp:
+        torch.save(blob, tmp)
 
 
 def save_checked(model, folder: Path) -> None:

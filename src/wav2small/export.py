@@ -334,36 +334,10 @@ def _fixed_length(clips: list[np.ndarray], seconds: float = 4.0) -> list[np.ndar
 
 def _quantize_gemm_weights(proto) -> None:
     """Replace each Gemm weight by int8 values + per-output-row scales + DequantizeLinear."""
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: i for i, t in enumerate(proto.graph.initializer)}
+    inits = {t.name: t for t in proto.graph.initializer}
     for node in [n for n in proto.graph.node if n.op_type == "Gemm"]:
-        name = node.input[1]
-        w = numpy_helper.to_array(proto.graph.initializer[inits[name]])
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        rows = w if trans_b else w.T  # (out, in)
-        scale = (np.abs(rows).max(axis=1) / 127.0).astype(np.float32) + np.float32(1e-12)
-        q = np.clip(np.round(rows / scale[:, None]), -127, 127).astype(np.int8)
-        q = q if trans_b else q.T
-        del proto.graph.initializer[inits[name]]
-        inits = {t.name: i for i, t in enumerate(proto.graph.initializer)}
-        proto.graph.initializer.extend(
-            [
-                numpy_helper.from_array(q, name + "_q"),
-                numpy_helper.from_array(scale, name + "_s"),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_z"),
-            ]
-        )
-        proto.graph.node.insert(
-            0,
-            helper.make_node(
-                "DequantizeLinear",
-                [name + "_q", name + "_s", name + "_z"],
-                [name],
-                axis=0 if trans_b else 1,
-                name=name + "_dq",
-            ),
-        )
+        _store_int8(proto, inits[node.input[1]], axis=0 if trans_b else 1)  # the output axis
 
 
 def _quantize_frontend_weights(proto) -> None:
@@ -374,8 +348,6 @@ def _quantize_frontend_weights(proto) -> None:
     budget leaves; 8-bit rows (step 1/127 of a row's peak) put the DFT's leakage floor ≈ 68 dB
     below a white input's level, far under the 8-bit quantisation of the dB image that follows.
     """
-    from onnx import helper, numpy_helper
-
     inits = {t.name: t for t in proto.graph.initializer}
     names = {
         n.input[1]
@@ -386,28 +358,38 @@ def _quantize_frontend_weights(proto) -> None:
         and inits[n.input[1]].data_type == 1  # float
     }
     for name in sorted(names):
-        w = numpy_helper.to_array(inits[name])
-        rows = w.reshape(w.shape[0], -1)
-        scale = (np.abs(rows).max(axis=1) / 127.0).astype(np.float32) + np.float32(1e-12)
-        q = np.clip(np.round(w / scale[:, None, None]), -127, 127).astype(np.int8)
-        proto.graph.initializer.remove(inits[name])
-        proto.graph.initializer.extend(
-            [
-                numpy_helper.from_array(q, name + "_q"),
-                numpy_helper.from_array(scale, name + "_s"),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_z"),
-            ]
-        )
-        proto.graph.node.insert(
-            0,
-            helper.make_node(
-                "DequantizeLinear",
-                [name + "_q", name + "_s", name + "_z"],
-                [name],
-                axis=0,
-                name=name + "_dq",
-            ),
-        )
+        _store_int8(proto, inits[name], axis=0)
+
+
+def _store_int8(proto, init, *, axis: int) -> None:
+    """Replace a float initializer by symmetric int8 values with one scale per index of ``axis``
+    (scale = row peak / 127) and a DequantizeLinear node that restores the float tensor."""
+    from onnx import helper, numpy_helper
+
+    name, w = init.name, numpy_helper.to_array(init)
+    rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    scale = (np.abs(rows).max(axis=1) / 127.0).astype(np.float32) + np.float32(1e-12)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    proto.graph.initializer.remove(init)
+    proto.graph.initializer.extend(
+        [
+            numpy_helper.from_array(q, name + "_q"),
+            numpy_helper.from_array(scale, name + "_s"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_z"),
+        ]
+    )
+    proto.graph.node.insert(
+        0,
+        helper.make_node(
+            "DequantizeLinear",
+            [name + "_q", name + "_s", name + "_z"],
+            [name],
+            axis=axis,
+            name=name + "_dq",
+        ),
+    )
 
 
 def _shorten_names(proto) -> None:

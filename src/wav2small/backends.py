@@ -197,6 +197,9 @@ class OnnxBackend:
 class TorchBackend:
     """A torch model on CPU (or ``device``): (batch, samples) float32 → (batch, 3).
 
+    A module with a ``labels`` attribute (an early exit, :meth:`EarlyExitModel.at_exit`) gives
+    one output per label instead (e.g. class logits); :attr:`labels` names them.
+
     Args:
         model: a torch module, a checkpoint path (``.safetensors``/``.ckpt``) or a preset name
             (untrained weights, for plumbing; logged as a warning).
@@ -233,6 +236,8 @@ class TorchBackend:
         if threads:
             torch.set_num_threads(threads)
         self.torch, self.device = torch, device
+        #: Output columns: the module's ``labels`` (e.g. an early exit's classes), else A/D/V.
+        self.labels = tuple(getattr(model, "labels", None) or LABELS)
         self.model = model.eval().to(device)
         self.metadata = {"preset": getattr(model, "preset", type(model).__name__)}
 

@@ -54,49 +54,85 @@ positive_float = _number(float, 0.0, False)
 non_negative_float = _number(float, 0.0, True)
 
 
-def _add_threads(p: argparse.ArgumentParser, *, default: int | None = None, what: str = "") -> None:
+def _common(name: str):
+    """The default of a shared option (:class:`wav2small.config.CommonOptions`)."""
+    from wav2small.config import CommonOptions
+
+    return getattr(CommonOptions, name)
+
+
+def _shown(cls: type | None, name: str, what: str | None = None):
+    """(argparse default, default shown in the help): a trainer's flags default to ``None``, so
+    its YAML config and ``--set`` layers resolve them (:func:`wav2small.config.from_cli`), and
+    the help shows the trainer dataclass's default; other commands use the shared one."""
+    if cls is None:
+        value = _common(name)
+        return value, value
+    from wav2small.config import cli_default
+
+    return None, cli_default(cls, what or name)
+
+
+def _add_threads(p: argparse.ArgumentParser, *, what: str = "") -> None:
     """``--threads N``: compute threads of this process (torch and ONNX Runtime intra-op)."""
     p.add_argument(
         "--threads",
         type=non_negative_int,
-        default=default,
+        default=_common("threads"),
         metavar="N",
-        help="compute threads of this process (torch / ONNX Runtime intra-op; "
-        + (what or "default: the library's")
+        help="compute threads of this process (torch / ONNX Runtime intra-op; default: "
+        + (what or "the library's: 1 for ONNX Runtime, torch's own for torch")
         + ")",
     )
 
 
-def _add_jobs(p: argparse.ArgumentParser, *, default: int = 1, what: str = "") -> None:
-    """``--jobs N``: parallel workers (processes or threads) over independent items."""
+def _add_jobs(
+    p: argparse.ArgumentParser, *, what: str = "", default: int | None = None, cls=None
+) -> None:
+    """``--jobs N``: parallel workers (processes or threads) over independent items.
+
+    For the trainers (``cls``) it is the data-loader's worker processes (``num_workers``;
+    ``--num-workers`` is the same option).
+    """
+    names, dest = ("--jobs", "--num-workers"), "num_workers"
+    if cls is None:
+        names, dest = ("--jobs",), "jobs"
+    value, shown = _shown(cls, "jobs", "num_workers")
+    if default is not None:
+        value = shown = default
     p.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=default,
+        *names,
+        dest=dest,
+        type=non_negative_int if cls is not None else positive_int,
+        default=value,
         metavar="N",
         help=f"parallel workers over independent items{f' ({what})' if what else ''} "
-        f"(default {default})",
+        f"(default {shown})",
     )
 
 
-def _add_progress(p: argparse.ArgumentParser) -> None:
-    """``--progress/--no-progress``: progress bars on stderr (default on)."""
+def _add_progress(p: argparse.ArgumentParser, *, cls=None) -> None:
+    """``--progress/--no-progress``: progress bars on stderr."""
+    value, shown = _shown(cls, "progress")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="show progress bars on stderr (default: on)",
+        default=value,
+        help=f"show progress bars on stderr (default: {'on' if shown else 'off'})",
     )
 
 
-def _add_on_error(p: argparse.ArgumentParser) -> None:
+def _add_on_error(p: argparse.ArgumentParser, *, cls=None, report: str = "<out>.skipped.csv"):
     """``--on-error raise|skip``: stop at the first bad input, or skip and report it."""
+    from wav2small.config import ON_ERROR
+
+    value, shown = _shown(cls, "on_error")
     p.add_argument(
         "--on-error",
-        choices=["raise", "skip"],
-        default="raise",
-        help="raise: stop at the first bad input; skip: skip and list it in <out>.skipped.csv "
-        "(exit 2 when nothing is left). Default raise",
+        choices=ON_ERROR,
+        default=value,
+        help=f"raise: stop at the first bad input; skip: skip it and list it in {report} "
+        f"(exit 2 when nothing is left). Default {shown}",
     )
 
 
@@ -117,10 +153,19 @@ def _locked(*outs: str | None):
 
 
 # --- export ---------------------------------------------------------------------------------
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a checkpoint or preset to ONNX (fp32, optional int8)")
-    p.add_argument("model", help="checkpoint file or preset name (see `wav2small models`)")
-    p.add_argument("--out", required=True, help="output folder")
+def _add_export_options(p: argparse.ArgumentParser, *, early_exit: bool = False) -> None:
+    from wav2small.config import EXPORTERS
+
+    p.add_argument(
+        "model",
+        help="checkpoint file or preset name (see `wav2small models`), or an early-exit model "
+        "of `wav2small selfdistill`",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder; for an early exit, an OUT ending in .onnx names the file itself",
+    )
     p.add_argument("--int8", action="store_true", help="also write a static-int8 model")
     p.add_argument(
         "--calibration",
@@ -128,8 +173,25 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="audio files/folders for int8 calibration (default: built-in signals)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of untrained weights and test signals")
+    p.add_argument(
+        "--exit",
+        required=early_exit,
+        help="early-exit models: the exit to export (layer number, deepest or fusion; "
+        "default deepest)",
+    )
+    p.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default=EXPORTERS[0],
+        help="early-exit models: ONNX exporter (auto: TorchScript, which exports the exits' GRU)",
+    )
     _add_progress(p)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint or preset to ONNX (fp32, optional int8)")
+    _add_export_options(p)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -335,8 +397,10 @@ def _run_label(args: argparse.Namespace) -> int:
 
 # --- train-teacher --------------------------------------------------------------------------
 def _add_training_options(p: argparse.ArgumentParser, cls: type) -> None:
-    """Options every trainer shares (``--config``, ``--set``, ``--on-error``, ``--resume``, ...)."""
-    from wav2small.config import ON_ERROR, cli_default
+    """Options every trainer shares (``--config``, ``--set``, ``--resume``) and the shared
+    groups (``--on-error``, ``--progress``, ``--threads``, ``--jobs``), their defaults read
+    from the trainer's dataclass ``cls``."""
+    from wav2small.config import fields
 
     p.add_argument("--config", help="YAML file of settings (e.g. a run's config.yaml); flags win")
     p.add_argument(
@@ -348,18 +412,16 @@ def _add_training_options(p: argparse.ArgumentParser, cls: type) -> None:
         "values are read as YAML and checked against the setting's type)",
     )
     p.add_argument(
-        "--on-error",
-        choices=ON_ERROR,
-        help="raise at the first bad training file (unreadable, too short, non-finite), or skip "
-        f"it and list it in OUT/skipped.csv (default {cli_default(cls, 'on_error')})",
-    )
-    p.add_argument(
         "--resume",
         nargs="?",
         const="last",
         help="continue the run in --out (or from PATH) with the same settings",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_on_error(p, cls=cls, report="OUT/skipped.csv")
+    _add_progress(p, cls=cls)
+    _add_threads(p, what="torch's own")
+    if "num_workers" in fields(cls):
+        _add_jobs(p, cls=cls, what="data-loader processes")
 
 
 def _add_train_teacher(sub: argparse._SubParsersAction) -> None:
@@ -376,18 +438,26 @@ def _add_train_teacher(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="teacher to fine-tune (default: a new synthetic-world teacher)")
     p.add_argument("--model", help="JSON overrides of the new teacher's config")
     p.add_argument("--epochs", type=int, help=f"default {d('epochs')}")
-    p.add_argument("--max-minutes", type=float, help="stop after this long (default: no limit)")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help=f"stop after this long (default {d('max_minutes')}: no limit)",
+    )
     p.add_argument("--batch-size", type=int, help=f"default {d('batch_size')}")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {d('lr')})")
     p.add_argument(
         "--crop-seconds",
         type=float,
-        help="random training crops of this length (default 0: whole clips)",
+        help=f"random training crops of this length; 0: whole clips (default {d('crop_seconds')}: "
+        "whole clips)",
     )
-    p.add_argument("--gain-db", type=float, help="random gain of ± this many dB (default 0)")
-    p.add_argument("--mse-weight", type=float, help="MSE added to the CCC loss (default 0)")
+    p.add_argument(
+        "--gain-db", type=float, help=f"random gain of ± this many dB (default {d('gain_db')})"
+    )
+    p.add_argument(
+        "--mse-weight", type=float, help=f"MSE added to the CCC loss (default {d('mse_weight')})"
+    )
     p.add_argument("--seed", type=int, help=f"default {d('seed')}")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     _add_training_options(p, TeacherConfig)
 
 
@@ -499,31 +569,47 @@ def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help=f"run folder (default {d('out')})")
     p.add_argument("--epochs", type=int, help=f"passes over the data (default {d('epochs')})")
-    p.add_argument("--max-steps", type=int, help="optimiser steps (overrides --epochs)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        help=f"optimiser steps; > 0 overrides --epochs (default {d('max_steps')})",
+    )
     p.add_argument("--batch-size", type=int, help=f"default {d('batch_size')}")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d('lr')})")
     p.add_argument(
-        "--warmup-steps", type=float, help="warm-up steps, or a fraction of the run if < 1"
+        "--warmup-steps",
+        type=float,
+        help=f"warm-up steps, or a fraction of the run if < 1 (default {d('warmup_steps')})",
     )
     p.add_argument(
         "--crop-seconds", type=float, help=f"longest training crop (default {d('crop_seconds')})"
     )
     p.add_argument("--temperature", type=float, help=f"KL temperature (default {d('temperature')})")
     for term in ("deepest", "exit", "kd", "feature"):
-        p.add_argument(f"--w-{term}", type=float, help=f"weight of the {term} term (default 1)")
-    p.add_argument("--feature-level", choices=["embedding", "linear"])
+        p.add_argument(
+            f"--w-{term}", type=float, help=f"weight of the {term} term (default {d('w_' + term)})"
+        )
+    p.add_argument(
+        "--feature-level",
+        choices=["embedding", "linear"],
+        help=f"pooled feature of the feature term (default {d('feature_level')})",
+    )
     p.add_argument(
         "--detach-teacher",
         action="store_true",
         default=None,
         help="no gradient through the deepest head in the kd/feature terms",
     )
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--val-every", type=int, help="validate every N steps (default: per epoch)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--accelerator", help="cpu, gpu or auto")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--grad-clip", type=float, help=f"gradient-norm clipping, 0: off (default {d('grad_clip')})"
+    )
+    p.add_argument(
+        "--val-every",
+        type=int,
+        help=f"validate every N steps, 0: per epoch (default {d('val_every')})",
+    )
+    p.add_argument("--seed", type=int, help=f"default {d('seed')}")
+    p.add_argument("--accelerator", help=f"cpu, gpu or auto (default {d('accelerator')})")
     _add_training_options(p, SelfDistillConfig)
 
 
@@ -534,9 +620,14 @@ def _run_selfdistill(args: argparse.Namespace) -> int:
 
 
 def _add_selfdistill_eval(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import DEFAULT_LABEL_COLUMN
+
     p = sub.add_parser(
         "selfdistill-eval",
         help="per-exit UAR/CCC, ms per 5 s and parameters of an early-exit model",
+        description="Every exit runs as its own model through the Predictor, as `evaluate` "
+        "runs a model (wav2small.selfdistill.exit_outputs); the table adds UAR (classes), "
+        "latency and parameters per exit.",
     )
     p.add_argument("model", help="best.safetensors or a .ckpt of `wav2small selfdistill`")
     p.add_argument("--data", required=True, help="labelled CSV")
@@ -546,8 +637,10 @@ def _add_selfdistill_eval(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="exits to report: layer numbers, deepest, fusion (default: all)",
     )
-    p.add_argument("--label-column", default="emotion")
-    _add_threads(p, default=1, what="default 1, also for the latency figure")
+    p.add_argument(
+        "--label-column", default=DEFAULT_LABEL_COLUMN, help="class column (task classes)"
+    )
+    _add_threads(p, what="the library's; the latency figure uses 1 unless given")
     p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per exit (median)")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--out", help="also write the table as CSV")
@@ -563,18 +656,15 @@ def _run_selfdistill_eval(args: argparse.Namespace) -> int:
 
 def _add_selfdistill_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "selfdistill-export", help="export an early-exit model, truncated at one exit, to ONNX"
+        "selfdistill-export",
+        help="alias of `export MODEL --exit K`: one exit of an early-exit model to ONNX",
+        description="The same command as `wav2small export` with --exit required: the same "
+        "ONNX writer and parity gate (a model that fails it is renamed <name>.rejected).",
     )
-    p.add_argument("model", help="best.safetensors or a .ckpt of `wav2small selfdistill`")
-    p.add_argument("--exit", required=True, help="layer number, deepest or fusion")
-    p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto")
+    _add_export_options(p, early_exit=True)
 
 
-def _run_selfdistill_export(args: argparse.Namespace) -> int:
-    from wav2small.selfdistill import selfdistill_export_cli
-
-    return selfdistill_export_cli(args)
+_run_selfdistill_export = _run_export
 
 
 # --- distill / train / evaluate ---------------------------------------------------------------
@@ -590,7 +680,7 @@ def _add_student_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--val-target",
         choices=["auto", "gold", "teacher"],
-        help="what validation CCC is measured against (default auto: teacher when "
+        help=f"what validation CCC is measured against (default {d('val_target')}: teacher when "
         "distilling, gold when training)",
     )
     p.add_argument("--out", help=f"run folder (default {d('out')})")
@@ -598,20 +688,22 @@ def _add_student_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help=f"optimiser steps (default {d('max_steps')})")
     p.add_argument("--batch-size", type=int, help=f"default {d('batch_size')}")
     p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {d('lr')})")
-    p.add_argument(
-        "--num-workers", type=int, help=f"data-loader workers (default {d('num_workers')})"
-    )
     p.add_argument("--accelerator", help=f"cpu, gpu or auto (default {d('accelerator')})")
     p.add_argument(
         "--devices",
         type=lambda v: int(v) if v.isdigit() else v,
         help=f"devices (processes with --strategy ddp); an int or auto (default {d('devices')})",
     )
-    p.add_argument("--strategy", help="Lightning strategy: auto or ddp (gloo on CPU, NCCL on GPU)")
+    p.add_argument(
+        "--strategy",
+        help=f"Lightning strategy: auto or ddp (gloo on CPU, NCCL on GPU; default {d('strategy')})",
+    )
     _add_training_options(p, StudentConfig)
 
 
 def _add_distill(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import StudentConfig, cli_default
+
     p = sub.add_parser("distill", help="train a student on a teacher's outputs (no human labels)")
     p.add_argument("--teacher", help="teacher name or folder (online targets; validation)")
     p.add_argument("--audio", help="distillation audio: folder or CSV with a 'file' column")
@@ -619,7 +711,8 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--targets",
         choices=["online", "cached"],
-        help="teacher on the same augmented crop (online, default) or cached labels",
+        help="teacher on the same augmented crop (online) or cached labels (default "
+        f"{cli_default(StudentConfig, 'targets')})",
     )
     _add_student_options(p)
 
@@ -658,6 +751,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="no PNG plots in --out")
     _add_on_error(p)
     _add_progress(p)
+    _add_threads(p)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -815,8 +909,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a bad option: one line printed already (2)
         return e.code if isinstance(e.code, int) else EXIT_USER_ERROR
     configure_logging(verbose=args.verbose)
-    if hasattr(args, "progress"):
-        args.no_progress = not args.progress  # older consumers read no_progress
+    if hasattr(args, "progress"):  # older consumers read no_progress (None: the trainer's config)
+        args.no_progress = args.progress is False
     prog = f"wav2small {args.command}"
     try:
         return globals()[f"_run_{args.command.replace('-', '_')}"](args) or 0

@@ -24,9 +24,39 @@ from typing import Any, ClassVar
 
 from wav2small.errors import UserError
 
-#: ``on_error`` choices: stop at the first bad training file, or skip it and report it.
+#: ``on_error`` choices: stop at the first bad input, or skip it and report it.
 ON_ERROR = ("raise", "skip")
+#: ONNX exporters of ``export``: ``auto`` (dynamo for students, TorchScript for early exits,
+#: whose GRU the dynamo exporter cannot export), ``dynamo`` (opset 18), ``torchscript`` (17).
+EXPORTERS = ("auto", "dynamo", "torchscript")
 _NULLS = ("null", "None", "none", "~", "")
+
+
+# --- the options every command shares --------------------------------------------------------
+@dataclass
+class CommonOptions:
+    """The options the CLI declares once and every subcommand shares, with their defaults.
+
+    ``wav2small <cmd> --help`` reads these defaults (and the trainers' :class:`RunConfig`
+    fields take theirs from here), so each option means the same and defaults the same in every
+    subcommand that has it.
+
+    Attributes:
+        threads: compute threads of this process (torch and ONNX Runtime intra-op); ``None``:
+            the library's own (1 for ONNX Runtime sessions, torch's default for torch).
+        jobs: parallel workers over independent items (files, clips, students; the trainers'
+            data-loader processes).
+        progress: show progress bars on stderr.
+        on_error: ``raise`` at the first bad input, or ``skip`` it and list it in a
+            ``skipped.csv`` report (exit 2 when nothing is left).
+        debug: print the Python traceback of an error.
+    """
+
+    threads: int | None = None
+    jobs: int = 1
+    progress: bool = True
+    on_error: str = "raise"
+    debug: bool = False
 
 
 # --- the shared base ------------------------------------------------------------------------
@@ -47,6 +77,9 @@ class RunConfig:
             run's ``skipped.csv`` and log.
         progress: show progress bars.
         resume: ``last`` (the run folder's own checkpoint), a checkpoint path, or empty.
+        threads: torch threads of the training process (``None`` or 0: torch's default).
+
+    ``on_error``, ``progress`` and ``threads`` default as in :class:`CommonOptions`.
     """
 
     #: Settings a resumed run may change (everything else must match the saved config.yaml).
@@ -62,9 +95,10 @@ class RunConfig:
     batch_size: int = 16
     lr: float = 1e-3
     crop_seconds: float | None = 4.0
-    on_error: str = "raise"
-    progress: bool = True
+    on_error: str = CommonOptions.on_error
+    progress: bool = CommonOptions.progress
     resume: str | None = None
+    threads: int | None = CommonOptions.threads
 
     def check_common(self) -> None:
         """Check the shared settings.
@@ -81,6 +115,8 @@ class RunConfig:
             raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.crop_seconds is not None and not self.crop_seconds > 0:
             raise UserError(f"crop_seconds must be > 0, got {self.crop_seconds}")
+        if self.threads is not None and self.threads < 0:
+            raise UserError(f"threads must be >= 0, got {self.threads}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON-serialisable; tuples become lists)."""
@@ -266,7 +302,6 @@ class TeacherConfig(RunConfig):
         weight_decay: AdamW weight decay.
         mse_weight: weight of an MSE term added to the CCC loss.
         gain_db: random gain of ±``gain_db`` dB per training clip.
-        threads: torch threads (0: leave torch's default).
 
     ``crop_seconds`` defaults to ``None`` (whole clips: on the built-in corpus valence needs the
     pitch contour from the first word to the last); ``resume`` continues from ``out/checkpoint``.
@@ -287,7 +322,6 @@ class TeacherConfig(RunConfig):
     weight_decay: float = 1e-2
     mse_weight: float = 0.0
     gain_db: float = 0.0
-    threads: int = 0
 
     def validate(self) -> TeacherConfig:
         """Check the settings; return self.

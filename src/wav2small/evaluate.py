@@ -66,15 +66,17 @@ def model_name(path: str | os.PathLike) -> str:
 
 
 def by_file(frame: pd.DataFrame, paths: Sequence[str | os.PathLike], *, model: str = "model"):
-    """Join a one-row-per-file :meth:`Predictor.predict` table with ``paths`` → (n, 3) float64.
+    """Join a one-row-per-file :meth:`Predictor.predict` table with ``paths`` → (n, k) float64.
 
-    Rows are looked up by the ``file`` index level (a path may repeat).
+    Rows are looked up by the ``file`` index level (a path may repeat); the columns are the
+    table's (A/D/V, or an early exit's class logits).
 
     Raises:
         ValueError: a file without exactly one row, or non-finite values (the file is named).
     """
+    columns = list(frame.columns)
     table = frame.reset_index()
-    table = table.drop_duplicates("file", keep=False).set_index("file")[list(LABELS)]
+    table = table.drop_duplicates("file", keep=False).set_index("file")[columns]
     keys = [os.fspath(p) for p in paths]
     missing = [k for k in dict.fromkeys(keys) if k not in table.index]
     if missing:
@@ -341,6 +343,7 @@ def evaluate(
     teacher=None,
     progress: bool = False,
     on_error: str = "raise",
+    threads: int | None = None,
 ) -> Evaluation:
     """Score models on full utterances against gold, truth and a teacher.
 
@@ -353,6 +356,8 @@ def evaluate(
         on_error: ``"raise"`` at the first unusable clip (unreadable, too short, non-finite),
             or ``"skip"`` it: a clip any model cannot score is left out for every model and
             listed in :attr:`Evaluation.skipped`.
+        threads: compute threads of the models' backends (see
+            :class:`~wav2small.infer.Predictor`).
 
     Returns:
         The :class:`Evaluation`.
@@ -372,7 +377,9 @@ def evaluate(
     paths = manifest["path"].tolist()
     frames, failed = {}, {}
     for name, m in _named(models).items():
-        frames[name] = _predict_frame(m, paths, progress=progress, name=name, on_error=on_error)
+        frames[name] = _predict_frame(
+            m, paths, progress=progress, name=name, on_error=on_error, threads=threads
+        )
         if frames[name][0] is not None:
             failed.update(frames[name][0].attrs.get("skipped", {}))
     keep = np.array([os.fspath(p) not in failed for p in paths], bool)
@@ -424,8 +431,9 @@ def evaluate_cli(args) -> int:
         list(args.models),
         args.data,
         teacher=args.teacher,
-        progress=not getattr(args, "no_progress", False),
-        on_error=getattr(args, "on_error", "raise"),
+        progress=args.progress,
+        on_error=args.on_error,
+        threads=args.threads,
     )
     print(result.table())
     if result.skipped:  # each reason was logged when the clip was skipped

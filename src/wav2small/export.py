@@ -22,6 +22,7 @@ import numpy as np
 
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.card import CARD_NAME, model_card, run_facts, write_model_card
+from wav2small.config import EXPORTERS  # noqa: F401 (public here too)
 from wav2small.inputs import write_text
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,34 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def export_onnx(model, path: str | Path, *, metadata: dict[str, str] | None = None) -> Path:
-    """Export a waveform → A/D/V model to fp32 ONNX with dynamic batch and time axes.
+#: Opset of the TorchScript exporter (native ONNX GRU, which the early exits need; see
+#: :data:`wav2small.config.EXPORTERS`).
+TORCHSCRIPT_OPSET = 17
+
+
+def export_onnx(
+    model,
+    path: str | Path,
+    *,
+    metadata: dict[str, str] | None = None,
+    exporter: str = "dynamo",
+    output: str = OUTPUT_NAME,
+    min_samples: int = 64,
+) -> Path:
+    """Export a waveform → outputs model to fp32 ONNX with dynamic batch and time axes.
+
+    The one ONNX writer of the package (students, and early exits through
+    :func:`wav2small.selfdistill.export_exit`): export in a temporary folder, strip exporter
+    debug annotations, set ``metadata_props``, write atomically.
 
     Args:
         model: a torch module taking (batch, samples) float input.
         path: output file (written atomically).
-        metadata: extra string facts for ``metadata_props`` (labels and sample rate are always set).
+        metadata: extra string facts for ``metadata_props`` (labels and sample rate are always
+            set; these win).
+        exporter: ``dynamo`` (opset 18) or ``torchscript`` (opset 17).
+        output: name of the (first) output.
+        min_samples: shortest input the dynamic time axis allows.
     """
     import onnx
     import torch
@@ -91,14 +113,20 @@ def export_onnx(model, path: str | Path, *, metadata: dict[str, str] | None = No
     from wav2small.models import model_info
     from wav2small.models.wav2small import StagedExport, Wav2Small
 
+    if exporter not in ("dynamo", "torchscript"):
+        raise ValueError(f"exporter must be dynamo or torchscript, got {exporter!r}")
     path = Path(path)
     model = model.eval()
-    signal_shape = {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=64)}
-    if isinstance(model, Wav2Small):  # staged form: optional inputs, per-token outputs
-        module, staged = StagedExport(model), True
+    signal_shape = {
+        0: torch.export.Dim("batch"),
+        1: torch.export.Dim("samples", min=min_samples),
+    }
+    staged = isinstance(model, Wav2Small)
+    if staged:  # staged form: optional inputs, per-token outputs
+        module = StagedExport(model)
         example = module.example_inputs()
         norm = [NORM_INPUT] if module.utterance_norm else []
-        names = ([INPUT_NAME, *norm, POOLED_INPUT], [OUTPUT_NAME, LIN_OUTPUT, SOF_OUTPUT])
+        names = ([INPUT_NAME, *norm, POOLED_INPUT], [output, LIN_OUTPUT, SOF_OUTPUT])
         shapes = (
             signal_shape,
             *([{0: torch.export.Dim("norm_batch")}] if norm else []),
@@ -106,23 +134,37 @@ def export_onnx(model, path: str | Path, *, metadata: dict[str, str] | None = No
         )
     else:
         g = torch.Generator().manual_seed(0)
-        module, staged = model, False
+        module = model
         example = (torch.zeros(2, SAMPLE_RATE).normal_(generator=g),)
-        names, shapes = ([INPUT_NAME], [OUTPUT_NAME]), (signal_shape,)
+        names, shapes = ([INPUT_NAME], [output]), (signal_shape,)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tmp_path = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            module,
-            example,
-            str(tmp_path),
-            input_names=names[0],
-            output_names=names[1],
-            dynamic_shapes=shapes,
-            dynamo=True,
-            opset_version=OPSET,
-            verbose=False,
-        )
+        if exporter == "dynamo":
+            torch.onnx.export(
+                module,
+                example,
+                str(tmp_path),
+                input_names=names[0],
+                output_names=names[1],
+                dynamic_shapes=shapes,
+                dynamo=True,
+                opset_version=OPSET,
+                verbose=False,
+            )
+        else:
+            if staged:
+                raise ValueError("Wav2Small exports use the dynamo exporter")
+            torch.onnx.export(
+                module,
+                example,
+                str(tmp_path),
+                input_names=names[0],
+                output_names=names[1],
+                dynamo=False,
+                opset_version=TORCHSCRIPT_OPSET,
+                dynamic_axes={INPUT_NAME: {0: "batch", 1: "samples"}, output: {0: "batch"}},
+            )
         proto = onnx.load(str(tmp_path))
     facts = {**model_info(model), **(metadata or {})}
     if staged:
@@ -131,6 +173,15 @@ def export_onnx(model, path: str | Path, *, metadata: dict[str, str] | None = No
     _set_metadata(proto, facts)
     _save_atomic(proto, path)
     return path
+
+
+def parity_gate(model, fp32_path: str | Path, report: ExportReport, *, seed: int = 0) -> bool:
+    """The fp32 gate: :func:`check_fp32_parity` into ``report`` (``max_abs_diff``; ``passed``
+    cleared when the difference exceeds :data:`PARITY_MAX_ABS`). Returns whether it passed."""
+    report.max_abs_diff = check_fp32_parity(model, fp32_path, seed=seed)
+    ok = max(report.max_abs_diff.values()) <= PARITY_MAX_ABS
+    report.passed = report.passed and ok
+    return ok
 
 
 def staged_facts(model) -> dict[str, str]:
@@ -498,8 +549,7 @@ def export(
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = export_onnx(model, out_dir / "model.onnx", metadata=metadata)
     report = ExportReport(str(fp32), fp32.stat().st_size)
-    report.max_abs_diff = check_fp32_parity(model, fp32, seed=seed)
-    report.passed = parity_ok = max(report.max_abs_diff.values()) <= PARITY_MAX_ABS
+    parity_ok = parity_gate(model, fp32, report, seed=seed)
     int8_ok = True
     if int8:
         if calibration and not validation:  # hold out every 4th clip for the fidelity check
@@ -523,7 +573,7 @@ def export(
         if gate_int8:
             int8_ok = min(report.int8_ccc.values()) >= INT8_MIN_CCC
             report.passed &= int8_ok
-    _reject_failed(report, out_dir, parity_ok=parity_ok, int8_ok=int8_ok)
+    reject_failed(report, parity_ok=parity_ok, int8_ok=int8_ok)
     from wav2small.audonnx_export import write_audonnx_folders
 
     write_audonnx_folders(out_dir)  # audonnx/ (+ audonnx-int8/): audonnx.load(folder) as is
@@ -540,7 +590,7 @@ def export(
     return report
 
 
-def _reject_failed(report: ExportReport, out_dir: Path, *, parity_ok: bool, int8_ok: bool) -> None:
+def reject_failed(report: ExportReport, *, parity_ok: bool, int8_ok: bool = True) -> None:
     """Move models that failed a gate to ``<name>.rejected`` so none stays under its final name.
 
     A failed fp32 parity gate rejects the fp32 model and the int8 model built from it; a failed
@@ -583,8 +633,16 @@ def load_calibration_clips(paths: list[str]) -> list[np.ndarray]:
 
 
 def export_cli(args) -> int:
-    """``wav2small export MODEL --out DIR [--int8] [--calibration FILES...]``."""
+    """``wav2small export MODEL --out DIR [--int8] [--calibration FILES...] [--exit K]``.
+
+    An early-exit model (``wav2small selfdistill``'s weights, or any model with ``--exit``) goes
+    to :func:`wav2small.selfdistill.selfdistill_export_cli`: the same writer and gate, one exit.
+    """
     from wav2small.models import create_model, list_models, load_model
+    from wav2small.selfdistill import is_early_exit_checkpoint, selfdistill_export_cli
+
+    if getattr(args, "exit", None) is not None or is_early_exit_checkpoint(args.model):
+        return selfdistill_export_cli(args)
 
     untrained = args.model in list_models()
     if untrained:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,6 +292,9 @@ class Predictor:
         self.batch_size = batch_size
         self.model = model if isinstance(model, str | os.PathLike) else type(model).__name__
         self.staged = _staged_model(self.backend)
+        #: Output columns: arousal, dominance, valence (a torch module may name its own, e.g. an
+        #: early exit's classes; see :class:`wav2small.backends.TorchBackend`).
+        self.labels = tuple(getattr(self.backend, "labels", LABELS))
 
     def __repr__(self) -> str:
         return f"Predictor({os.fspath(self.model)!r}, backend={self.backend.name!r})"
@@ -455,12 +458,12 @@ class Predictor:
                     raise
                 logger.warning("skipped %s", exc)
                 skipped[item.name] = str(exc)
-                return [(item.name, math.nan, math.nan, np.full(len(LABELS), np.nan))]
+                return [(item.name, math.nan, math.nan, np.full(len(self.labels), np.nan))]
 
         rows: list[Row] = []
         for result in _progress(_map(work, items, num_workers), len(items), progress):
             rows += result
-        frame = rows_to_frame(rows, clip=clip)
+        frame = rows_to_frame(rows, clip=clip, columns=self.labels)
         frame.attrs["skipped"] = skipped
         return frame
 
@@ -519,7 +522,7 @@ class Predictor:
                     item.path, win=piece_n / SAMPLE_RATE, hop=piece_n / SAMPLE_RATE
                 )
             )
-        total, weight, end = np.zeros(len(LABELS)), 0, 0
+        total, weight, end = np.zeros(len(self.labels)), 0, 0
         for piece in pieces:
             if len(piece) < MIN_SAMPLES:  # a resampling remainder of a few samples
                 end += len(piece)
@@ -627,8 +630,11 @@ def _progress(results: Iterable, total: int, show: bool) -> Iterable:
     )
 
 
-def rows_to_frame(rows: list[Row], *, clip: bool = False) -> pd.DataFrame:
-    """Rows ``(file, start, end, values)`` → the ``(file, start, end)``-indexed A/D/V table."""
+def rows_to_frame(
+    rows: list[Row], *, clip: bool = False, columns: Sequence[str] = LABELS
+) -> pd.DataFrame:
+    """Rows ``(file, start, end, values)`` → the ``(file, start, end)``-indexed table with
+    ``columns`` (A/D/V unless a model names its outputs otherwise)."""
     index = pd.MultiIndex.from_arrays(
         [
             [r[0] for r in rows],
@@ -640,11 +646,11 @@ def rows_to_frame(rows: list[Row], *, clip: bool = False) -> pd.DataFrame:
     values = (
         np.stack([r[3] for r in rows]).astype(np.float32)
         if rows
-        else np.zeros((0, len(LABELS)), np.float32)
+        else np.zeros((0, len(columns)), np.float32)
     )
     if clip:
         values = np.clip(values, 0.0, 1.0)
-    return pd.DataFrame(values, index=index, columns=list(LABELS))
+    return pd.DataFrame(values, index=index, columns=list(columns))
 
 
 # pandas builds its first string-keyed MultiIndex by importing pyarrow's compatibility layer (≈ 7

@@ -120,7 +120,8 @@ def check_resumed_config(cfg: Any, run_dir: Path) -> None:
 
 
 def open_run(cfg: Any, *, checkpoint: str = LAST_CHECKPOINT) -> tuple[Path, Path | None]:
-    """Create the run folder, find the resume checkpoint, check and write ``config.yaml``.
+    """Create the run folder, find the resume checkpoint, check and write ``config.yaml``, and
+    set the run's torch threads (``threads``: ``None``/0 leaves torch's default).
 
     Returns:
         ``(run_dir, resume checkpoint or None)``.
@@ -131,6 +132,10 @@ def open_run(cfg: Any, *, checkpoint: str = LAST_CHECKPOINT) -> tuple[Path, Path
     """
     from wav2small.config import save_config
 
+    if getattr(cfg, "threads", None):
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = resume_path(cfg.resume, run_dir, checkpoint)

@@ -55,6 +55,7 @@ import numpy as np
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.config import DEFAULT_LABEL_COLUMN, SelfDistillConfig
 from wav2small.errors import UserError
+from wav2small.export import EXPORTERS, PARITY_MAX_ABS, PARITY_SECONDS, ExportReport  # noqa: F401
 from wav2small.inputs import atomic_write
 from wav2small.runs import BEST_WEIGHTS, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunResult
 
@@ -70,11 +71,6 @@ __all__ = [
     "SUMMARY_FILE",
     "SelfDistillConfig",
 ]
-#: Input lengths of the ONNX parity check (seconds) and its tolerance.
-PARITY_SECONDS = (1.0, 4.0, 10.0)
-PARITY_MAX_ABS = 1e-4
-EXPORTERS = ("auto", "dynamo", "torchscript")
-ONNX_INPUT = "signal"
 #: Clip length of the latency figure (the paper family's "per 5 s").
 LATENCY_SECONDS = 5.0
 
@@ -601,31 +597,62 @@ def exit_names(model, requested: Sequence[str] | None = None) -> list:
     return [model.check_exit(parse_exit(r)) for r in requested]
 
 
+def exit_outputs(
+    model,
+    paths: Sequence[str | os.PathLike],
+    exits: Sequence,
+    *,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Each exit's outputs for whole files, through the one inference path.
+
+    Every exit runs as its own model (:meth:`EarlyExitModel.at_exit`: the backbone truncated
+    after it) through :func:`wav2small.evaluate.predict` — a
+    :class:`~wav2small.infer.Predictor` over a :class:`~wav2small.backends.TorchBackend`, joined
+    by file — so a clip is scored exactly as ``predict`` and ``evaluate`` run a model (files
+    longer than 20 s as the length-weighted mean over equal pieces, NaN/Inf refused naming the
+    file).
+
+    Returns:
+        exit name → (n, outputs) float64 in ``paths`` order (class logits or A/D/V).
+    """
+    from wav2small.evaluate import predict
+
+    model = model.eval()
+    return {
+        str(e): predict(
+            model.at_exit(e), paths, threads=threads, progress=progress, name=f"exit {e}"
+        )
+        for e in exits
+    }
+
+
 def evaluate_exits(
     model,
     data: str | os.PathLike,
     *,
     exits: Sequence[str] | None = None,
     label_column: str = DEFAULT_LABEL_COLUMN,
-    threads: int = 1,
+    threads: int | None = None,
     repeats: int = 10,
-    batch_size: int = 8,
     latency: bool = True,
     progress: bool = True,
 ):
     """Per exit: UAR (classes) or CCC (A/D/V) on whole clips, ms per 5 s, parameters used.
 
-    Scores come from one full pass per batch (every head; equal to truncated runs, as the
-    tests check); latency runs the truncated backbone on one 5 s clip with ``threads`` threads.
+    Scores come from :func:`exit_outputs` (each exit run through the Predictor, as ``evaluate``
+    runs a model); latency runs the truncated backbone on one 5 s clip with ``threads``
+    threads.
 
     Args:
         model: an :class:`~wav2small.models.exits.EarlyExitModel`.
-        data: labelled CSV.
+        data: labelled CSV (paths relative to it, :func:`wav2small.inputs.read_manifest`).
         exits: exit names (``"3"``, ``"deepest"``, ``"fusion"``) or None/``["all"]`` for all.
         label_column: class column (task classes).
-        threads: torch threads for the latency figure.
+        threads: torch threads for scoring and for the latency figure (``None``: torch's own
+            for scoring, 1 for the latency figure).
         repeats: timed runs per exit (median reported).
-        batch_size: clips per scoring batch (padded, masked).
         latency: also measure latency.
         progress: progress bar.
 
@@ -635,10 +662,8 @@ def evaluate_exits(
         ``ccc_mean``); ``n`` clips.
     """
     import pandas as pd
-    import torch
-    from tqdm import tqdm
 
-    from wav2small.data import UtteranceDataset, load_manifest, pad_collate
+    from wav2small.data import load_manifest
 
     names = exit_names(model, exits)
     table = load_manifest(data)
@@ -649,20 +674,9 @@ def evaluate_exits(
         label_column=label_column,
         name=str(data),
     )
-    dataset = UtteranceDataset(table)
-    model = model.eval()
-    chunks: dict[str, list] = {}
-    starts = range(0, len(dataset), batch_size)
-    with torch.inference_mode():
-        for start in tqdm(starts, desc="scoring", disable=not progress):
-            batch = pad_collate(
-                [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            )
-            for head, pred in _all_heads(model, batch["wave"], batch["lengths"]).items():
-                chunks.setdefault(head, []).append(pred.float().numpy())
-    outputs = {h: np.concatenate(v) for h, v in chunks.items()}
+    outputs = exit_outputs(model, table["path"].tolist(), names, threads=threads, progress=progress)
     scores = head_scores(outputs, target, task=model.config.task)
-    ms = exit_latencies_ms(model, names, threads=threads, repeats=repeats) if latency else {}
+    ms = exit_latencies_ms(model, names, threads=threads or 1, repeats=repeats) if latency else {}
     rows = []
     for name in names:
         rows.append(
@@ -680,66 +694,26 @@ def evaluate_exits(
 
 # --- export -----------------------------------------------------------------------------------
 @dataclass
-class ExitExportReport:
-    """What :func:`export_exit` wrote and measured."""
+class ExitExportReport(ExportReport):
+    """What :func:`export_exit` wrote and measured: an :class:`wav2small.export.ExportReport`
+    (the fp32 file and its parity gate) plus the exit and the exporter used."""
 
-    path: str
-    bytes: int
-    exit: str
-    exporter: str
-    max_abs_diff: dict[str, float] = field(default_factory=dict)
-    passed: bool = True
+    exit: str = ""
+    exporter: str = ""
+
+    @property
+    def path(self) -> str:
+        """The ONNX file (``<name>.rejected`` when it failed its gate)."""
+        return self.fp32_path
+
+    @property
+    def bytes(self) -> int:
+        """Its size in bytes."""
+        return self.fp32_bytes
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
-        lines = [
-            f"onnx  {self.path}  {self.bytes / 1024:.1f} KB  (exit {self.exit}, "
-            f"{self.exporter} exporter)"
-        ]
-        lines += [
-            f"  parity vs torch, {k}: max |diff| = {v:.2e}" for k, v in self.max_abs_diff.items()
-        ]
-        lines.append("parity gate: " + ("PASSED" if self.passed else "FAILED"))
-        return "\n".join(lines)
-
-
-def _onnx_export(module, path: Path, output: str, exporter: str) -> None:
-    import warnings
-
-    import torch
-
-    example = torch.zeros(2, SAMPLE_RATE).normal_(generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            dims = (
-                {
-                    0: torch.export.Dim("batch"),
-                    1: torch.export.Dim("samples", min=module.model.min_samples),
-                },
-            )
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                input_names=[ONNX_INPUT],
-                output_names=[output],
-                dynamic_shapes=dims,
-                dynamo=True,
-                opset_version=18,
-                verbose=False,
-            )
-        else:
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                input_names=[ONNX_INPUT],
-                output_names=[output],
-                dynamo=False,
-                opset_version=17,
-                dynamic_axes={ONNX_INPUT: {0: "batch", 1: "samples"}, output: {0: "batch"}},
-            )
+        return super().summary() + f"\n(exit {self.exit}, {self.exporter} exporter)"
 
 
 def export_exit(
@@ -753,26 +727,26 @@ def export_exit(
 ) -> ExitExportReport:
     """Export the model truncated at one exit to fp32 ONNX (input ``signal`` (batch, samples)).
 
-    The output is ``logits`` (classes; names in the ``labels`` metadata) or ``adv``. Exporter:
-    torch's dynamo exporter cannot decompose ``aten.gru`` when the time axis is derived from
-    the input length (torch 2.14: "size of tensor a (H) must match b (3H)"), so exits and
-    ``fusion`` need the TorchScript exporter (native ONNX GRU). ``auto`` uses it for every exit:
-    it also exports ``deepest`` in about a second where dynamo takes about a minute for a tiny
-    model on a busy 2-core machine; ``exporter="dynamo"`` remains available for ``deepest``.
+    Written by :func:`wav2small.export.export_onnx` and gated by
+    :func:`wav2small.export.parity_gate` (max |torch − ONNX| on 1, 4, 10 s inputs ≤ 1e-4,
+    relative above 1), exactly as ``wav2small export`` does for students: a file that fails
+    its gate is renamed ``<name>.rejected``. The output is ``logits`` (classes; names in the
+    ``labels`` metadata) or ``adv``. Exporter: torch's dynamo exporter cannot decompose
+    ``aten.gru`` when the time axis is derived from the input length (torch 2.14: "size of
+    tensor a (H) must match b (3H)"), so exits and ``fusion`` need the TorchScript exporter
+    (native ONNX GRU). ``auto`` uses it for every exit: it also exports ``deepest`` in about a
+    second where dynamo takes about a minute for a tiny model on a busy 2-core machine;
+    ``exporter="dynamo"`` remains available for ``deepest``.
 
     Args:
         model: an early-exit model.
         path: output ``.onnx`` (written atomically).
         exit: layer number, ``"deepest"`` or ``"fusion"``.
         exporter: ``auto``, ``dynamo`` or ``torchscript``.
-        check: run the parity check (max |torch − ONNX| on 1, 4, 10 s inputs ≤ 1e-4).
+        check: run the parity gate.
         seed: seed of the parity inputs.
     """
-    import tempfile
-
-    import onnx
-
-    from wav2small.export import _save_atomic, _set_metadata
+    from wav2small.export import export_onnx, parity_gate, reject_failed
     from wav2small.models.exits import DEEPEST, exits_info, parse_exit
 
     if exporter not in EXPORTERS:
@@ -789,10 +763,6 @@ def export_exit(
     path.parent.mkdir(parents=True, exist_ok=True)
     output = "logits" if model.config.task == "classes" else "adv"
     module = model.eval().at_exit(exit).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp) / "model.onnx"
-        _onnx_export(module, tmp_path, output, exporter)
-        proto = onnx.load(str(tmp_path))
     facts = {
         **exits_info(model),
         "exit": str(exit),
@@ -800,32 +770,18 @@ def export_exit(
         "output": output,
         "exporter": exporter,
     }
-    _set_metadata(proto, facts)
-    _save_atomic(proto, path)
-    report = ExitExportReport(str(path), path.stat().st_size, str(exit), exporter)
+    export_onnx(
+        module,
+        path,
+        metadata=facts,
+        exporter=exporter,
+        output=output,
+        min_samples=model.min_samples,
+    )
+    report = ExitExportReport(str(path), path.stat().st_size, exit=str(exit), exporter=exporter)
     if check:
-        report.max_abs_diff = exit_parity(module, path, seed=seed)
-        report.passed = max(report.max_abs_diff.values()) <= PARITY_MAX_ABS
+        reject_failed(report, parity_ok=parity_gate(module, path, report, seed=seed))
     return report
-
-
-def exit_parity(module, path: str | os.PathLike, *, seed: int = 0) -> dict[str, float]:
-    """Max |torch − ONNX| on 1, 4 and 10 s speech-like inputs (batch of 2)."""
-    import torch
-
-    from wav2small.backends import onnx_session
-    from wav2small.signals import pseudo_speech
-
-    rng = np.random.default_rng(seed + 1000)
-    sess = onnx_session(path)
-    diffs = {}
-    for seconds in PARITY_SECONDS:
-        x = np.stack([pseudo_speech(seconds, rng=rng) for _ in range(2)])
-        with torch.inference_mode():
-            ref = module(torch.from_numpy(x)).numpy()
-        got = sess.run(None, {ONNX_INPUT: x})[0]
-        diffs[f"{seconds:g} s"] = float(np.abs(got - ref).max())
-    return diffs
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -857,10 +813,6 @@ def selfdistill_cli(args) -> int:
     """``wav2small selfdistill``: train, print where the results are."""
     from wav2small.runs import format_score
 
-    if getattr(args, "threads", 0):
-        import torch
-
-        torch.set_num_threads(args.threads)
     cfg = cli_config(args)
     result = fit_selfdistill(cfg)
     print(f"run folder   {result.run_dir}")
@@ -885,7 +837,7 @@ def selfdistill_eval_cli(args) -> int:
         threads=args.threads,
         repeats=args.repeats,
         latency=not args.no_latency,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.out:
@@ -894,11 +846,45 @@ def selfdistill_eval_cli(args) -> int:
     return 0
 
 
-def selfdistill_export_cli(args) -> int:
-    """``wav2small selfdistill-export``: one exit to ONNX, with the parity gate."""
-    from wav2small.models.exits import load_exits_model
+def is_early_exit_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a saved early-exit model (``wav2small selfdistill``'s weights)."""
+    from wav2small.models import read_checkpoint
+    from wav2small.models.exits import PRESET
 
+    if not Path(path).is_file() or Path(path).suffix not in (".safetensors", ".ckpt"):
+        return False
+    try:
+        return read_checkpoint(path)[0].get("preset") == PRESET
+    except ValueError:
+        return False
+
+
+def selfdistill_export_cli(args) -> int:
+    """``wav2small export EARLY_EXIT_MODEL --exit K --out OUT`` (alias: ``selfdistill-export``).
+
+    One exit to fp32 ONNX through export's writer and parity gate (:func:`export_exit`). ``OUT``
+    is the output folder (``OUT/model.onnx`` and ``OUT/export_report.json``, as for students), or
+    the ``.onnx`` file itself when it ends in ``.onnx``. int8 is not offered for early exits.
+    """
+    import json
+    from dataclasses import asdict
+
+    from wav2small.inputs import write_text
+    from wav2small.models.exits import DEEPEST, load_exits_model
+
+    if getattr(args, "int8", False):
+        raise UserError(f"{args.model}: --int8 is not available for early-exit models (fp32 only)")
     model = load_exits_model(args.model)
-    report = export_exit(model, args.out, exit=args.exit, exporter=args.exporter)
+    out = Path(args.out)
+    folder = out.suffix.lower() != ".onnx"
+    report = export_exit(
+        model,
+        out / "model.onnx" if folder else out,
+        exit=args.exit or DEEPEST,
+        exporter=args.exporter,
+        seed=getattr(args, "seed", 0),
+    )
+    if folder:
+        write_text(out / "export_report.json", json.dumps(asdict(report), indent=2))
     print(report.summary())
     return 0 if report.passed else 1

@@ -338,8 +338,6 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
     from wav2small.teachers import SynthTeacher, load_teacher
 
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     out, state_path = open_run(cfg, checkpoint=f"{CHECKPOINT_DIR}/state.pt")
     ckpt = out / CHECKPOINT_DIR

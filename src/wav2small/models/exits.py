@@ -625,6 +625,7 @@ class _AtExit(nn.Module):
         super().__init__()
         self.model, self.exit = model, exit
         self.preset = PRESET
+        self.labels = tuple(model.config.labels)  # output names (classes or A/D/V)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return self.model(wave, exit=self.exit)

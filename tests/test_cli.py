@@ -3,6 +3,7 @@ shared options, safe concurrent writers and resumes that refuse another teacher.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -16,7 +17,14 @@ import soundfile as sf
 import torch
 
 from wav2small import SAMPLE_RATE
-from wav2small.cli import build_parser, main
+from wav2small.cli import build_parser, main, non_negative_int
+from wav2small.config import (
+    ON_ERROR,
+    CommonOptions,
+    SelfDistillConfig,
+    StudentConfig,
+    TeacherConfig,
+)
 from wav2small.labels import job_path, parts_dir
 from wav2small.models import create_model, save_model
 from wav2small.signals import pseudo_speech_set
@@ -186,22 +194,105 @@ def test_each_log_record_is_printed_once():
     assert "WARNING wav2small.train: probe-ours" in err
 
 
-def test_shared_options_mean_the_same_everywhere():
+def _commands() -> dict:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices
-    for name in ("label", "predict", "export", "synth", "evaluate", "selfdistill-eval"):
-        options = {o for a in sub[name]._actions for o in a.option_strings}
-        assert {"--progress", "--no-progress", "--debug"} <= options, name
-    for name in ("label", "predict", "plot-timeline", "selfdistill-eval"):
-        action = next(a for a in sub[name]._actions if a.dest == "threads")
-        assert action.type.__name__ == "int" and action.metavar == "N", name
-    for name in ("demo", "synth", "predict"):
-        assert any(a.dest == "jobs" for a in sub[name]._actions), name
+    return next(a for a in parser._actions if a.dest == "command").choices
+
+
+def _option(p, option: str):
+    return next((a for a in p._actions if option in a.option_strings), None)
+
+
+TRAINERS = {
+    "distill": StudentConfig,
+    "train": StudentConfig,
+    "train-teacher": TeacherConfig,
+    "selfdistill": SelfDistillConfig,
+}
+#: Subcommands that have each shared option (the trainers included).
+HAVE = {
+    "--threads": {"label", "predict", "plot-timeline", "evaluate", "selfdistill-eval", *TRAINERS},
+    "--jobs": {"demo", "synth", "predict", "distill", "train", "selfdistill"},
+    "--progress": {"label", "predict", "export", "synth", "evaluate", "selfdistill-eval"}
+    | {"selfdistill-export", *TRAINERS},
+    "--on-error": {"label", "predict", "evaluate", *TRAINERS},
+    "--resume": set(TRAINERS),
+}
+
+
+def test_shared_options_mean_the_same_everywhere():
+    commands = _commands()
+    for option, names in HAVE.items():
+        for name in names:
+            assert _option(commands[name], option) is not None, (name, option)
+    for name, p in commands.items():
+        assert _option(p, "--debug") is not None, name
+        cls = TRAINERS.get(name)
+        threads, jobs = _option(p, "--threads"), _option(p, "--jobs")
+        progress, on_error = _option(p, "--progress"), _option(p, "--on-error")
+        if threads:  # one type, one meaning, one default
+            assert threads.type is non_negative_int and threads.metavar == "N", name
+            assert threads.default is CommonOptions.threads, name
+            assert threads.help.startswith("compute threads of this process"), name
+        if jobs:
+            assert jobs.help.startswith("parallel workers over independent items"), name
+            if cls is None and name != "demo":  # demo: two students side by side
+                assert jobs.default == CommonOptions.jobs, name
+        if progress:
+            assert isinstance(progress, argparse.BooleanOptionalAction), name
+            assert "--no-progress" in progress.option_strings, name
+            assert progress.default == (CommonOptions.progress if cls is None else None), name
+        if on_error:
+            assert tuple(on_error.choices) == ON_ERROR, name
+            assert on_error.default == (CommonOptions.on_error if cls is None else None), name
+            assert on_error.help.startswith("raise: stop at the first bad input"), name
+    parser = build_parser()
     args = parser.parse_args(["predict", "m.onnx", "a.wav", "--no-progress", "--jobs", "3"])
     assert args.progress is False and args.jobs == 3 and args.debug is False
     assert parser.parse_args(["predict", "m", "a", "--workers", "2"]).jobs == 2  # old name
     assert parser.parse_args(["--debug", "models"]).debug is True
     assert parser.parse_args(["models", "--debug"]).debug is True
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_trainer_flags_default_to_their_dataclass_and_set_the_same_fields(name):
+    from wav2small.config import from_cli
+
+    cls, parser = TRAINERS[name], build_parser()
+    needed = {"train": ["--data", "d.csv"], "distill": ["--audio", "a", "--teacher", "t"]}
+    base = [name, *needed.get(name, ["--data", "d.csv"])]
+    cfg = from_cli(cls, parser.parse_args(base))  # unset flags: the dataclass decides
+    default = cls(**{k: getattr(cfg, k) for k in ("data", "audio", "teacher") if hasattr(cfg, k)})
+    assert cfg == default
+    shared = ["--no-progress", "--threads", "2", "--on-error", "skip"]
+    shared += ["--jobs", "3"] if hasattr(cfg, "num_workers") else []
+    cfg = from_cli(cls, parser.parse_args([*base, *shared]))
+    assert (cfg.progress, cfg.threads, cfg.on_error) == (False, 2, "skip")
+    assert getattr(cfg, "num_workers", 3) == 3
+    # YAML and --set still win over unset flags: --progress is None unless given
+    args = parser.parse_args([*base, "--set", "progress=false"])
+    assert args.progress is None and from_cli(cls, args).progress is False
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_every_default_a_trainer_help_shows_is_its_dataclass_default(name):
+    import re
+
+    from wav2small.config import cli_default, fields
+
+    cls, p = TRAINERS[name], _commands()[name]
+    checked = 0
+    for action in p._actions:
+        # "default X" states a value ("default: ..." describes one, e.g. "default: torch's own")
+        match = re.search(r"[Dd]efault ([^\s;)]+)", action.help or "")
+        if not match or action.dest not in fields(cls):
+            continue
+        shown, value = match.group(1).rstrip(":"), cli_default(cls, action.dest)
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        assert shown == str(value), (name, action.dest, action.help)
+        checked += 1
+    assert checked >= 8, name
 
 
 def test_models_table_counts_parameters_and_tokens(capsys):

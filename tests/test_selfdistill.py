@@ -280,6 +280,56 @@ def test_selfdistill_export_cli(tmp_path, capsys):
     assert out.is_file() and "PASSED" in capsys.readouterr().out
 
 
+def test_export_command_takes_early_exit_models_through_its_writer_and_gate(tmp_path, capsys):
+    """`export` is the one command: an early-exit checkpoint (with or without --exit) goes
+    through export's ONNX writer and parity gate; a failed gate leaves `<name>.rejected`."""
+    import json
+
+    import wav2small.export as export_module
+    from wav2small.models.exits import save_exits_model
+
+    path = save_exits_model(tiny().eval(), tmp_path / "m.safetensors")
+    assert main(["export", str(path), "--exit", "1", "--out", str(tmp_path / "e1")]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "e1" / "model.onnx")).metadata_props}
+    assert meta["exit"] == "1" and meta["labels"] == ",".join(CLASSES)
+    report = json.loads((tmp_path / "e1" / "export_report.json").read_text())
+    assert report["exit"] == "1" and max(report["max_abs_diff"].values()) <= PARITY_MAX_ABS
+    assert main(["export", str(path), "--out", str(tmp_path / "deep")]) == 0  # no --exit
+    meta = export_module.read_metadata(tmp_path / "deep" / "model.onnx")
+    assert meta["exit"] == DEEPEST
+    assert main(["export", str(path), "--exit", "1", "--int8", "--out", str(tmp_path / "q")]) == 2
+    assert "--int8 is not available" in capsys.readouterr().err
+    original = export_module.PARITY_MAX_ABS
+    try:
+        export_module.PARITY_MAX_ABS = -1.0  # every export now fails its gate
+        out = tmp_path / "bad.onnx"
+        assert main(["selfdistill-export", str(path), "--exit", "3", "--out", str(out)]) == 1
+    finally:
+        export_module.PARITY_MAX_ABS = original
+    assert not out.exists() and out.with_name("bad.onnx.rejected").is_file()
+
+
+@pytest.mark.parametrize("task", ["classes", "adv"])
+def test_exit_scores_run_through_the_predictor_and_equal_one_full_pass(corpus, task):
+    """selfdistill-eval's outputs come from the Predictor (one truncated model per exit, as
+    `evaluate` runs a model) and equal every head of one untruncated padded-batch pass."""
+    from wav2small.data import UtteranceDataset, load_manifest, pad_collate
+    from wav2small.selfdistill import _all_heads, exit_names, exit_outputs
+
+    model = tiny(task).eval()
+    table = load_manifest(corpus / "test.csv")
+    names = exit_names(model)
+    got = exit_outputs(model, table["path"].tolist(), names)
+    data = UtteranceDataset(table)
+    batch = pad_collate([data[i] for i in range(len(data))])
+    with torch.inference_mode():
+        heads = _all_heads(model, batch["wave"], batch["lengths"])
+    assert set(got) == set(heads) == {str(n) for n in names}
+    for head, values in got.items():
+        assert values.shape == (len(table), len(model.config.labels))
+        np.testing.assert_allclose(values, heads[head].numpy(), atol=1e-4, err_msg=head)
+
+
 @pytest.mark.slow
 def test_deepest_exports_with_the_dynamo_exporter_too(tmp_path):
     report = export_exit(tiny().eval(), tmp_path / "deep.onnx", exit=DEEPEST, exporter="dynamo")

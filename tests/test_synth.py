@@ -332,3 +332,26 @@ def test_package_layout_keeps_the_old_names():
     assert synth.generate is corpus.generate and synth.plan_clip is plan.plan_clip
     assert synth.emotion_class is labels.emotion_class
     assert set(synth.__all__) <= set(dir(synth))
+
+
+# --- stages without a test of their own (synth/analysis.py, synth/voices.py) -----------------
+def test_f0_track_finds_the_pitch_of_a_harmonic_tone_and_nothing_in_silence():
+    from wav2small.synth.analysis import f0_track
+
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    for f0 in (110.0, 220.0):
+        tone = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
+        x = np.concatenate([tone, np.zeros(SAMPLE_RATE // 2)])
+        track, strength = f0_track(x)
+        assert abs(np.nanmedian(track[:80]) - f0) < 1.0
+        assert np.isnan(track[-20:]).all() and (strength[-20:] < 0.5).all()
+
+
+def test_speaker_ids_belong_to_exactly_one_split():
+    from wav2small.synth.voices import SPEAKER_RANGES, speaker, split_of_speaker
+
+    for split, (first, count) in SPEAKER_RANGES.items():
+        assert split_of_speaker(first) == split == split_of_speaker(first + count - 1)
+        assert speaker(first) == speaker(first)  # deterministic
+    with pytest.raises(ValueError, match="outside every split"):
+        split_of_speaker(0)

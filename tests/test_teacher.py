@@ -704,3 +704,22 @@ def test_onnx_teachers_import_without_torch():
     code = "import sys, wav2small.teachers.onnx; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- helpers without a test of their own (teachers/loader.py, teachers/base.py) --------------
+def test_teacher_kind_reads_the_config_and_lengths_are_checked():
+    from wav2small.teachers.base import lengths_from
+    from wav2small.teachers.loader import teacher_kind
+
+    assert teacher_kind({"model_type": "wav2vec2"}) == "dawn"
+    assert teacher_kind({"architectures": ["SERModel"]}) == "odyssey"
+    assert teacher_kind({"model_type": "wav2small-synth-teacher"}) == "synth"
+    assert teacher_kind({"model_type": "wav2small-ensemble"}) == "ensemble"
+    assert teacher_kind({"model_type": "bert"}) == ""
+    wave = torch.zeros(2, 100)
+    assert lengths_from(wave).tolist() == [100, 100]
+    assert lengths_from(wave, mask=torch.arange(100).expand(2, 100) < 40).tolist() == [40, 40]
+    with pytest.raises(ValueError, match=r"lie in \[1, 100\]"):
+        lengths_from(wave, [0, 100])
+    with pytest.raises(ValueError, match="batch, samples"):
+        lengths_from(torch.zeros(100))

@@ -141,30 +141,24 @@ def export_onnx(
         warnings.simplefilter("ignore")
         tmp_path = Path(tmp) / "model.onnx"
         if exporter == "dynamo":
-            torch.onnx.export(
-                module,
-                example,
-                str(tmp_path),
-                input_names=names[0],
-                output_names=names[1],
-                dynamic_shapes=shapes,
-                dynamo=True,
-                opset_version=OPSET,
-                verbose=False,
-            )
+            options = {"dynamic_shapes": shapes, "dynamo": True, "opset_version": OPSET}
+        elif staged:
+            raise ValueError("Wav2Small exports use the dynamo exporter")
         else:
-            if staged:
-                raise ValueError("Wav2Small exports use the dynamo exporter")
-            torch.onnx.export(
-                module,
-                example,
-                str(tmp_path),
-                input_names=names[0],
-                output_names=names[1],
-                dynamo=False,
-                opset_version=TORCHSCRIPT_OPSET,
-                dynamic_axes={INPUT_NAME: {0: "batch", 1: "samples"}, output: {0: "batch"}},
-            )
+            options = {
+                "dynamo": False,
+                "opset_version": TORCHSCRIPT_OPSET,
+                "dynamic_axes": {INPUT_NAME: {0: "batch", 1: "samples"}, output: {0: "batch"}},
+            }
+        torch.onnx.export(
+            module,
+            example,
+            str(tmp_path),
+            input_names=names[0],
+            output_names=names[1],
+            verbose=False,
+            **options,
+        )
         proto = onnx.load(str(tmp_path))
     facts = {**model_info(model), **(metadata or {})}
     if staged:

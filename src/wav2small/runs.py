@@ -395,6 +395,13 @@ def lightning_module() -> type:
             self.train_paths: list[str] = []
             self.val_paths: list[str] = []
 
+        def attach(self, data: Any) -> None:
+            """Take a run's data (``train``/``val`` manifests, ``val_targets``): validation
+            targets, and the file names that error messages quote."""
+            self.val_targets = data.val_targets
+            self.train_paths = data.train["file"].tolist()
+            self.val_paths = data.val["file"].tolist()
+
         def on_train_start(self) -> None:
             self.start_step = int(self.global_step)
 

@@ -502,9 +502,7 @@ def fit_selfdistill(cfg: SelfDistillConfig) -> SelfDistillResult:
     data = drop_short(data, cfg, min_samples(model))
     write_skipped(run_dir, data.skipped)
     module = build_module(model, cfg)
-    module.val_targets = data.val_targets
-    module.train_paths = data.train["file"].tolist()
-    module.val_paths = data.val["file"].tolist()
+    module.attach(data)
     train_loader, val_loader = _loaders(cfg, data)
     logger.info(
         "selfdistill %s, exits %s, task %s: %d training clips, %d validation clips",

@@ -402,9 +402,7 @@ def fit(cfg: TrainConfig) -> TrainResult:
     data = prepare_data(cfg, teacher if cfg.val_target == "teacher" else None, shortest=shortest)
     write_skipped(run_dir, data.skipped or [])
     module = build_module(model, cfg, teacher if cfg.targets == "online" else None)
-    module.val_targets = data.val_targets
-    module.train_paths = data.train["file"].tolist()
-    module.val_paths = data.val["file"].tolist()
+    module.attach(data)
     train_loader, val_loader = _loaders(cfg, data)
     logger.info(
         "%s %s: %d training clips, %d validation clips (targets %s, validation vs %s)",

@@ -212,7 +212,7 @@ TRAINERS = {
 #: Subcommands that have each shared option (the trainers included).
 HAVE = {
     "--threads": {"label", "predict", "plot-timeline", "evaluate", "selfdistill-eval", *TRAINERS},
-    "--jobs": {"demo", "synth", "predict", "distill", "train", "selfdistill"},
+    "--jobs": {"demo", "synth", "predict", "label", "distill", "train", "selfdistill"},
     "--progress": {"label", "predict", "export", "synth", "evaluate", "selfdistill-eval"}
     | {"selfdistill-export", *TRAINERS},
     "--on-error": {"label", "predict", "evaluate", *TRAINERS},

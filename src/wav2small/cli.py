@@ -87,16 +87,21 @@ def _add_threads(p: argparse.ArgumentParser, *, what: str = "") -> None:
 
 
 def _add_jobs(
-    p: argparse.ArgumentParser, *, what: str = "", default: int | None = None, cls=None
+    p: argparse.ArgumentParser,
+    *,
+    what: str = "",
+    default: int | None = None,
+    cls=None,
+    dest: str = "jobs",
 ) -> None:
     """``--jobs N``: parallel workers (processes or threads) over independent items.
 
     For the trainers (``cls``) it is the data-loader's worker processes (``num_workers``;
     ``--num-workers`` is the same option).
     """
-    names, dest = ("--jobs", "--num-workers"), "num_workers"
-    if cls is None:
-        names, dest = ("--jobs",), "jobs"
+    names = ("--jobs",)
+    if cls is not None:
+        names, dest = ("--jobs", "--num-workers"), "num_workers"
     value, shown = _shown(cls, "jobs", "num_workers")
     if default is not None:
         value = shown = default
@@ -255,15 +260,17 @@ def _run_models(args: argparse.Namespace) -> int:
 
 # --- demo -----------------------------------------------------------------------------------
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import DemoOptions as D
+
     p = sub.add_parser("demo", help="run the end-to-end demo on the built-in corpus")
     p.add_argument("--quick", action="store_true", help="smaller, faster run")
-    p.add_argument("--out", default="runs/demo", help="run folder")
-    p.add_argument("--seed", type=int, default=0)
-    _add_jobs(p, default=2, what="processes: corpus synthesis, the two students")
+    p.add_argument("--out", default=D.out, help=f"run folder (default {D.out})")
+    p.add_argument("--seed", type=int, default=D.seed, help=f"default {D.seed}")
+    _add_jobs(p, default=D.jobs, what="processes: corpus synthesis, the two students")
     p.add_argument(
         "--teacher",
-        default="synth",
-        help="teacher name or folder (default: the built-in synthetic-world teacher)",
+        default=D.teacher,
+        help=f"teacher name or folder (default {D.teacher}: the built-in synthetic-world teacher)",
     )
     p.add_argument(
         "--train-teacher",
@@ -368,9 +375,8 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="ray: cluster address, e.g. auto (default: RAY_ADDRESS or a local Ray)",
     )
-    p.add_argument(
-        "--workers", type=positive_int, default=1, help="ray: teacher actors (default 1)"
-    )
+    _add_jobs(p, what="ray: teacher actors; the local engine runs one", dest="workers")
+    p.add_argument("--workers", dest="workers", type=positive_int, help=argparse.SUPPRESS)
     p.add_argument(
         "--num-gpus-per-worker",
         type=float,
@@ -386,6 +392,10 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_label(args: argparse.Namespace) -> int:
+    if args.engine == "local" and args.workers > 1:
+        logging.getLogger("wav2small.labels").warning(
+            "--jobs %d applies to --engine ray; the local engine runs one teacher", args.workers
+        )
     if args.engine == "ray":
         from wav2small.labels_ray import label_ray_cli
 

@@ -59,6 +59,23 @@ class CommonOptions:
     debug: bool = False
 
 
+@dataclass
+class DemoOptions:
+    """Defaults of ``wav2small demo`` (:func:`wav2small.demo.run_demo`).
+
+    Attributes:
+        out: run folder.
+        jobs: processes: corpus synthesis, and the two students trained side by side.
+        teacher: teacher name or folder (the built-in synthetic-world teacher).
+        seed: the demo's seed.
+    """
+
+    out: str = "runs/demo"
+    jobs: int = 2
+    teacher: str = "synth"
+    seed: int = 0
+
+
 # --- the shared base ------------------------------------------------------------------------
 @dataclass
 class RunConfig:

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.config import DemoOptions
 
 log = logging.getLogger(__name__)
 
 STUDENT = "wav2small-paper"
-TEACHER = "synth"
+TEACHER = DemoOptions.teacher
 
 
 @dataclass(frozen=True)
@@ -328,10 +329,10 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 def run_demo(
     *,
-    out: str | os.PathLike = "runs/demo",
+    out: str | os.PathLike = DemoOptions.out,
     quick: bool = False,
-    seed: int = 0,
-    jobs: int = 2,
+    seed: int = DemoOptions.seed,
+    jobs: int = DemoOptions.jobs,
     teacher: str = TEACHER,
     plan: DemoPlan | None = None,
     train_teacher_minutes: float | None = None,

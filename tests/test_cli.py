@@ -254,6 +254,30 @@ def test_shared_options_mean_the_same_everywhere():
     assert parser.parse_args(["models", "--debug"]).debug is True
 
 
+def test_cli_repeats_no_default_the_config_dataclasses_hold():
+    """Numbers in `default=` of cli.py are read from wav2small.config, not written again there;
+    the few left are options no module or dataclass has (Ray resources, latency repeats)."""
+    import re
+
+    import wav2small.cli as cli_module
+
+    source = Path(cli_module.__file__).read_text(encoding="utf-8")
+    literals = re.findall(r"default=(-?[0-9][0-9.e-]*)", source)
+    assert sorted(literals) == ["0.0", "1.0", "10"], literals
+    commands = _commands()
+
+    def default(name: str, dest: str):
+        return next(a.default for a in commands[name]._actions if a.dest == dest)
+
+    from wav2small.config import DemoOptions, LabelOptions, SynthOptions, TimelineOptions
+
+    assert default("label", "batch_seconds") == LabelOptions.batch_seconds
+    assert default("synth", "rater_noise") == SynthOptions.rater_noise
+    assert default("plot-timeline", "step") == TimelineOptions.step
+    assert default("demo", "jobs") == DemoOptions.jobs
+    assert default("export", "seed") == default("synth", "seed") == CommonOptions.seed
+
+
 @pytest.mark.parametrize("name", sorted(TRAINERS))
 def test_trainer_flags_default_to_their_dataclass_and_set_the_same_fields(name):
     from wav2small.config import from_cli

@@ -178,7 +178,12 @@ def _add_export_options(p: argparse.ArgumentParser, *, early_exit: bool = False)
         default=None,
         help="audio files/folders for int8 calibration (default: built-in signals)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of untrained weights and test signals")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=_common("seed"),
+        help=f"seed of untrained weights and test signals (default {_common('seed')})",
+    )
     p.add_argument(
         "--exit",
         required=early_exit,
@@ -295,21 +300,31 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # --- synth ----------------------------------------------------------------------------------
 def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import SynthOptions as D
+
     p = sub.add_parser("synth", help="generate the built-in synthetic A/D/V corpus (eSpeak NG)")
     p.add_argument("--split", required=True, choices=["train", "pool", "test", "test-ood"])
     p.add_argument("--n", type=int, required=True, help="number of clips")
     p.add_argument("--out", required=True, help="output folder (WAVs in OUT/SPLIT, OUT/SPLIT.csv)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=_common("seed"), help=f"default {_common('seed')}")
     _add_jobs(p, what="processes")
     p.add_argument(
         "--raters",
-        type=int,
-        default=5,
-        help="simulated raters per clip; 0 publishes the true labels (default 5)",
+        type=non_negative_int,
+        default=D.raters,
+        help=f"simulated raters per clip; 0 publishes the true labels (default {D.raters})",
     )
-    p.add_argument("--rater-bias", type=float, default=0.08, help="sd of rater bias (default 0.08)")
     p.add_argument(
-        "--rater-noise", type=float, default=0.25, help="sd of rating noise (default 0.25)"
+        "--rater-bias",
+        type=non_negative_float,
+        default=D.rater_bias,
+        help=f"sd of rater bias (default {D.rater_bias})",
+    )
+    p.add_argument(
+        "--rater-noise",
+        type=non_negative_float,
+        default=D.rater_noise,
+        help=f"sd of rating noise (default {D.rater_noise})",
     )
     p.add_argument("--clean", action="store_true", help="no room, filters, noise or dither")
     _add_progress(p)
@@ -336,6 +351,8 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 # --- label ----------------------------------------------------------------------------------
 def _add_label(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import LabelOptions as D
+
     p = sub.add_parser("label", help="label audio with a teacher into a Parquet table (resumable)")
     p.add_argument(
         "--teacher",
@@ -352,11 +369,14 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-seconds",
         type=positive_float,
-        default=60.0,
-        help="most padded audio per teacher call (default 60)",
+        default=D.batch_seconds,
+        help=f"most padded audio per teacher call (default {D.batch_seconds:g})",
     )
     p.add_argument(
-        "--shard-rows", type=positive_int, default=256, help="rows per shard (default 256)"
+        "--shard-rows",
+        type=positive_int,
+        default=D.shard_rows,
+        help=f"rows per shard (default {D.shard_rows})",
     )
     _add_on_error(p)
     _add_threads(p)
@@ -490,6 +510,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import TimelineOptions as T
+
     p = sub.add_parser("predict", help="A/D/V of files/folders into a table (CSV/Parquet/JSON)")
     p.add_argument("model", help=".onnx file (torch-free), checkpoint or preset name (untrained)")
     p.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively)")
@@ -512,8 +534,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--context",
         type=positive_float,
-        default=4.0,
-        help="timeline context in seconds (default 4)",
+        default=T.context,
+        help=f"timeline context in seconds (default {T.context:g})",
     )
     p.add_argument("--out", default=None, help="x.csv, x.parquet or x.json (default: print)")
     _add_on_error(p)
@@ -531,15 +553,23 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_plot_timeline(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import TimelineOptions as T
+
     p = sub.add_parser("plot-timeline", help="draw the A/D/V timeline of a file to PNG")
     p.add_argument("model", help=".onnx file, checkpoint or preset name")
     p.add_argument("file", help="audio file")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument(
-        "--step", type=positive_float, default=0.5, help="seconds between points (default 0.5)"
+        "--step",
+        type=positive_float,
+        default=T.step,
+        help=f"seconds between points (default {T.step:g})",
     )
     p.add_argument(
-        "--context", type=positive_float, default=4.0, help="seconds behind each point (default 4)"
+        "--context",
+        type=positive_float,
+        default=T.context,
+        help=f"seconds behind each point (default {T.context:g})",
     )
     _add_model_options(p)
 
@@ -772,9 +802,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import ServeOptions as D
+
     p = sub.add_parser("serve", help="the browser page (model runs in the browser) on 127.0.0.1")
     p.add_argument("model", nargs="?", help=".onnx file or exported student folder / hub id")
-    p.add_argument("--port", type=int, default=8017, help="port on 127.0.0.1 (default 8017)")
+    p.add_argument("--port", type=int, default=D.port, help=f"port on 127.0.0.1 (default {D.port})")
 
 
 def _run_serve(args: argparse.Namespace) -> int:

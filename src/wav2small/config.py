@@ -50,6 +50,7 @@ class CommonOptions:
         on_error: ``raise`` at the first bad input, or ``skip`` it and list it in a
             ``skipped.csv`` report (exit 2 when nothing is left).
         debug: print the Python traceback of an error.
+        seed: the one seed of a command (weights, splits, crops, test signals, the corpus).
     """
 
     threads: int | None = None
@@ -57,6 +58,7 @@ class CommonOptions:
     progress: bool = True
     on_error: str = "raise"
     debug: bool = False
+    seed: int = 0
 
 
 @dataclass
@@ -73,7 +75,59 @@ class DemoOptions:
     out: str = "runs/demo"
     jobs: int = 2
     teacher: str = "synth"
-    seed: int = 0
+    seed: int = CommonOptions.seed
+
+
+@dataclass
+class LabelOptions:
+    """Defaults of ``wav2small label`` (:func:`wav2small.labels.label`).
+
+    Attributes:
+        batch_seconds: most padded audio (seconds) per teacher call.
+        shard_rows: rows per Parquet shard.
+    """
+
+    batch_seconds: float = 60.0
+    shard_rows: int = 256
+
+
+@dataclass
+class TimelineOptions:
+    """Defaults of timelines (``predict --timeline``, ``plot-timeline``; :mod:`wav2small.infer`).
+
+    Attributes:
+        step: seconds between rows.
+        context: seconds behind each row.
+    """
+
+    step: float = 0.5
+    context: float = 4.0
+
+
+@dataclass
+class SynthOptions:
+    """Defaults of ``wav2small synth`` (:func:`wav2small.synth.generate`).
+
+    Attributes:
+        raters: simulated raters per clip (0 publishes the true labels).
+        rater_bias: sd of a rater's bias.
+        rater_noise: sd of a rating's noise.
+    """
+
+    raters: int = 5
+    rater_bias: float = 0.08
+    rater_noise: float = 0.25
+
+
+@dataclass
+class ServeOptions:
+    """Defaults of ``wav2small serve`` (:mod:`wav2small.serve`).
+
+    Attributes:
+        port: port on 127.0.0.1.
+    """
+
+    port: int = 8017
 
 
 # --- the shared base ------------------------------------------------------------------------
@@ -106,7 +160,7 @@ class RunConfig:
     )
 
     out: str = "runs/run"
-    seed: int = 0
+    seed: int = CommonOptions.seed
     val: str | None = None
     val_fraction: float = 0.1
     batch_size: int = 16

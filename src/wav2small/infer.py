@@ -71,6 +71,7 @@ from wav2small.backends import (  # noqa: F401  (public names, also importable f
     TorchBackend,
     make_backend,
 )
+from wav2small.config import TimelineOptions
 from wav2small.inputs import (  # noqa: F401 (AUDIO_EXTENSIONS, skipped_path: public here too)
     AUDIO_EXTENSIONS,
     atomic_write,
@@ -104,8 +105,8 @@ MIN_SAMPLES = 64
 #: Samples per output token of Wav2Small (hop 32, then a stride-2 pool): 250 tokens/s.
 TOKEN_SAMPLES = 64
 #: Timeline defaults (seconds).
-DEFAULT_STEP = 0.5
-DEFAULT_CONTEXT = 4.0
+DEFAULT_STEP = TimelineOptions.step
+DEFAULT_CONTEXT = TimelineOptions.context
 #: Seconds of audio read from disk at a time for a file's timeline.
 TIMELINE_BLOCK_SECONDS = 10.0
 #: Seconds of audio read from disk at a time by the chunked (token-level) paths.

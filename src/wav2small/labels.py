@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from wav2small import LABELS
+from wav2small.config import ON_ERROR, LabelOptions
 from wav2small.inputs import (
     MissingInputError,
     ResumeError,
@@ -49,11 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: Output columns, in order.
 COLUMNS = ("file", "start", "end", *LABELS, "teacher")
-#: Most padded audio (seconds) per teacher call.
-DEFAULT_BATCH_SECONDS = 60.0
-#: Rows per shard.
-DEFAULT_SHARD_ROWS = 256
-ON_ERROR = ("raise", "skip")
+#: Most padded audio (seconds) per teacher call; rows per shard; bad-input policies.
+DEFAULT_BATCH_SECONDS, DEFAULT_SHARD_ROWS = LabelOptions.batch_seconds, LabelOptions.shard_rows
 PARTS_SUFFIX = ".parts"
 #: Suffix of the file that records which teacher and settings started a labelling job.
 JOB_SUFFIX = ".job.json"

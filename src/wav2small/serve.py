@@ -19,11 +19,12 @@ from importlib.resources import files
 from pathlib import Path
 
 from wav2small import LABELS
+from wav2small.config import ServeOptions
 
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-DEFAULT_PORT = 8017
+DEFAULT_PORT = ServeOptions.port
 #: The onnxruntime-web files the page loads (copied from npm by ``make web``).
 VENDOR_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm"}

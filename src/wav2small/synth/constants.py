@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from wav2small import LABELS
+from wav2small.config import SynthOptions
 
 # --- constants ------------------------------------------------------------------------------
 SPLITS = ("train", "pool", "test", "test-ood")
@@ -20,9 +21,9 @@ WEIGHTS = np.array(
         [0.0, 0.10, 0.0, 0.0, 0.0, 0.0, 0.65, 0.35, -0.55, -0.20],
     ]
 )
-DEFAULT_RATERS = 5
-DEFAULT_RATER_BIAS_SD = 0.08
-DEFAULT_RATER_NOISE_SD = 0.25
+DEFAULT_RATERS = SynthOptions.raters
+DEFAULT_RATER_BIAS_SD = SynthOptions.rater_bias
+DEFAULT_RATER_NOISE_SD = SynthOptions.rater_noise
 
 #: Categorical view of (arousal, valence): a neutral disc around the centre, then quadrants.
 EMOTION_CLASSES = ("neutral", "happy", "angry", "sad", "calm")

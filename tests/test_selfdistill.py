@@ -330,6 +330,22 @@ def test_exit_scores_run_through_the_predictor_and_equal_one_full_pass(corpus, t
         np.testing.assert_allclose(values, heads[head].numpy(), atol=1e-4, err_msg=head)
 
 
+def test_selfdistill_eval_cli_scores_an_exit_as_evaluate_scores_that_model(corpus, tmp_path):
+    from wav2small.evaluate import evaluate
+    from wav2small.models.exits import save_exits_model
+
+    model = tiny("adv").eval()
+    path = save_exits_model(model, tmp_path / "adv.safetensors")
+    out = tmp_path / "exits.csv"
+    args = ["selfdistill-eval", str(path), "--data", str(corpus / "test.csv"), "--out", str(out)]
+    assert main([*args, "--no-latency", "--no-progress", "--exit", "1", "deepest"]) == 0
+    table = pd.read_csv(out).set_index("exit")
+    assert list(table.index) == ["1", DEEPEST] and (table["n"] == 5).all()
+    reference = evaluate({"deep": model.at_exit(DEEPEST)}, corpus / "test.csv").ccc("deep")
+    assert table.loc[DEEPEST, "ccc_mean"] == pytest.approx(reference["mean"], abs=1e-6)
+    assert table.loc[DEEPEST, "ccc_valence"] == pytest.approx(reference["valence"], abs=1e-6)
+
+
 @pytest.mark.slow
 def test_deepest_exports_with_the_dynamo_exporter_too(tmp_path):
     report = export_exit(tiny().eval(), tmp_path / "deep.onnx", exit=DEEPEST, exporter="dynamo")

@@ -1,7 +1,7 @@
 """Size and speed of each Wav2Small preset against a Dawn-size teacher, measured in one run.
 
     .venv/bin/python benchmarks/bench_models.py [--presets wav2small-paper wav2small-tiny]
-                                                [--rounds 7] [--no-profile]
+                                                [--rounds 7] [--no-profile] [--json out.json]
 
 1. Exports a **Dawn-size teacher** to ONNX (``teachers.onnx.export_dawn_onnx``): transformers
    ``Wav2Vec2Model`` with Dawn's public architecture (``teachers.DAWN_ARCHITECTURE``,
@@ -15,11 +15,14 @@
 
 Also printed: trainable parameters, ONNX parameters, file sizes, tokens/s, the peak-RSS increase
 of one run in a fresh process (``wav2small.bench.rss_increase_mb``) and int8-vs-fp32 CCC.
+``--json`` also writes the figures to a file (``make bench`` passes one to bench_results.py,
+which puts them in docs/RESULTS.md's targets table).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import tempfile
@@ -32,6 +35,7 @@ import torch
 from wav2small import SAMPLE_RATE
 from wav2small.bench import onnx_parameters, profile_by_op, rss_increase_mb, session
 from wav2small.export import export
+from wav2small.inputs import write_text
 from wav2small.models import count_parameters, create_model
 from wav2small.models.wav2small import Wav2Small
 
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="teacher runs (interleaved)")
     parser.add_argument("--student-repeats", type=int, default=5, help="student runs per round")
     parser.add_argument("--no-profile", action="store_true", help="skip the op-type profiles")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(1)
@@ -140,14 +145,40 @@ def main() -> None:
         total = sum(ops.values())
         top = ", ".join(f"{op} {100 * us / total:.0f}%" for op, us in list(ops.items())[:6])
         print(f"profile {key}: {total / 1000:.2f} ms of kernels: {top}")
+    if args.json:
+        _write_json(args, rows, ms, dawn_params)
     print(
         "\nint8 CCC vs fp32 is for untrained weights (near-constant outputs): see the export "
         "gate on trained models. Ratios, not absolute times, carry over between machines."
     )
 
 
-def _rss(path: str) -> dict[str, float]:
-    return rss_increase_mb(path)
+def _write_json(args, rows: list[dict], ms: dict[str, float], dawn_params: int) -> None:
+    """The figures of this run: the teacher's ms and, per preset, its row, ms and ratios."""
+    teacher = ms["teacher"]
+    presets = {}
+    for row in rows:
+        f, q = ms[f"{row['preset']} fp32"], ms[f"{row['preset']} int8"]
+        presets[row["preset"]] = row | {
+            "fp32 ms": f,
+            "int8 ms": q,
+            "teacher / fp32": teacher / f,
+            "teacher / int8": teacher / q,
+            "int8 / fp32": q / f,
+        }
+    figures = {
+        "command": "python benchmarks/bench_models.py "
+        f"--presets {' '.join(args.presets)} --rounds {args.rounds} "
+        f"--student-repeats {args.student_repeats}",
+        "seconds": SECONDS,
+        "rounds": args.rounds,
+        "student_repeats": args.student_repeats,
+        "teacher ms": teacher,
+        "teacher params": dawn_params,
+        "presets": presets,
+    }
+    write_text(args.json, json.dumps(figures, indent=2))
+    print(f"wrote {args.json}")
 
 
 def _table(rows: list[dict]) -> None:

@@ -1,6 +1,7 @@
 """Prediction benchmark: real-time factor, files/s, peak RSS by file length, stream vs offline.
 
     python benchmarks/bench_predict.py [--model model.int8.onnx] [--clips 1000] [--hours 1]
+                                       [--json out.json]
 
 Without ``--model`` the *untrained* ``wav2small-paper`` preset is exported (fp32 + static int8)
 into a temporary folder: speed and memory do not depend on the weights. Figures:
@@ -19,11 +20,15 @@ into a temporary folder: speed and memory do not depend on the weights. Figures:
    the same 60 s, measured in one run (process time), with the ratios and the stream's stated
    latency. Target: stream ≤ 1.5× offline. An utterance-normalised model is given the signal's
    statistics; a local-normalisation model needs none.
+
+``--json`` also writes these figures to a file (``make bench`` passes one to bench_results.py,
+which puts them in docs/RESULTS.md's targets table).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -37,6 +42,7 @@ import soundfile as sf
 
 from wav2small import SAMPLE_RATE
 from wav2small.infer import Predictor
+from wav2small.inputs import write_text
 from wav2small.signals import pseudo_speech, pseudo_speech_set
 
 RTF_SECONDS = (5.0, 10.0)
@@ -142,8 +148,6 @@ print(json.dumps({"load_predict": (peak - base) / 1024 + (loaded - base) / 1024 
 
 def predict_rss(model: Path, path: Path, threads: int) -> dict:
     """Peak-RSS increase (MB) of load + predict of ``path`` above a started ONNX Runtime session."""
-    import json
-
     out = subprocess.run(
         [sys.executable, "-c", RSS_CODE, str(model), str(path), str(threads)],
         capture_output=True,
@@ -199,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=1.0, help="length of the long file")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--workers", type=int, default=1, help="files processed concurrently")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
@@ -230,8 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(lines[-1], flush=True)
 
-        lines.append(_stream_line(stream_vs_offline(model, threads=args.threads)))
+        stream = stream_vs_offline(model, threads=args.threads)
+        lines.append(_stream_line(stream))
         print(lines[-1], flush=True)
+        figures: dict = {
+            "command": f"python benchmarks/bench_predict.py --clips {args.clips} "
+            f"--hours {args.hours:g} --threads {args.threads}",
+            "model": str(args.model or "untrained wav2small-paper, int8"),
+            "stream": stream,
+            "rss": {},
+        }
 
         for label, hours in (
             ("5 s", 5 / 3600),
@@ -242,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             write_long(path, hours)
             r = predict_rss(model, path, args.threads)
+            figures["rss"][label] = r
             lines.append(
                 f"peak RSS above a started ONNX Runtime session, {label} file: load + predict "
                 f"{r['load_predict']:.1f} MB (load {r['load']:.1f}, predict {r['predict']:.1f}); "
@@ -251,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             print(lines[-1], flush=True)
             path.unlink()
     print("\n## summary\n" + "\n".join(f"- {line}" for line in lines))
+    if args.json:
+        write_text(args.json, json.dumps(figures, indent=2))
+        print(f"wrote {args.json}")
     return 0
 
 

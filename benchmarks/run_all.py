@@ -3,36 +3,84 @@
     .venv/bin/python benchmarks/run_all.py [--only models synth ...]
 
 Each ``bench_<name>.py`` runs in its own process, one after the other (timings on a shared
-machine are noisy enough without two benchmarks competing); ``bench_results.py`` runs last, as it
-collects the self-distillation table into docs/RESULTS.md.
+machine are noisy enough without two benchmarks competing), with the arguments of
+:data:`BUDGET`; ``bench_results.py`` runs last: it writes docs/RESULTS.md and the README's
+results block from its own measurements and from the JSON figures the earlier scripts wrote
+into ``runs/bench/`` (speed ratios to the Dawn-size ONNX teacher, bounded memory, streams,
+the wall time of each script). ``bench_reliability.py`` is ``make reliability``, not part of
+this run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from wav2small.inputs import write_text
+
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+#: Where the scripts leave figures for bench_results.py (runs/ is not versioned).
+FIGURES = ROOT / "runs" / "bench"
+#: Scripts with a make target of their own.
+SEPARATE = {"bench_reliability": "make reliability"}
+#: Arguments of each script in ``make bench``: the budget that keeps the whole run near an hour on
+#: two idle cores (docs/RESULTS.md prints them with each script's wall time).
+BUDGET: dict[str, list[str]] = {
+    "bench_models": ["--json", str(FIGURES / "models.json")],
+    "bench_predict": ["--json", str(FIGURES / "predict.json")],
+    "bench_teacher": ["--quick"],
+    "bench_results": ["--no-pool-study"],
+}
+
+
+def scripts(only: list[str] | None = None) -> list[Path]:
+    """The benchmark scripts to run, in order (bench_results last)."""
+    found = sorted(HERE.glob("bench_*.py"), key=lambda s: (s.stem == "bench_results", s.name))
+    found = [s for s in found if s.stem not in SEPARATE]
+    if only:
+        found = [s for s in found if s.stem.removeprefix("bench_") in only]
+    return found
 
 
 def main() -> int:
-    scripts = sorted(HERE.glob("bench_*.py"), key=lambda s: (s.stem == "bench_results", s.name))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="names, e.g. models synth (default: all)")
     args = parser.parse_args()
-    if args.only:
-        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
-    failed = []
-    for script in scripts:
-        print(f"\n=== {script.name} ===", flush=True)
+    todo = scripts(args.only)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    for script in todo:  # figures of an earlier run must not pass for this run's
+        for flag in BUDGET.get(script.stem, []):
+            if flag.startswith(str(FIGURES)):
+                Path(flag).unlink(missing_ok=True)
+    (FIGURES / "timings.json").unlink(missing_ok=True)
+    failed, timings = [], {}
+    start = time.perf_counter()
+    for script in todo:
+        extra = BUDGET.get(script.stem, [])
+        print(f"\n=== {script.name} {' '.join(extra)} ===", flush=True)
         t0 = time.perf_counter()
-        code = subprocess.call([sys.executable, str(script)])
-        print(f"--- {script.name}: exit {code}, {time.perf_counter() - t0:.0f} s", flush=True)
+        code = subprocess.call([sys.executable, str(script), *extra])
+        seconds = time.perf_counter() - t0
+        print(f"--- {script.name}: exit {code}, {seconds:.0f} s", flush=True)
+        shown = [
+            a if not a.startswith(str(ROOT)) else str(Path(a).relative_to(ROOT)) for a in extra
+        ]
+        timings[script.stem] = {"args": shown, "seconds": seconds, "exit": code}
+        if script.stem != "bench_results":  # bench_results reads it
+            write_text(FIGURES / "timings.json", json.dumps({"scripts": timings}, indent=2))
         if code:
             failed.append(script.name)
+    print("\n## wall time of each script\n")
+    for name, t in timings.items():
+        print(f"{name:<22} {t['seconds'] / 60:6.1f} min  exit {t['exit']}  {' '.join(t['args'])}")
+    print(f"{'total':<22} {(time.perf_counter() - start) / 60:6.1f} min")
+    for name, how in SEPARATE.items():
+        print(f"({name}: not run here; `{how}`)")
     if failed:
         print("failed: " + ", ".join(failed))
     return 1 if failed else 0

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 
@@ -74,7 +75,9 @@ def test_int8_quantises_the_trunk_and_keeps_the_front_end_float(tiny, tmp_path):
     dequantized = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
     assert len(quantized_inputs & dequantized) >= 2 * 9  # 9 VGG/attention convs: x and w
     int8_weights = sum(
-        int(np.prod(t.dims)) for t in q.graph.initializer if t.data_type == onnx.TensorProto.INT8
+        int(np.prod(t.dims))
+        for t in q.graph.initializer
+        if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)  # convs: uint8
     )
     assert int8_weights >= 0.95 * (10_806 - 7 * 2 * 13)  # all weights but the folded BN
     assert read_metadata(report.int8_path)["labels"] == ",".join(LABELS)
@@ -149,3 +152,37 @@ def test_cli_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "nope.safetensors" in err and "Traceback" not in err
+
+
+def test_int8_gate_takes_the_worse_optimisation_level(tiny_onnx, tmp_path, monkeypatch):
+    import wav2small.export as E
+
+    clips = pseudo_speech_set(16, seed=3)
+    assert min(check_int8_fidelity(tiny_onnx, tiny_onnx, clips).values()) > 0.9999
+    other = export_onnx(_with_bn_stats(create_model("wav2small-tiny")), tmp_path / "o.onnx")
+    real = E._int8_session
+    monkeypatch.setattr(  # a "basic" run that differs: the gate must see it
+        E, "_int8_session", lambda path, level: real(other if level == "basic" else path, level)
+    )
+    assert min(check_int8_fidelity(tiny_onnx, tiny_onnx, clips).values()) < 0.9
+    with pytest.raises(ValueError, match="optimisation level"):
+        real(tiny_onnx, "extended")
+
+
+def test_int8_runs_alike_at_the_default_and_basic_levels(tmp_path):
+    """Fused x86 integer kernels (default level, `predict`) and the reference kernels (BASIC, as
+    the browser runs them) give the same int8 outputs: no int16 saturation (U8U8)."""
+    import wav2small.export as E
+
+    model = _with_bn_stats(create_model("wav2small-tiny"))
+    with torch.no_grad():
+        model.adv.weight.mul_(50.0)  # outputs that move with the audio
+    fp32 = export_onnx(model, tmp_path / "model.onnx")
+    q = E.quantize_int8(fp32, tmp_path / "model.int8.onnx", calibration=pseudo_speech_set(8))
+    clips = pseudo_speech_set(8, seed=4)
+    default, basic = (run_onnx(E._int8_session(q, level), clips) for level in ("default", "basic"))
+    assert np.abs(default - basic).max() <= 1e-4 * max(1.0, np.abs(basic).max())
+    assert {
+        lvl: E._int8_session(q, lvl).get_session_options().graph_optimization_level
+        for lvl in E.INT8_CHECK_LEVELS
+    }["basic"] == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC

@@ -40,6 +40,8 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
+# Every benchmark (budgets in benchmarks/run_all.py), then docs/RESULTS.md and the README's results
+# block; prints each script's wall time (estimated ≈ 55–75 min on 2 idle cores).
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
 

@@ -33,6 +33,7 @@ SEPARATE = {"bench_reliability": "make reliability"}
 BUDGET: dict[str, list[str]] = {
     "bench_models": ["--json", str(FIGURES / "models.json")],
     "bench_predict": ["--json", str(FIGURES / "predict.json")],
+    "bench_scale": ["--quick"],  # the small teacher only; Dawn-size labelling: bench_*teacher
     "bench_teacher": ["--quick"],
     "bench_results": ["--no-pool-study"],
 }

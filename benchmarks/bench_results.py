@@ -280,7 +280,7 @@ def memory_rows(predict: dict | None) -> list[str]:
         _row(
             "a stream of 20 ms chunks at a 4 ms step costs ≤ 1.5× the offline timeline and "
             "equals it within 1e-4",
-            f"{ratio:.2f}×, max |diff| {stream['max diff']:.1e}, latency ≤ "
+            f"{ratio:.2f}×, max abs. difference {stream['max diff']:.1e}, latency ≤ "
             f"{stream['latency']:.1f} s",
             ratio <= 1.5 and stream["max diff"] <= 1e-4,
         ),

@@ -350,8 +350,9 @@ def quantize_int8(
         q,
         facts
         | {
-            "quantization": f"int8 weights; static QDQ (Conv) with "
-            f"{activation_bits}-bit activations"
+            "quantization": "8-bit weights (conv "
+            + ("int8" if activation_bits == 16 else "uint8")
+            + f", Gemm int8); static QDQ (Conv) with {activation_bits}-bit activations"
         },
     )
     _save_atomic(q, int8_path)

@@ -27,6 +27,8 @@ from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = dict(frontend="pitch", width=68, pool=30, dilations=(1, 2, 4, 8))
+SALIENCE = dict(frontend="pitch", width=63, pool=30, dilations=(1, 3, 9, 27), pitch_bins=48)
+LONG = SALIENCE | dict(width=53, dilations=(1, 3, 9, 27, 81, 243))
 #: name → (model config, what it tests). Registered at import so spawned workers see them.
 VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
     "released": (
@@ -42,11 +44,35 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         Wav2SmallConfig(**PAPER, norm="local", norm_frames=125),
         "the same with local normalisation (dB minus its mean over ±0.5 s)",
     ),
-    "paper": (
-        PAPER_CONFIG,
-        "the wav2small-paper preset: local normalisation, dilations 1, 3, 9, 27 (±164 ms)",
+    "dil27": (
+        Wav2SmallConfig(**{**PAPER, "dilations": (1, 3, 9, 27)}, norm="local", norm_frames=125),
+        "the former wav2small-paper preset: local normalisation, dilations 1, 3, 9, 27 (±164 ms)",
     ),
+    "salience": (
+        Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=125),
+        "+ a frozen pitch-salience layer (subharmonic summation onto 48 log-spaced pitches "
+        "55–440 Hz, soft-argmax F0, voicing) as 50 more trunk inputs; width 63",
+    ),
+    "salience-norm2s": (
+        Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=500),
+        "the same with a wider local normalisation (±2 s)",
+    ),
+    "long": (
+        Wav2SmallConfig(**LONG, norm="local", norm_frames=125),
+        "salience + two more dilated layers (dilations 1 … 243: each token sees ±1.46 s of "
+        "trunk context, an utterance-scale F0 trend); width 53",
+    ),
+    "paper": (PAPER_CONFIG, "the wav2small-paper preset"),
 }
+#: The study's (variant, steps) runs: what ``python benchmarks/bench_frontend.py`` reproduces.
+DEFAULT_RUNS = [
+    "salience:2000",
+    "dil27:1000",
+    "salience:1000",
+    "long:1000:3",
+    "long:1000",
+    "salience-norm2s:1000",
+]
 for _name, (_cfg, _) in VARIANTS.items():
     register_model(f"wav2small-study-{_name}", lambda c=_cfg: Wav2Small(c))
 
@@ -109,7 +135,19 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_frontend")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        default=DEFAULT_RUNS,
+        metavar="VARIANT:STEPS[:CROP]",
+        help=f"runs to train and score (default: the study's, {' '.join(DEFAULT_RUNS)})",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        help="instead of --runs: every variant × every --steps",
+    )
     ap.add_argument("--steps", type=int, nargs="+", default=[FULL.distill_steps])
     ap.add_argument("--crop-seconds", type=float, default=FULL.crop_seconds)
     ap.add_argument("--n-pool", type=int, default=FULL.n_pool)
@@ -123,24 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     data = _corpus(args.out, args.n_pool, args.n_test, args.seed)
     plan = replace(FULL, crop_seconds=args.crop_seconds)
+    if args.variants:
+        runs = [(v, s, args.crop_seconds) for s in args.steps for v in args.variants]
+    else:
+        runs = [_parse_run(r, ap, args.crop_seconds) for r in args.runs]
     jobs, names = [], []
-    for steps in args.steps:
-        for variant in args.variants:
-            name = f"{variant} · {steps} steps · {args.crop_seconds:g} s"
-            run = args.out / "runs" / f"{variant}-{steps}-{args.crop_seconds:g}s"
-            jobs.append(
-                {
-                    "mode": "distill",
-                    "csv": data["pool"],
-                    "out": run,
-                    "plan": replace(plan, distill_steps=steps),
-                    "seed": args.seed,
-                    "teacher": "synth",
-                    "student": f"wav2small-study-{variant}",
-                    "labels": data["pool_labels"],
-                }
-            )
-            names.append(name)
+    for variant, steps, crop in runs:
+        name = f"{variant} · {steps} steps · {crop:g} s"
+        run = args.out / "runs" / f"{variant}-{steps}-{crop:g}s"
+        jobs.append(
+            {
+                "mode": "distill",
+                "csv": data["pool"],
+                "out": run,
+                "plan": replace(plan, distill_steps=steps, crop_seconds=crop),
+                "seed": args.seed,
+                "teacher": "synth",
+                "student": f"wav2small-study-{variant}",
+                "labels": data["pool_labels"],
+            }
+        )
+        names.append(name)
     t0 = time.perf_counter()
     train_in_parallel(jobs, workers=args.workers, foreground=False)
     train_s = time.perf_counter() - t0
@@ -171,6 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_docs:
         _write_docs(table)
     return 0
+
+
+def _parse_run(text: str, ap: argparse.ArgumentParser, crop: float) -> tuple[str, int, float]:
+    """``"variant:steps[:crop seconds]"`` → (variant, steps, crop), or a one-line usage error."""
+    parts = text.split(":")
+    try:
+        variant, steps = parts[0], int(parts[1])
+        crop = float(parts[2]) if len(parts) == 3 else crop
+        ok = variant in VARIANTS and steps >= 1 and crop > 0 and len(parts) <= 3
+    except (IndexError, ValueError):
+        ok = False
+    if not ok:
+        ap.error(
+            f"--runs {text!r}: expected VARIANT:STEPS[:CROP] with VARIANT one of {list(VARIANTS)}"
+        )
+    return variant, steps, crop
 
 
 def _table(rows: list[dict], teacher: dict) -> str:

@@ -10,6 +10,7 @@ from wav2small.frontend import (
     LocalNorm,
     LogMel,
     PitchLogSpec,
+    PitchSalience,
     Spectrogram,
     _hz_to_mel,
     _mel_to_hz,
@@ -173,3 +174,55 @@ def test_paper_preset_exports_with_common_ops_and_fits_the_int8_budget(tmp_path)
     common |= {"IsNaN", "Equal", "Expand", "Gather", "Cast", "Constant", "ConstantOfShape"}
     common |= {"Clip", "Pow", "Range", "Less", "Not", "Flatten", "Identity", "Neg"}
     assert ops <= common, ops - common
+
+
+def _glide(f_start: float, f_end: float, seconds: float = 1.0) -> torch.Tensor:
+    """The 19-harmonic complex of :func:`_harmonic` with F0 gliding log-linearly."""
+    n = int(seconds * 16000)
+    f = f_start * (f_end / f_start) ** (np.arange(n) / n)
+    phase = 2 * np.pi * np.cumsum(f) / 16000
+    x = sum(np.sin(k * phase) / k for k in range(1, 20))
+    x = x + 1e-2 * np.random.default_rng(0).standard_normal(n)
+    return torch.tensor(x, dtype=torch.float32)[None]
+
+
+def test_pitch_salience_peaks_at_the_f0_of_a_harmonic_tone_and_shifts_with_it():
+    spec = PitchLogSpec()
+    salience = PitchSalience(spec.low_hz)
+    assert salience.n_rows == 50 and salience.weight.shape == (spec.n_low, 48)
+    step = np.log2(salience.f0_hz[1] / salience.f0_hz[0])  # octaves per candidate
+    peaks, soft = {}, {}
+    for f0 in (90.0, 120.0, 150.0, 165.0, 235.0):
+        rows = salience(spec(_harmonic(f0))[..., : spec.n_low])[0]
+        curve = rows[:, :48].mean(0)
+        peaks[f0] = int(curve.argmax())
+        # the peak is the candidate nearest F0 (not an octave above or below)
+        assert abs(np.log2(salience.f0_hz[peaks[f0]] / f0)) <= step
+        # soft-argmax F0 (semitones above 150 Hz) within two semitones of the truth (a soft
+        # estimate: the many-harmonic candidates below a low voice pull it down a little)
+        soft[f0] = rows[:, 48].mean().item()
+        assert abs(soft[f0] - 12 * np.log2(f0 / 150)) < 2.0
+    # a change of F0 is a shift along the candidates: +10 % moves the peak log2(1.1)/step
+    assert abs(peaks[165.0] - peaks[150.0] - np.log2(1.1) / step) <= 1
+    assert list(soft.values()) == sorted(soft.values())  # monotone in F0
+    # voicing: a harmonic tone is far more salient than noise
+    noise = torch.randn(1, 16000)
+    assert (
+        salience(spec(_harmonic(150.0))[..., :31])[0, :, 49].mean()
+        > salience(spec(noise)[..., :31])[0, :, 49].mean() + 20
+    )
+
+
+def test_pitch_salience_tracks_a_rising_f0_and_ignores_gain():
+    spec = PitchLogSpec()
+    salience = PitchSalience(spec.low_hz)
+    x = _glide(150.0, 171.0)  # +14 % in one second: a rising word (docs/SYNTH.md)
+    f0 = salience(spec(x)[..., : spec.n_low])[0, :, 48]
+    quarter = len(f0) // 4
+    rise = f0[-quarter:].mean() - f0[:quarter].mean()
+    assert 1.0 < rise.item() < 3.0  # 2.3 semitones in all; the quarters' means 1.7 apart
+    falling = salience(spec(x.flip(1))[..., : spec.n_low])[0, :, 48]
+    assert (falling[-quarter:].mean() - falling[:quarter].mean()).item() < -1.0
+    # a gain adds the same dB to every bin: the saliences are of dB above the frame's mean
+    loud = salience(spec(4.0 * x)[..., : spec.n_low])
+    torch.testing.assert_close(loud, salience(spec(x)[..., : spec.n_low]), atol=0.05, rtol=0)

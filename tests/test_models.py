@@ -145,9 +145,11 @@ def test_token_geometry_is_declared_and_matches_the_maps():
     assert model.receptive_field() == (384, 448)  # 6 tokens left, 7 right (24 ms / 28 ms)
     paper = create_model("wav2small-paper").eval()
     assert paper.token_samples() == 64 and paper.tokens_per_second() == 250.0
-    # 125 frames of local normalisation + 1 + 1 + 3 + 9 + 27 of trunk either side, then a
-    # 541-sample window
-    assert paper.receptive_field() == (166 * 64, 166 * 64 + 541)
+    # the local normalisation's frames + 1 (first conv) + each dilation, either side, then a
+    # 541-sample window (the salience layer works per frame: it adds nothing)
+    cfg = paper.cfg
+    frames = cfg.norm_frames + 1 + sum(cfg.dilations)
+    assert paper.receptive_field() == (frames * 64, frames * 64 + 541)
     with torch.no_grad():
         for n in (64, 100, 1000, 16000, 16033):
             lin, sof = model.tokens(torch.randn(1, n))

@@ -259,6 +259,67 @@ class PitchLogSpec(nn.Module):
         return 10 * torch.log10(torch.maximum(image, self.amin))
 
 
+class PitchSalience(nn.Module):
+    """Frozen pitch salience of low-band dB rows: (batch, frames, n_low) → (batch, frames, K + 2).
+
+    Subharmonic summation (Hermes 1988): the salience of a candidate F0 is the sum, over its
+    harmonics h·F0 inside the low band, of ``decay^(h−1)`` × the frame's dB at h·F0 (linear
+    interpolation between DFT bins) minus the frame's mean dB over the band, so a gain cancels and
+    a change of F0 is a *shift* along the ``n_pitches`` log-spaced candidates ``fmin``–``fmax``.
+    One fixed MatMul per frame. Two more rows: the soft-argmax F0 (softmax over candidates of
+    ``sharpness`` × salience, times the candidates' semitones above ``ref_hz``) and the voicing
+    (the largest salience). Rows are in dB-sums (salience, voicing) and semitones (F0).
+
+    ONNX ops: MatMul, Softmax, ReduceMax, Concat.
+    """
+
+    def __init__(
+        self,
+        bin_hz: list[float],
+        *,
+        n_pitches: int = 48,
+        fmin: float = 55.0,
+        fmax: float = 440.0,
+        decay: float = 0.84,
+        sharpness: float = 0.2,
+        ref_hz: float = 150.0,
+    ) -> None:
+        super().__init__()
+        bins = np.asarray(bin_hz, dtype=np.float64)
+        step = bins[1] - bins[0]
+        f0 = fmin * (fmax / fmin) ** (np.arange(n_pitches) / max(1, n_pitches - 1))
+        weight = np.zeros((len(bins), n_pitches))
+        for k, f in enumerate(f0):
+            for h in range(1, int(bins[-1] // f) + 1):
+                pos = (h * f - bins[0]) / step
+                if pos < 0:
+                    continue  # a harmonic below the band (a low F0's fundamental)
+                i = min(int(pos), len(bins) - 2)
+                frac = pos - i
+                weight[i, k] += decay ** (h - 1) * (1 - frac)
+                weight[i + 1, k] += decay ** (h - 1) * frac
+        if (weight.sum(0) == 0).any():
+            raise ValueError(f"pitch candidates {fmin}–{fmax} Hz have no harmonic in the band")
+        weight -= weight.sum(0, keepdims=True) / len(bins)  # minus the frame's mean dB
+        self.register_buffer("weight", torch.from_numpy(weight.astype(np.float32)))
+        semitones = 12 * np.log2(f0 / ref_hz)
+        self.register_buffer("semitones", torch.from_numpy(semitones.astype(np.float32)))
+        self.sharpness = sharpness
+        self.f0_hz = f0.tolist()
+
+    @property
+    def n_rows(self) -> int:
+        """Output rows: the candidates' saliences, the soft-argmax F0 and the voicing."""
+        return len(self.f0_hz) + 2
+
+    def forward(self, low_db: torch.Tensor) -> torch.Tensor:
+        salience = torch.matmul(low_db, self.weight)  # (batch, frames, K)
+        p = torch.softmax(self.sharpness * salience, -1)
+        f0 = (p * self.semitones).sum(-1, keepdim=True)
+        voicing = salience.amax(-1, keepdim=True)
+        return torch.cat([salience, f0, voicing], -1)
+
+
 def _power(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
     """re² + im² as products (ONNX Mul: cheaper than Pow in ONNX Runtime)."""
     return re * re + im * im

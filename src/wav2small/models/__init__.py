@@ -19,7 +19,13 @@ from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
 # dilations 1, 3, 9, 27 give each token ±41 frames (±164 ms): a word's pitch ramp. 71,873
 # trainable parameters. docs/DISTILL.md ("Front-end study") has the measurements.
 PAPER_CONFIG = Wav2SmallConfig(
-    frontend="pitch", norm="local", norm_frames=125, width=68, pool=30, dilations=(1, 3, 9, 27)
+    frontend="pitch",
+    norm="local",
+    norm_frames=125,
+    width=63,
+    pool=30,
+    dilations=(1, 3, 9, 27),
+    pitch_bins=48,
 )
 _PRESETS: dict[str, Callable[[], nn.Module]] = {
     "wav2small-tiny": lambda: Wav2Small(Wav2SmallConfig(stem=13, width=13)),

@@ -38,6 +38,7 @@ from wav2small.frontend import (
     LocalNorm,
     LogmelFilterBank,
     PitchLogSpec,
+    PitchSalience,
     Spectrogram,
     check_length,
     num_frames,
@@ -65,6 +66,10 @@ class Wav2SmallConfig:
         n_fft, hop, decimate, low_fmin, low_fmax, n_fft_high, n_mels, fmax: the pitch front end.
         dilations: one 3-tap time convolution per entry after the first, with that dilation.
         pool: channels of the ``lin``/``sof`` attention maps of the pitch trunk.
+        pitch_bins, pitch_fmin, pitch_fmax: with ``pitch_bins`` > 0, the pitch trunk also reads
+            a frozen :class:`~wav2small.frontend.PitchSalience` of the low band at that many
+            log-spaced candidates ``pitch_fmin``–``pitch_fmax`` Hz, plus its soft-argmax F0 and
+            voicing rows (``pitch_bins + 2`` more input channels).
     """
 
     stem: int = 13
@@ -84,6 +89,9 @@ class Wav2SmallConfig:
     fmax: float = 8000.0
     dilations: tuple[int, ...] = (1, 2, 4, 8)
     pool: int = 30
+    pitch_bins: int = 0
+    pitch_fmin: float = 55.0
+    pitch_fmax: float = 440.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(self.dilations))
@@ -93,6 +101,8 @@ class Wav2SmallConfig:
             raise ValueError(f"norm must be 'utterance' or 'local', not {self.norm!r}")
         if self.frontend == "released" and self.norm != "utterance":
             raise ValueError("the released front end uses norm='utterance'")
+        if self.frontend == "released" and self.pitch_bins:
+            raise ValueError("pitch_bins needs frontend='pitch'")
 
 
 class Conv(nn.Module):
@@ -236,8 +246,15 @@ class PitchNet(nn.Module):
             fmax=cfg.fmax,
         )
         self.local_norm = LocalNorm(cfg.norm_frames) if cfg.norm == "local" else None
+        self.salience = None
+        n_in = self.spec.n_bands
+        if cfg.pitch_bins:
+            self.salience = PitchSalience(
+                self.spec.low_hz, n_pitches=cfg.pitch_bins, fmin=cfg.pitch_fmin, fmax=cfg.pitch_fmax
+            )
+            n_in += self.salience.n_rows
         w = cfg.width
-        self.l0 = TimeConv(self.spec.n_bands, w)
+        self.l0 = TimeConv(n_in, w)
         self.blocks = nn.ModuleList(TimeConv(w, w, d) for d in cfg.dilations)
         self.lin = nn.Conv2d(w, cfg.pool, 1)
         self.sof = nn.Conv2d(w, cfg.pool, 1)
@@ -273,10 +290,13 @@ class PitchNet(nn.Module):
         """
         if self.local_norm is not None:
             frames = None if lengths is None else self.frames(lengths)
-            image = self.local_norm(self.spec(signal), frames)
+            raw = self.spec(signal)
+            image = self.local_norm(raw, frames)
         else:
             x = prenorm(signal, lengths) if norm is None else (signal - norm[:, :1]) / norm[:, 1:]
-            image = self.spec(x)
+            raw = image = self.spec(x)
+        if self.salience is not None:  # per frame and gain-invariant: after any normalisation
+            image = torch.cat([image, self.salience(raw[..., : self.spec.n_low])], 2)
         return image.transpose(1, 2)[..., None]
 
     def trunk(self, image: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from wav2small import LABELS
 from wav2small.models import PAPER_CONFIG, register_model
 from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
 
@@ -45,8 +46,8 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         "the same with local normalisation (dB minus its mean over ±0.5 s)",
     ),
     "dil27": (
-        Wav2SmallConfig(**{**PAPER, "dilations": (1, 3, 9, 27)}, norm="local", norm_frames=125),
-        "the former wav2small-paper preset: local normalisation, dilations 1, 3, 9, 27 (±164 ms)",
+        PAPER_CONFIG,
+        "the wav2small-paper preset: local normalisation, dilations 1, 3, 9, 27 (±164 ms)",
     ),
     "salience": (
         Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=125),
@@ -62,7 +63,6 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         "salience + two more dilated layers (dilations 1 … 243: each token sees ±1.46 s of "
         "trunk context, an utterance-scale F0 trend); width 53",
     ),
-    "paper": (PAPER_CONFIG, "the wav2small-paper preset"),
 }
 #: The study's (variant, steps) runs: what ``python benchmarks/bench_frontend.py`` reproduces.
 DEFAULT_RUNS = [
@@ -129,7 +129,6 @@ def _ms_per_5s(models: dict[str, Path], out: Path, repeats: int) -> dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wav2small import LABELS
     from wav2small.demo import FULL, train_in_parallel
     from wav2small.evaluate import evaluate
 
@@ -239,7 +238,7 @@ def _table(rows: list[dict], teacher: dict) -> str:
         + " |"
         for r in rows
     ]
-    t = " / ".join(f"{v:.3f}" for v in teacher.values())
+    t = " / ".join(f"{teacher[k]:.3f}" for k in LABELS)
     return f"Teacher CCC vs gold (A / D / V): {t}\n\n" + head + "\n".join(lines) + "\n"
 
 

@@ -188,3 +188,20 @@ def test_int8_runs_alike_at_the_default_and_basic_levels(tmp_path):
         lvl: E._int8_session(q, lvl).get_session_options().graph_optimization_level
         for lvl in E.INT8_CHECK_LEVELS
     }["basic"] == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+
+
+def test_pitch_salience_model_exports_with_default_domain_ops(tmp_path):
+    """The optional PitchSalience input (MatMul, Softmax, ReduceMax …) exports, runs in ONNX
+    Runtime like torch, and uses only default-domain ops (onnxruntime-web runs them)."""
+    from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
+
+    cfg = Wav2SmallConfig(
+        frontend="pitch", norm="local", width=16, pool=8, dilations=(1, 3), pitch_bins=24
+    )
+    model = _with_bn_stats(Wav2Small(cfg))
+    path = export_onnx(model, tmp_path / "model.onnx")
+    assert {n.domain for n in onnx.load(str(path)).graph.node} <= {"", "ai.onnx"}
+    clip = pseudo_speech(2.0, rng=np.random.default_rng(4))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(clip)[None]).numpy()
+    np.testing.assert_allclose(run_onnx(path, [clip]), ref, atol=1e-4, rtol=1e-4)

@@ -276,3 +276,23 @@ def test_create_model_builds_each_kind():
         from wav2small.models import _PRESETS
 
         _PRESETS.pop("test-linear")
+
+
+def test_pitch_salience_adds_input_rows_and_keeps_padding_and_the_receptive_field():
+    from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
+
+    base = dict(frontend="pitch", norm="local", width=16, pool=8, dilations=(1, 3))
+    plain, pitched = (
+        Wav2Small(Wav2SmallConfig(**base)),
+        Wav2Small(Wav2SmallConfig(**base, pitch_bins=24)),
+    )
+    assert pitched.net.l0.conv.in_channels == plain.net.l0.conv.in_channels + 26
+    assert pitched.receptive_field() == plain.receptive_field()  # per-frame rows
+    pitched.eval()
+    x = torch.randn(2, 12000)
+    with torch.no_grad():
+        together = pitched(x, torch.tensor([12000, 7000]))
+        alone = pitched(x[1:, :7000])
+    torch.testing.assert_close(together[1:], alone, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="pitch_bins needs frontend='pitch'"):
+        Wav2SmallConfig(pitch_bins=24)

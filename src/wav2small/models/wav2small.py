@@ -16,7 +16,9 @@ resolves the harmonics of a voice and a trunk that runs at the token rate::
 
     waveform ─ [prenorm] ─ PitchLogSpec: 31 DFT bins 62–1000 Hz of a 32 ms window (4× decimated)
       + 12 mels 1–8 kHz of a 4 ms window, hop 64 ─ dB ─ [LocalNorm] ─ (batch, 43, frames, 1)
-      ─ Conv(3×1) 43 → W ─ 4 × dilated Conv(3×1) W → W (dilations 1, 2, 4, 8) at 250 frames/s
+      [+ PitchSalience of the 31 low rows: 48 pitch candidates 55–440 Hz, soft-argmax F0,
+      voicing ─ 50 more rows]
+      ─ Conv(3×1) rows → W ─ dilated Conv(3×1) W → W per ``dilations`` at 250 frames/s
       ─ lin, sof (1×1, W → P) ─ attention pooling ─ [pooled (P) ; Gram (P×P)] ─ Linear → A/D/V
 
 (docs/DISTILL.md, "Front-end study", says why.) Padding-aware: given ``lengths``, every feature
@@ -225,7 +227,9 @@ class PitchNet(nn.Module):
     """The pitch-resolving design: waveform → flat feature vector, in four stages.
 
     ``features``: normalisation + :class:`~wav2small.frontend.PitchLogSpec` → dB image
-    (batch, bands, frames, 1) at 250 frames/s; ``trunk``: a 3-tap time convolution from all bands
+    (batch, bands, frames, 1) at 250 frames/s, with ``pitch_bins`` > 0 plus the rows of a frozen
+    :class:`~wav2small.frontend.PitchSalience` (computed per frame from the un-normalised low
+    band: gain-invariant by itself); ``trunk``: a 3-tap time convolution from all rows
     to ``width`` channels, then one dilated 3-tap convolution per ``dilations`` entry (every
     frame sees the whole spectrum, so a layer can match harmonic templates: pitch);
     ``lin``/``sof``: 1×1 maps to ``pool`` channels (batch, pool, tokens, 1); pooling

@@ -4,12 +4,13 @@ Builds (or reuses) a small built-in corpus (pool + test), caches the shipped tea
 once, distils each variant with the demo's recipe (cached whole-clip targets, CCC + MSE, one
 torch thread per run, two runs at a time), scores every student on the test split against gold
 and against the teacher, and times each fp32 and int8 ONNX export in ONNX Runtime (1 thread,
-5 s, interleaved in one loop). Writes ``results.json``/``table.md`` under ``--out`` and, with
-unless ``--no-docs``, the table into docs/DISTILL.md between the ``frontend-study`` markers.
-``make bench`` runs it through benchmarks/run_all.py (all variants: about 4 × 6 minutes on two
-idle cores).
+5 s, interleaved in one loop). Writes ``results.json``/``table.md`` under ``--out`` and, unless
+``--no-docs``, the table into docs/DISTILL.md between the ``frontend-study`` markers. Finished
+runs under ``--out`` are reused (a rerun resumes each run from its last checkpoint). Not part
+of ``make bench``: the default runs are ≈ 50 min of one-thread training (two at a time).
 
-    python benchmarks/bench_frontend.py [--variants paper released] [--steps 1000 2000]
+    python benchmarks/bench_frontend.py [--runs dil27:1000 long:1000:3 ...]
+    python benchmarks/bench_frontend.py --variants dil27 salience --steps 1000 2000
 """
 
 from __future__ import annotations
@@ -66,12 +67,13 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
 }
 #: The study's (variant, steps) runs: what ``python benchmarks/bench_frontend.py`` reproduces.
 DEFAULT_RUNS = [
-    "salience:2000",
     "dil27:1000",
     "salience:1000",
-    "long:1000:3",
-    "long:1000",
     "salience-norm2s:1000",
+    "long:1000:3",
+    "dil27:2000",
+    "salience:2000",
+    "salience-norm2s:2000",
 ]
 for _name, (_cfg, _) in VARIANTS.items():
     register_model(f"wav2small-study-{_name}", lambda c=_cfg: Wav2Small(c))

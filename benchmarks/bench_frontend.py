@@ -71,7 +71,6 @@ DEFAULT_RUNS = [
     "salience:1000",
     "salience-norm2s:1000",
     "long:1000:3",
-    "dil27:2000",
     "salience:2000",
     "salience-norm2s:2000",
 ]

@@ -133,7 +133,9 @@ def test_errors_name_the_folder(folder, tmp_path):
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
     shutil.copy(folder / "model.onnx", unlabelled / "model.onnx")
-    with pytest.raises(OnnxTeacherError, match="unlabelled: no labels for output 'logits'"):
+    with pytest.raises(
+        OnnxTeacherError, match="unlabelled/model.onnx: no labels for output 'logits'"
+    ):
         OnnxTeacher(unlabelled)
     (unlabelled / "labels.yaml").write_text("logits: [happy, sad, angry]\n")
     with pytest.raises(OnnxTeacherError, match=r"labelled \['happy'"):

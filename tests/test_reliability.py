@@ -342,3 +342,21 @@ def test_the_shortest_input_of_an_ensemble_is_its_largest_members():
     assert shortest_input(SimpleNamespace(min_samples=1, members=members)) == 1024
     assert shortest_input(object()) == 1
     assert OnnxTeacher.min_samples == MIN_SAMPLES
+
+
+def test_a_full_disk_in_a_synth_render_child_is_reraised_as_an_oserror(monkeypatch):
+    """A clip is rendered in a forked child; its full disk reaches the CLI as an OSError (exit 2,
+    one line naming the file), not as a RuntimeError carrying the child's traceback."""
+    from wav2small.cli import error_line
+    from wav2small.synth import plan_clip, pool
+
+    def full(plan, job, data_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", f"/full/{plan.name}")
+
+    monkeypatch.setattr(pool, "_render_task", full)
+    with pytest.raises(OSError) as info:
+        pool._in_fresh_process((plan_clip("test", 0), "unused"))
+    assert info.value.errno == errno.ENOSPC
+    code, line = error_line(info.value)
+    assert code == 2 and "/full/test_000000.wav" in line and "No space left" in line, line
+    assert "Traceback" not in line

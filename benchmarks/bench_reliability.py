@@ -231,7 +231,9 @@ def probe_distill_kill(work: Path, csv: Path, labels: Path, points: list[float],
         )
 
 
-def _writers(work: Path, long_file: Path, model: Path) -> dict[str, tuple[list[str], Path]]:
+def _writers(
+    work: Path, long_file: Path, model: Path, corpus: Path
+) -> dict[str, tuple[list[str], Path]]:
     """Every command that writes a table or an artefact to ``--out``: argv and the output.
 
     The first writer works on the long file, so it is still running when the second starts.
@@ -248,8 +250,13 @@ def _writers(work: Path, long_file: Path, model: Path) -> dict[str, tuple[list[s
         "export": (["export", "wav2small-tiny", "--out", str(w / "export"), "--int8",
                     "--calibration", str(long_file), "--no-progress"],
                    w / "export" / "model.onnx"),
-        "synth": (["synth", "--split", "test", "--n", "12", "--out", str(w / "synth"),
+        "synth": (["synth", "--split", "test", "--n", "60", "--out", str(w / "synth"),
                    "--no-progress"], w / "synth" / "test.csv"),
+        "distill": (["distill", "--teacher", "synth", "--audio", str(corpus), "--student",
+                     "wav2small-tiny", "--out", str(w / "distill"), "--max-steps", "40",
+                     "--batch-size", "4", "--num-workers", "0", "--accelerator", "cpu",
+                     "--no-progress", "--set", "crop_seconds=1.0", "val_every=8"],
+                    w / "distill" / "metrics.csv"),
     }  # fmt: skip
 
 
@@ -269,10 +276,10 @@ def _readable(path: Path) -> bool:
     return path.is_file()
 
 
-def probe_two_writers(work: Path, long_file: Path, model: Path) -> None:
+def probe_two_writers(work: Path, long_file: Path, model: Path, corpus: Path) -> None:
     """Two processes write one ``--out``: the second must fail fast (exit 2, naming the lock)
     while the first finishes with a whole output."""
-    for name, (argv, final) in _writers(work, long_file, model).items():
+    for name, (argv, final) in _writers(work, long_file, model, corpus).items():
         out = Path(argv[argv.index("--out") + 1])
         first = start(*argv)
         lock = out.with_name(out.name + ".lock")
@@ -447,28 +454,36 @@ def main() -> int:
         help="keep data and results here; results accumulate over runs (default: a temp folder)",
     )
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/RELIABILITY.md")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: print (and write) the table of the results accumulated in --work",
+    )
     args = parser.parse_args()
-    probes = args.probe or list(PROBES)
+    if args.table_only and not args.work:
+        parser.error("--table-only needs --work")
+    probes = [] if args.table_only else args.probe or list(PROBES)
     hours = 1 / 6 if args.quick else args.hours
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="w2s-rel-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         csv = work / "corpus" / "corpus.csv"
-        if not csv.is_file():
-            make_corpus(csv.parent, 60 if args.quick else 120)
         long_file = work / f"long-{hours:g}h.wav"
-        if not long_file.is_file() or not long_file.with_suffix(".csv").is_file():
-            make_long(long_file, hours * 3600)
         short_file = work / "short.wav"
-        if not short_file.is_file():
-            make_long(short_file, 1.0)
         model = work / "student" / "model.onnx"
-        if not model.is_file():
-            run = cli("export", "wav2small-tiny", "--out", str(model.parent))
-            if run.returncode:
-                print(run.stderr)
-                return 1
+        if probes:  # the data, made once per --work
+            if not csv.is_file():
+                make_corpus(csv.parent, 60 if args.quick else 120)
+            if not long_file.is_file() or not long_file.with_suffix(".csv").is_file():
+                make_long(long_file, hours * 3600)
+            if not short_file.is_file():
+                make_long(short_file, 1.0)
+            if not model.is_file():
+                run = cli("export", "wav2small-tiny", "--out", str(model.parent))
+                if run.returncode:
+                    print(run.stderr)
+                    return 1
         for name in probes:
             scratch = work / name
             shutil.rmtree(scratch, ignore_errors=True)
@@ -484,7 +499,7 @@ def main() -> int:
                 else:
                     probe_distill_kill(scratch, csv, labels, [2] if args.quick else [1, 3], 24)
             elif name == "writers":
-                probe_two_writers(scratch, long_file, model)
+                probe_two_writers(scratch, long_file, model, csv)
             elif name == "full-disk":
                 probe_full_disk(scratch, csv, long_file, model)
             elif name == "long":

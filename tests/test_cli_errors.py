@@ -40,11 +40,11 @@ MANIFEST_COMMANDS = ("evaluate", "label", "train", "distill", "train-teacher", "
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Good clips, every kind of bad clip, manifests that hold one bad row, bad models."""
-    import torch
     from safetensors.torch import save_file
 
     from wav2small.models import create_model, model_info, save_model
     from wav2small.signals import pseudo_speech_set
+    from wav2small.teachers import load_teacher, save_teacher
 
     root = tmp_path_factory.mktemp("world")
     rng = np.random.default_rng(0)
@@ -86,12 +86,11 @@ def world(tmp_path_factory):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "huge.safetensors",
               metadata=info)  # fmt: skip
     _wrong_shape_onnx(root / "wrongshape.onnx")
-    teacher = root / "huge-teacher"  # a teacher folder whose config is absurd
-    teacher.mkdir()
-    (teacher / "config.json").write_text(
-        json.dumps({"model_type": "wav2small-synth", "channels": [10**9] * 4, "gru_hidden": 10**9})
-    )
-    save_file({"x": torch.zeros(1)}, teacher / "model.safetensors")
+    teacher = root / "huge-teacher"  # the shipped teacher's layout, with an absurd config
+    save_teacher(load_teacher("synth"), teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    config["channels"] = [10**9] * len(config["channels"])  # terabytes if it were allocated
+    (teacher / "config.json").write_text(json.dumps(config))
     return root
 
 
@@ -275,10 +274,14 @@ def test_a_bad_model_is_one_line_naming_it(world, capsys, command, model):
     assert model in line, line
 
 
-def test_a_teacher_folder_with_an_absurd_config_is_refused(world, capsys):
+def test_a_teacher_folder_with_an_absurd_config_is_refused_before_allocating(world, capsys):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert main(_model_argv("label", str(world / "huge-teacher"), world)) == 2
     line = _one_error_line(capsys, "label")
-    assert "huge-teacher" in line, line
+    assert "huge-teacher/config.json" in line and "cannot be built" in line, line
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB
 
 
 # --- bad option values ----------------------------------------------------------------------

@@ -68,6 +68,35 @@ def _build(folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor])
     )
 
 
+#: Most parameters a teacher config may declare (8 GB of float32; the largest published teacher,
+#: WavLM-Odyssey, has about 0.3 billion); a config asking for more is refused before allocating.
+MAX_TEACHER_PARAMETERS = 2_000_000_000
+
+
+def _check_size(folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Build the teacher on the ``meta`` device (no memory) and refuse an absurd config.
+
+    Raises:
+        TeacherError: the config cannot be built or declares more than
+            :data:`MAX_TEACHER_PARAMETERS` parameters.
+    """
+    from wav2small.models import count_parameters
+
+    try:
+        with torch.device("meta"):
+            skeleton = _build(folder, config, state)
+    except TeacherError:
+        raise
+    except Exception as exc:  # a config the constructors reject
+        raise TeacherError(f"{folder / CONFIG_FILE}: the config cannot be built ({exc})") from exc
+    n = count_parameters(skeleton, trainable=False)
+    if n > MAX_TEACHER_PARAMETERS:
+        raise TeacherError(
+            f"{folder / CONFIG_FILE}: the config declares {n:,} parameters (more than "
+            f"{MAX_TEACHER_PARAMETERS:,}); refusing to build it"
+        )
+
+
 def _load_folder(folder: Path, label: str) -> Teacher:
     config = _read_config(folder)
     if teacher_kind(config) == "ensemble":
@@ -78,6 +107,7 @@ def _load_folder(folder: Path, label: str) -> Teacher:
         teacher.name = label
         return teacher
     state = read_weights(folder)
+    _check_size(folder, config, state)
     teacher = _build(folder, config, state)
     load_weights(teacher, state, str(folder))
     teacher.name = label

@@ -80,21 +80,20 @@ def _check_size(folder: Path, config: dict[str, Any], state: dict[str, torch.Ten
         TeacherError: the config cannot be built or declares more than
             :data:`MAX_TEACHER_PARAMETERS` parameters.
     """
-    from wav2small.models import count_parameters
+    from wav2small.models import build_on_meta
 
+    if not teacher_kind(config):
+        _build(folder, config, state)  # raises: unknown layout
     try:
-        with torch.device("meta"):
-            skeleton = _build(folder, config, state)
+        build_on_meta(
+            folder / CONFIG_FILE,
+            lambda: _build(folder, config, state),
+            limit=MAX_TEACHER_PARAMETERS,
+        )
     except TeacherError:
         raise
-    except Exception as exc:  # a config the constructors reject
-        raise TeacherError(f"{folder / CONFIG_FILE}: the config cannot be built ({exc})") from exc
-    n = count_parameters(skeleton, trainable=False)
-    if n > MAX_TEACHER_PARAMETERS:
-        raise TeacherError(
-            f"{folder / CONFIG_FILE}: the config declares {n:,} parameters (more than "
-            f"{MAX_TEACHER_PARAMETERS:,}); refusing to build it"
-        )
+    except ValueError as exc:
+        raise TeacherError(str(exc)) from exc
 
 
 def _load_folder(folder: Path, label: str) -> Teacher:

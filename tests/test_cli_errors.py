@@ -32,7 +32,9 @@ BAD_AUDIO = {
     "one.wav": "",
 }
 #: Commands that read audio through a manifest or a path.
-AUDIO_COMMANDS = ("predict", "evaluate", "label", "train", "distill", "train-teacher", "export")
+AUDIO_COMMANDS = (
+    "predict", "evaluate", "label", "train", "distill", "train-teacher", "selfdistill", "export"
+)  # fmt: skip
 #: Training commands are slower; they read a manifest.
 MANIFEST_COMMANDS = ("evaluate", "label", "train", "distill", "train-teacher", "selfdistill")
 
@@ -128,7 +130,8 @@ def _argv(command: str, d: Path, *, audio: str | None = None, csv: str | None = 
                           "--batch-size", "2", "--model", '{"channels": [4, 8, 8, 8]}',
                           "--no-progress"],
         "selfdistill": ["selfdistill", "--backbone", "random:wav2vec2-tiny", "--data", data,
-                        "--task", "adv", "--out", out, *_TRAIN[:4], "--no-progress"],
+                        "--task", "adv", "--exits", "1,3", "--out", out, *_TRAIN[:4],
+                        "--no-progress"],
         "export": ["export", "wav2small-tiny", "--out", out, "--int8", "--calibration", one,
                    "--no-progress"],
     }[command]  # fmt: skip
@@ -189,14 +192,14 @@ def test_bad_audio_is_one_line_naming_the_file(world, capsys, command, audio):
     assert BAD_AUDIO[audio].lower() in line.lower(), line
 
 
-@pytest.mark.parametrize("command", ["predict", "evaluate", "label"])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "label", "export"])
 def test_a_1_sample_clip_is_too_short_in_every_inference_command(world, capsys, command):
     assert main(_argv(command, world, audio="one.wav")) == 2
     line = _one_error_line(capsys, command)
     assert "one.wav" in line and "too short" in line, line
 
 
-@pytest.mark.parametrize("command", ["train", "distill", "train-teacher"])
+@pytest.mark.parametrize("command", ["train", "distill", "train-teacher", "selfdistill"])
 def test_a_1_sample_clip_is_too_short_for_every_trainer(world, capsys, command):
     assert main(_argv(command, world, audio="one.wav")) == 2
     line = _one_error_line(capsys, command)

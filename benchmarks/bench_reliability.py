@@ -426,6 +426,11 @@ def write_doc(text: str, args: argparse.Namespace) -> None:
     command = "python benchmarks/bench_reliability.py" + " ".join(
         [""] + (["--quick"] if args.quick else []) + [f"--probe {p}" for p in args.probe or []]
     )
+    if args.table_only:
+        command = (
+            "python benchmarks/bench_reliability.py --work DIR --probe NAME` (one probe at a "
+            "time; results accumulated in DIR), then `... --work DIR --table-only"
+        )
     block = f"{BEGIN}\nPrinted by `{command}` on {when}:\n\n{text}\n{END}"
     old = DOC.read_text(encoding="utf-8") if DOC.is_file() else ""
     if BEGIN in old and END in old:

@@ -25,6 +25,7 @@ The fast probes (bad inputs, header lies, garbage models) are tests: tests/test_
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -218,51 +219,97 @@ def probe_distill_kill(work: Path, csv: Path, labels: Path, points: list[float],
             metrics.dropna(subset=["train/loss"])["step"] if "train/loss" in metrics else []
         )
         dup = int(pd.Series(steps_logged).duplicated().sum())
+        summary = json.loads((out / "summary.json").read_text())
         same = got is not None and ref is not None and np.allclose(got, ref, atol=1e-5)
         diff = float(np.abs(got - ref).max()) if got is not None and ref is not None else np.nan
         record(
             f"distill kill -9 after checkpoint {t:g} + --resume",
             same and dup == 0,
-            f"{'killed mid-run' if killed else 'had finished'}; resumed student vs uninterrupted:"
-            f" max |diff| {diff:.2e}; duplicated metric steps {dup}",
+            f"{'killed mid-run' if killed else 'had finished'}; resumed at step "
+            f"{summary.get('start_step')} of {summary.get('global_step')}; student vs "
+            f"uninterrupted: max |diff| {diff:.2e}; duplicated metric steps {dup}",
         )
 
 
-def probe_two_writers(work: Path, csv: Path) -> None:
-    """The first writer labels the long file (it runs long enough to be caught in the act)."""
-    out = work / "two-writers.parquet"
-    first = start("label", "--teacher", "synth", "--audio", str(csv), "--out", str(out),
-                  "--no-progress")  # fmt: skip
-    lock = out.with_name(out.name + ".lock")
-    for _ in range(200):  # wait until the first writer holds its lock
-        if lock.exists() or first.poll() is not None:
-            break
-        time.sleep(0.05)
-    time.sleep(0.5)
-    t0 = time.perf_counter()
-    second = cli("label", "--teacher", "synth", "--audio", str(csv), "--out", str(out),
-                 "--no-progress")  # fmt: skip
-    waited = time.perf_counter() - t0
-    first_running = first.poll() is None
-    _, err1 = first.communicate()
-    table = read_table(out) if first.returncode == 0 else None
-    n = len(pd.read_csv(csv))
-    held = (
-        second.returncode == 2
-        and "another wav2small process" in second.stderr
-        and first.returncode == 0
-        and table is not None
-        and len(table) == n
-        and not table.duplicated(["file", "start", "end"]).any()
-    )
-    record(
-        "two label writers on one --out",
-        held,
-        f"second: exit {second.returncode} after {waited:.1f} s"
-        f"{' (first still running)' if first_running else ''}: "
-        f"{last_line(second.stderr)!r}; first: exit {first.returncode}, "
-        f"{0 if table is None else len(table)}/{n} rows",
-    )
+def _writers(
+    work: Path, long_file: Path, model: Path, corpus: Path
+) -> dict[str, tuple[list[str], Path]]:
+    """Every command that writes a table or an artefact to ``--out``: argv and the output.
+
+    The first writer works on the long file, so it is still running when the second starts.
+    """
+    csv = long_file.with_suffix(".csv")
+    w = work / "writers"
+    return {
+        "label": (["label", "--teacher", "synth", "--audio", str(csv), "--out",
+                   str(w / "labels.parquet"), "--no-progress"], w / "labels.parquet"),
+        "predict": (["predict", str(model), str(long_file), "--timeline", "0.5", "--out",
+                     str(w / "timeline.csv"), "--no-progress"], w / "timeline.csv"),
+        "evaluate": (["evaluate", str(model), "--data", str(csv), "--out", str(w / "eval"),
+                      "--no-plots", "--no-progress"], w / "eval" / "metrics.csv"),
+        "export": (["export", "wav2small-tiny", "--out", str(w / "export"), "--int8",
+                    "--calibration", str(long_file), "--no-progress"],
+                   w / "export" / "model.onnx"),
+        "synth": (["synth", "--split", "test", "--n", "60", "--out", str(w / "synth"),
+                   "--no-progress"], w / "synth" / "test.csv"),
+        "distill": (["distill", "--teacher", "synth", "--audio", str(corpus), "--student",
+                     "wav2small-tiny", "--out", str(w / "distill"), "--max-steps", "40",
+                     "--batch-size", "4", "--num-workers", "0", "--accelerator", "cpu",
+                     "--no-progress", "--set", "crop_seconds=1.0", "val_every=8"],
+                    w / "distill" / "metrics.csv"),
+    }  # fmt: skip
+
+
+def _readable(path: Path) -> bool:
+    try:
+        if path.suffix == ".parquet":
+            return len(pd.read_parquet(path)) > 0
+        if path.suffix == ".csv":
+            return len(pd.read_csv(path)) > 0
+        if path.suffix == ".onnx":
+            import onnx
+
+            onnx.checker.check_model(onnx.load(str(path)))
+            return True
+    except Exception:  # noqa: BLE001 - any parse error means a corrupt output
+        return False
+    return path.is_file()
+
+
+def probe_two_writers(work: Path, long_file: Path, model: Path, corpus: Path) -> None:
+    """Two processes write one ``--out``: the second must fail fast (exit 2, naming the lock)
+    while the first finishes with a whole output."""
+    for name, (argv, final) in _writers(work, long_file, model, corpus).items():
+        out = Path(argv[argv.index("--out") + 1])
+        first = start(*argv)
+        lock = out.with_name(out.name + ".lock")
+        for _ in range(1200):  # wait until the first writer holds its lock (or ends)
+            if lock.exists() or first.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not lock.exists():  # a writer without a lock: give it time to start writing
+            time.sleep(3.0)
+        t0 = time.perf_counter()
+        second = cli(*argv)
+        waited = time.perf_counter() - t0
+        first_running = first.poll() is None
+        _, err1 = first.communicate()
+        whole = first.returncode == 0 and _readable(final)
+        temps = [p.name for p in out.parent.rglob("*.tmp*")]
+        held = (
+            second.returncode == 2
+            and "another wav2small process" in second.stderr
+            and whole
+            and not temps
+        )
+        record(
+            f"two writers: {name}",
+            held if first_running else None,
+            f"second: exit {second.returncode} after {waited:.1f} s"
+            f"{' (first still running)' if first_running else ' (FIRST HAD FINISHED)'}: "
+            f"{last_line(second.stderr)!r}; first: exit {first.returncode}, output "
+            f"{'whole' if whole else 'MISSING OR CORRUPT'}, temp files left {temps}",
+        )
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -274,40 +321,46 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return run.returncode == 0
 
 
-def probe_full_disk(work: Path, csv: Path, long_file: Path) -> None:
+def probe_full_disk(work: Path, csv: Path, long_file: Path, model: Path) -> None:
+    """Every writer on a 64 KB tmpfs filled but for 4 KB: a non-zero exit naming the output,
+    no temporary file, no truncated output."""
     disk = work / "full"
-    if not _mount_tmpfs(disk, "48k"):
-        record("full tmpfs (label, predict)", None, "could not mount a tmpfs (not root?)")
+    if not _mount_tmpfs(disk, "64k"):
+        record("full tmpfs", None, "could not mount a tmpfs (needs root or CAP_SYS_ADMIN)")
         return
     try:
-        # Fill the disk but for a few KB, so the next writes hit ENOSPC.
-        filler = disk / "filler"
-        with open(filler, "wb") as f:
-            try:
-                f.write(b"\0" * (44 * 1024))
-            except OSError:
-                pass
         cases = {
             "label": ["label", "--teacher", "synth", "--audio", str(csv), "--out",
                       str(disk / "labels.parquet"), "--shard-rows", "1000", "--no-progress"],
-            "predict": ["predict", "wav2small-tiny", str(long_file), "--timeline", "0.5",
+            "predict": ["predict", str(model), str(long_file), "--timeline", "0.5",
                         "--out", str(disk / "timeline.csv"), "--no-progress"],
+            "evaluate": ["evaluate", str(model), "--data", str(csv), "--out",
+                         str(disk / "eval"), "--no-progress"],
+            "export": ["export", "wav2small-tiny", "--out", str(disk / "export"),
+                       "--no-progress"],
+            "synth": ["synth", "--split", "test", "--n", "4", "--out", str(disk / "synth"),
+                      "--no-progress"],
         }  # fmt: skip
         for name, argv in cases.items():
-            run = cli(*argv)
-            left = sorted(p.name for p in disk.rglob("*") if p.name not in ("filler",))
-            temps = [p for p in left if ".tmp" in p]
-            final = disk / ("labels.parquet" if name == "label" else "timeline.csv")
-            readable = True
-            if final.exists():
+            for p in sorted(disk.iterdir()):  # empty, then fill but for 4 KB
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            with open(disk / "filler", "wb") as f:
                 try:
-                    pd.read_parquet(final) if name == "label" else pd.read_csv(final)
-                except Exception:  # noqa: BLE001 - any parse error means a corrupt output
-                    readable = False
+                    f.write(b"\0" * (60 * 1024))
+                except OSError:
+                    pass
+            run = cli(*argv)
+            left = sorted(str(p.relative_to(disk)) for p in disk.rglob("*") if p.name != "filler")
+            temps = [p for p in left if ".tmp" in p]
+            corrupt = [
+                p for p in left
+                if Path(p).suffix in (".parquet", ".csv", ".onnx") and not _readable(disk / p)
+            ]  # fmt: skip
+            line = last_line(run.stderr)
             record(
                 f"full tmpfs: {name}",
-                run.returncode != 0 and not temps and readable,
-                f"exit {run.returncode}: {last_line(run.stderr)!r}; left {left}",
+                run.returncode == 2 and not temps and not corrupt and "Traceback" not in run.stderr,
+                f"exit {run.returncode}: {line!r}; left {left}",
             )
     finally:
         subprocess.run(["umount", str(disk)], check=False)
@@ -321,27 +374,18 @@ def _hwm(*argv: str) -> tuple[int, float, str]:
 
 
 def probe_long_files(work: Path, long_file: Path, short_file: Path, model: Path) -> None:
+    """predict, evaluate, label and export calibration on the long file vs a 1 s file."""
     hours = sf.info(long_file).duration / 3600
     commands = {
         "predict": lambda f: ["predict", str(model), str(f), "--no-progress"],
-        "evaluate": lambda f: [
-            "evaluate",
-            str(model),
-            "--data",
-            str(f.with_suffix(".csv")),
-            "--no-progress",
-        ],  # fmt: skip
-        "label": lambda f: [
-            "label",
-            "--teacher",
-            "synth",
-            "--audio",
-            str(f),
-            "--out",
-            str(work / f"long-{f.stem}.parquet"),
-            "--no-progress",
-        ],  # fmt: skip
-    }
+        "evaluate": lambda f: ["evaluate", str(model), "--data", str(f.with_suffix(".csv")),
+                               "--no-progress"],
+        "label": lambda f: ["label", "--teacher", "synth", "--audio", str(f), "--out",
+                            str(work / f"long-{f.stem}.parquet"), "--no-progress"],
+        "export calibration": lambda f: ["export", "wav2small-tiny", "--out",
+                                         str(work / f"long-export-{f.stem}"), "--int8",
+                                         "--calibration", str(f), "--no-progress"],
+    }  # fmt: skip
     for name, argv in commands.items():
         rc_s, short_mb, _ = _hwm(*argv(short_file))
         t0 = time.perf_counter()
@@ -357,61 +401,123 @@ def probe_long_files(work: Path, long_file: Path, short_file: Path, model: Path)
 
 
 # --- report -------------------------------------------------------------------------------------
-def table() -> str:
-    held = sum(mark == "held" for _, mark, _ in RESULTS)
-    tried = sum(mark != "not run" for _, mark, _ in RESULTS)
+def table(results: list[tuple[str, str, str]]) -> str:
+    held = sum(mark == "held" for _, mark, _ in results)
+    tried = sum(mark != "not run" for _, mark, _ in results)
     lines = [
         f"{held} of {tried} probes held"
-        + (f" ({len(RESULTS) - tried} not run)" if tried < len(RESULTS) else ""),
+        + (f" ({len(results) - tried} not run)" if tried < len(results) else ""),
         "",
         "| probe | result | detail |",
         "|---|---|---|",
-        *[f"| {p} | {m} | {d.replace('|', '/')} |" for p, m, d in RESULTS],
+        *[f"| {p} | {m} | {d.replace('|', '/')} |" for p, m, d in results],
     ]
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- probes: begin -->", "<!-- probes: end -->"
+
+
 def write_doc(text: str, args: argparse.Namespace) -> None:
+    """Replace the probe table between the markers of docs/RELIABILITY.md (the rest is kept)."""
     from wav2small.inputs import write_text
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    write_text(
-        DOC,
-        "# Reliability probes\n\n"
-        "Written by `make reliability` (`python benchmarks/bench_reliability.py"
-        f"{' --quick' if args.quick else ''}`) on {when}."
-        " The fast probes (bad inputs, header lies, garbage models, `--on-error skip`, temporary "
-        "names after a full disk) are tests in `tests/test_reliability.py`.\n\n" + text + "\n",
+    command = "python benchmarks/bench_reliability.py" + " ".join(
+        [""] + (["--quick"] if args.quick else []) + [f"--probe {p}" for p in args.probe or []]
     )
+    if args.table_only:
+        command = (
+            "python benchmarks/bench_reliability.py --work DIR --probe NAME` (one probe at a "
+            "time; results accumulated in DIR), then `... --work DIR --table-only"
+        )
+    block = f"{BEGIN}\nPrinted by `{command}` on {when}:\n\n{text}\n{END}"
+    old = DOC.read_text(encoding="utf-8") if DOC.is_file() else ""
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
+    else:
+        new = (old or "# Reliability\n") + "\n## Probe table\n\n" + block + "\n"
+    write_text(DOC, new)
+
+
+PROBES = ("label-kill", "distill-kill", "writers", "full-disk", "long")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10-minute files, fewer kill points")
     parser.add_argument("--hours", type=float, default=1.0, help="long-file length (default 1)")
+    parser.add_argument(
+        "--probe",
+        action="append",
+        choices=PROBES,
+        help="run only this probe (repeatable; default: all, one after the other)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="keep data and results here; results accumulate over runs (default: a temp folder)",
+    )
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/RELIABILITY.md")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="run nothing: print (and write) the table of the results accumulated in --work",
+    )
     args = parser.parse_args()
+    if args.table_only and not args.work:
+        parser.error("--table-only needs --work")
+    probes = [] if args.table_only else args.probe or list(PROBES)
     hours = 1 / 6 if args.quick else args.hours
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="w2s-rel-") as tmp:
-        work = Path(tmp)
-        csv = make_corpus(work / "corpus", 60 if args.quick else 120)
-        long_file = make_long(work / "long.wav", hours * 3600)
-        short_file = make_long(work / "short.wav", 1.0)
-        model = work / "student"
-        run = cli("export", "wav2small-tiny", "--out", str(model))
-        model = model / "model.onnx"
-        if run.returncode:
-            print(run.stderr)
-            return 1
-        label_points = [0, 3] if args.quick else [0, 2, 5, 9]
-        labels = probe_label_kill(work, csv, label_points)
-        distill_points = [2] if args.quick else [1, 3]
-        probe_distill_kill(work, csv, labels, distill_points, 24)
-        probe_two_writers(work, long_file.with_suffix(".csv"))
-        probe_full_disk(work, csv, long_file)
-        probe_long_files(work, long_file, short_file, model)
-    text = table()
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        csv = work / "corpus" / "corpus.csv"
+        long_file = work / f"long-{hours:g}h.wav"
+        short_file = work / "short.wav"
+        model = work / "student" / "model.onnx"
+        if probes:  # the data, made once per --work
+            if not csv.is_file():
+                make_corpus(csv.parent, 60 if args.quick else 120)
+            if not long_file.is_file() or not long_file.with_suffix(".csv").is_file():
+                make_long(long_file, hours * 3600)
+            if not short_file.is_file():
+                make_long(short_file, 1.0)
+            if not model.is_file():
+                run = cli("export", "wav2small-tiny", "--out", str(model.parent))
+                if run.returncode:
+                    print(run.stderr)
+                    return 1
+        for name in probes:
+            scratch = work / name
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+            if name == "label-kill":
+                probe_label_kill(scratch, csv, [0, 3] if args.quick else [0, 2, 5, 9])
+            elif name == "distill-kill":
+                labels = scratch / "labels.parquet"
+                run = cli("label", "--teacher", "synth", "--audio", str(csv), "--out",
+                          str(labels), "--no-progress")  # fmt: skip
+                if run.returncode:
+                    record("distill: label the corpus", False, last_line(run.stderr))
+                else:
+                    probe_distill_kill(scratch, csv, labels, [2] if args.quick else [1, 3], 24)
+            elif name == "writers":
+                probe_two_writers(scratch, long_file, model, csv)
+            elif name == "full-disk":
+                probe_full_disk(scratch, csv, long_file, model)
+            elif name == "long":
+                probe_long_files(scratch, long_file, short_file, model)
+        results = RESULTS
+        if args.work:  # accumulate: the latest result of each probe, in first-seen order
+            log = work / "results.json"
+            old = json.loads(log.read_text()) if log.is_file() else []
+            merged = {p: (p, m, d) for p, m, d in old}
+            merged.update({p: (p, m, d) for p, m, d in RESULTS})
+            results = list(merged.values())
+            log.write_text(json.dumps(results, indent=1))
+    text = table(results)
     print(f"\n{text}\n\n({time.perf_counter() - t0:.0f} s)")
     if not args.no_doc:
         write_doc(text, args)

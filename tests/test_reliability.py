@@ -12,9 +12,6 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "wav2small"
-#: Known leftovers (pid temp names, not removed on error), moved by another change: to be ported
-#: to inputs.atomic_write; listed here so that no new one appears anywhere else.
-_KNOWN = {"teachers/onnx.py"}
 
 
 def _full_disk(*_args, **_kwargs):
@@ -28,7 +25,7 @@ def test_no_fixed_or_pid_temporary_names_outside_inputs():
     bad = [
         f"{p.relative_to(SRC)}:{i}"
         for p in SRC.rglob("*.py")
-        if p.name != "inputs.py" and str(p.relative_to(SRC)) not in _KNOWN
+        if p.name != "inputs.py"
         for i, line in enumerate(p.read_text().splitlines(), 1)
         if pattern.search(line)
     ]
@@ -295,3 +292,71 @@ def test_a_full_disk_error_names_the_output(tmp_path, capsys):
     code, line = error_line(info.value)
     assert code == 2 and str(out) in line and "No space left on device" in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+# --- label: lock first, too-short clips -------------------------------------------------------
+def test_label_takes_its_lock_before_loading_the_teacher(bad, capsys, monkeypatch):
+    """A second writer fails at once, without spending minutes loading a large teacher."""
+    from wav2small import labels
+    from wav2small.cli import main
+    from wav2small.inputs import output_lock
+
+    loaded = []
+    monkeypatch.setattr(labels, "_load_cli_teacher", lambda args: loaded.append(args))
+    out = bad / "locked.parquet"
+    with output_lock(out):
+        argv = ["label", "--teacher", "synth", "--audio", str(bad / "withone.csv"), "--out"]
+        assert main([*argv, str(out), "--no-progress"]) == 2
+    line = _one_error_line(capsys, "label")
+    assert "another wav2small process" in line and str(out) in line, line
+    assert loaded == []
+
+
+def test_label_skips_a_clip_too_short_for_the_teacher_by_name(bad, capsys, tmp_path):
+    import pandas as pd
+
+    from wav2small.cli import main
+
+    out = tmp_path / "labels.parquet"
+    argv = ["label", "--teacher", "synth", "--audio", str(bad / "withone.csv"), "--out", str(out)]
+    assert main([*argv, "--no-progress", "--on-error", "skip"]) == 0
+    assert sorted(pd.read_parquet(out)["file"]) == ["good0.wav", "good1.wav"]
+    report = pd.read_csv(tmp_path / "labels.skipped.csv")
+    assert report["file"].tolist() == ["one.wav"]
+    assert "too short: 1 samples" in report["reason"][0] and "teacher needs" in report["reason"][0]
+    capsys.readouterr()
+    argv[argv.index(str(bad / "withone.csv"))] = str(bad / "onlyone.csv")
+    argv[-1] = str(tmp_path / "only.parquet")
+    assert main([*argv, "--no-progress", "--on-error", "skip"]) == 2
+    line = _one_error_line(capsys, "label")
+    assert "one.wav" in line and "too short" in line and "nothing to write" in line, line
+
+
+def test_the_shortest_input_of_an_ensemble_is_its_largest_members():
+    from types import SimpleNamespace
+
+    from wav2small.labels import shortest_input
+    from wav2small.teachers.onnx import MIN_SAMPLES, OnnxTeacher
+
+    members = [SimpleNamespace(min_samples=400), SimpleNamespace(min_samples=1024)]
+    assert shortest_input(SimpleNamespace(min_samples=1, members=members)) == 1024
+    assert shortest_input(object()) == 1
+    assert OnnxTeacher.min_samples == MIN_SAMPLES
+
+
+def test_a_full_disk_in_a_synth_render_child_is_reraised_as_an_oserror(monkeypatch):
+    """A clip is rendered in a forked child; its full disk reaches the CLI as an OSError (exit 2,
+    one line naming the file), not as a RuntimeError carrying the child's traceback."""
+    from wav2small.cli import error_line
+    from wav2small.synth import plan_clip, pool
+
+    def full(plan, job, data_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", f"/full/{plan.name}")
+
+    monkeypatch.setattr(pool, "_render_task", full)
+    with pytest.raises(OSError) as info:
+        pool._in_fresh_process((plan_clip("test", 0), "unused"))
+    assert info.value.errno == errno.ENOSPC
+    code, line = error_line(info.value)
+    assert code == 2 and "/full/test_000000.wav" in line and "No space left" in line, line
+    assert "Traceback" not in line

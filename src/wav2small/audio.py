@@ -26,7 +26,7 @@ import soundfile as sf
 import soxr
 
 from wav2small import SAMPLE_RATE
-from wav2small.errors import UserError
+from wav2small.errors import NonFiniteError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ _UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF)
 
 class AudioError(UserError):
     """Audio that cannot be used; the message names the file and the problem (a user error)."""
+
+
+class NonFiniteAudioError(AudioError, NonFiniteError):
+    """NaN/Inf samples, or samples too large to be audio (they overflow float32 once squared)."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,13 @@ class AudioInfo:
 
 
 # --- validation -----------------------------------------------------------------------------
+#: Largest |sample| accepted (full scale is 1; beyond this is not audio, and squaring it for
+#: the models' log-mel or normalisation statistics overflows float32).
+MAX_ABS_SAMPLE = 1e4
+
+
 def validate(signal: np.ndarray, name: str = "<array>") -> np.ndarray:
-    """Check that a signal has samples and that all of them are finite.
+    """Check that a signal has samples, all finite and within ±:data:`MAX_ABS_SAMPLE`.
 
     Args:
         signal: audio samples, any shape.
@@ -83,12 +92,19 @@ def validate(signal: np.ndarray, name: str = "<array>") -> np.ndarray:
         The same ``signal``, so the call can be chained.
 
     Raises:
-        AudioError: if the signal is empty or contains NaN or Inf.
+        AudioError: if the signal is empty, contains NaN or Inf, or samples beyond
+            ±:data:`MAX_ABS_SAMPLE`.
     """
     if signal.size == 0:
         raise AudioError(f"{name}: has no samples")
     if not np.isfinite(signal).all():
-        raise AudioError(f"{name}: contains NaN or Inf samples")
+        raise NonFiniteAudioError(f"{name}: contains NaN or Inf samples")
+    peak = float(np.abs(signal).max()) if signal.dtype.kind == "f" else 0.0  # PCM is bounded
+    if peak > MAX_ABS_SAMPLE:
+        raise NonFiniteAudioError(
+            f"{name}: samples up to {peak:.3g} (full scale is 1; more than "
+            f"{MAX_ABS_SAMPLE:g} is not audio)"
+        )
     return signal
 
 

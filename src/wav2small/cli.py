@@ -333,18 +333,19 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 def _run_synth(args: argparse.Namespace) -> int:
     from wav2small.synth import generate
 
-    csv_path = generate(
-        args.split,
-        args.n,
-        args.out,
-        seed=args.seed,
-        jobs=args.jobs,
-        raters=args.raters,
-        rater_bias_sd=args.rater_bias,
-        rater_noise_sd=args.rater_noise,
-        clean=args.clean,
-        progress=args.progress,
-    )
+    with _locked(args.out):
+        csv_path = generate(
+            args.split,
+            args.n,
+            args.out,
+            seed=args.seed,
+            jobs=args.jobs,
+            raters=args.raters,
+            rater_bias_sd=args.rater_bias,
+            rater_noise_sd=args.rater_noise,
+            clean=args.clean,
+            progress=args.progress,
+        )
     print(csv_path)
     return 0
 

@@ -665,12 +665,19 @@ def load_calibration_clips(paths: list[str]) -> list[np.ndarray]:
     :data:`CALIBRATION_READ_SECONDS` of each file (folders expanded), bounded memory.
 
     Raises:
-        AudioError: an unreadable file (named).
+        AudioError: an unreadable file, or one too short for a model (as in ``predict``;
+            named).
     """
     from wav2small.audio import read_audio
+    from wav2small.infer import MIN_SAMPLES, _too_short
     from wav2small.inputs import expand_paths
 
-    return [read_audio(f, duration=CALIBRATION_READ_SECONDS) for f in expand_paths(paths)]
+    clips = []
+    for f in expand_paths(paths):
+        clips.append(read_audio(f, duration=CALIBRATION_READ_SECONDS))
+        if len(clips[-1]) < MIN_SAMPLES:
+            raise _too_short(f, len(clips[-1]))
+    return clips
 
 
 def export_cli(args) -> int:

@@ -143,14 +143,37 @@ def _csv_manifest(path: Path) -> list[Segment]:
     return out
 
 
+def shortest_input(teacher) -> int:
+    """Fewest samples (16 kHz) a teacher labels: its ``min_samples`` (one analysis window or
+    the backbone's receptive field; an ensemble's largest member's), at least 1.
+
+    A shorter clip would only be labelled as the zero padding the teacher adds to it, so
+    :func:`label` rejects it (or skips it) by name, as ``predict`` and ``evaluate`` do with
+    clips too short for a student.
+    """
+    own = int(getattr(teacher, "min_samples", 1) or 1)
+    members = getattr(teacher, "members", None) or []
+    return max([own, *(shortest_input(m) for m in members)])
+
+
 def probe(
-    segments: Sequence[Segment], *, on_error: str = "raise"
+    segments: Sequence[Segment], *, on_error: str = "raise", shortest: int = 1
 ) -> tuple[list[Segment], list[tuple[str, str]]]:
     """Fill in each segment's end from the file header (whole files) and check the times.
 
+    Args:
+        segments: what to label.
+        on_error: ``"raise"`` at the first bad segment, or ``"skip"`` it.
+        shortest: fewest samples (at 16 kHz) a segment may have (:func:`shortest_input`).
+
     Returns:
         (segments with ends, skipped (file, reason)).
+
+    Raises:
+        AudioError: an unreadable file, a segment outside its file or shorter than
+            ``shortest`` (with ``on_error="raise"``; the message names the file).
     """
+    from wav2small import SAMPLE_RATE
     from wav2small.audio import AudioError, audio_info
 
     durations: dict[str, float] = {}
@@ -165,6 +188,12 @@ def probe(
                 raise AudioError(
                     f"{seg.path}: segment {seg.start:g}–{seg.end if seg.end is not None else ''}"
                     f" s is outside the file ({total:.3f} s)"
+                )
+            n = round((end - seg.start) * SAMPLE_RATE)
+            if n < shortest:
+                raise AudioError(
+                    f"{seg.path}: too short: {n} samples at {SAMPLE_RATE} Hz, the teacher needs "
+                    f"at least {shortest} ({1000 * shortest / SAMPLE_RATE:g} ms)"
                 )
             done.append(Segment(seg.file, seg.path, seg.start, end))
         except AudioError as e:
@@ -374,23 +403,46 @@ def label(
         ResumeError: ``out`` was started with another teacher or settings.
         InputError: ``on_error="skip"`` skipped every segment (nothing is written).
     """
+    with output_lock(out):  # a second writer of this output fails at once
+        return _label_job(
+            teacher,
+            audio,
+            Path(out),
+            batch_seconds=batch_seconds,
+            shard_rows=shard_rows,
+            on_error=on_error,
+            teacher_name=teacher_name,
+            progress=progress,
+        )
+
+
+def _label_job(
+    teacher,
+    audio,
+    out: Path,
+    *,
+    batch_seconds: float,
+    shard_rows: int,
+    on_error: str,
+    teacher_name: str | None,
+    progress: bool,
+) -> LabelResult:
+    """:func:`label` once the caller holds the output lock: check the job, then label."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_seconds <= 0 or shard_rows < 1:
         raise ValueError("batch_seconds must be > 0 and shard_rows ≥ 1")
     t0 = time.perf_counter()
-    out = Path(out)
     name = teacher_name or getattr(teacher, "name", type(teacher).__name__)
-    with output_lock(out):  # a second writer of this output fails at once
-        job = {
-            "teacher": name,
-            "clip": bool(getattr(teacher, "clip", False)),
-            "fingerprint": teacher_fingerprint(teacher),
-        }
-        start_job(out, job)
-        return _label_locked(
-            teacher, audio, out, name, batch_seconds, shard_rows, on_error, progress, t0
-        )
+    job = {
+        "teacher": name,
+        "clip": bool(getattr(teacher, "clip", False)),
+        "fingerprint": teacher_fingerprint(teacher),
+    }
+    start_job(out, job)
+    return _label_locked(
+        teacher, audio, out, name, batch_seconds, shard_rows, on_error, progress, t0
+    )
 
 
 def _label_locked(
@@ -400,7 +452,9 @@ def _label_locked(
 
     from wav2small.backends import teacher_predict
 
-    segments, skipped = probe(read_manifest(audio), on_error=on_error)
+    segments, skipped = probe(
+        read_manifest(audio), on_error=on_error, shortest=shortest_input(teacher)
+    )
     done = {
         _key(f, s, e)
         for table in _read_existing(out)
@@ -472,31 +526,35 @@ def _merge(out: Path, segments: Sequence[Segment]) -> int:
     return len(table)
 
 
-def label_cli(args) -> int:
-    """``wav2small label`` entry point."""
+def _load_cli_teacher(args):
+    """The teacher ``--teacher`` names: an audonnx/ONNX folder (ONNX Runtime) or a torch one."""
     from wav2small.teachers.onnx import OnnxTeacher, is_onnx_teacher
 
-    with output_lock(args.out):  # fail fast, before loading the teacher
-        pass
     if is_onnx_teacher(args.teacher):  # audonnx/ONNX folder: ONNX Runtime, no torch
-        teacher = OnnxTeacher(args.teacher, threads=args.threads or None)
-    else:
-        import torch
+        return OnnxTeacher(args.teacher, threads=args.threads or None)
+    import torch
 
-        from wav2small.teachers import load_teacher
+    from wav2small.teachers import load_teacher
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        teacher = load_teacher(args.teacher, device=args.device, clip=args.clip)
-    result = label(
-        teacher,
-        args.audio,
-        args.out,
-        batch_seconds=args.batch_seconds,
-        shard_rows=args.shard_rows,
-        on_error=args.on_error,
-        progress=getattr(args, "progress", True),
-    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_teacher(args.teacher, device=args.device, clip=args.clip)
+
+
+def label_cli(args) -> int:
+    """``wav2small label`` entry point."""
+    with output_lock(args.out):  # held from before the teacher loads: a second writer fails fast
+        teacher = _load_cli_teacher(args)
+        result = _label_job(
+            teacher,
+            args.audio,
+            Path(args.out),
+            batch_seconds=args.batch_seconds,
+            shard_rows=args.shard_rows,
+            on_error=args.on_error,
+            teacher_name=None,
+            progress=getattr(args, "progress", True),
+        )
     print(
         f"{result.out}: {result.rows} rows ({result.labelled} labelled now, "
         f"{result.audio_seconds:.1f} s of audio at {result.speed:.1f} audio-s/s)"
@@ -514,7 +572,8 @@ __all__ = [
     "job_path",
     "label",
     "probe",
+    "read_manifest",
+    "shortest_input",
     "start_job",
     "teacher_fingerprint",
-    "read_manifest",
 ]

@@ -52,6 +52,7 @@ from wav2small.labels import (
     parts_dir,
     probe,
     read_manifest,
+    shortest_input,
     start_job,
     teacher_fingerprint,
 )
@@ -368,7 +369,11 @@ def _label_ray_locked(
         "fingerprint": None if named else teacher_fingerprint(teacher),
     }
     start_job(out, job)
-    segments, skipped = probe(read_manifest(audio), on_error=on_error)
+    segments, skipped = probe(
+        read_manifest(audio),
+        on_error=on_error,
+        shortest=1 if named else shortest_input(teacher),  # by name: the actors pad
+    )
     done = {
         _key(f, s, e)
         for table in _read_existing(out)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from wav2small import SAMPLE_RATE
+from wav2small.audio import MAX_ABS_SAMPLE
 from wav2small.errors import NonFiniteError, UserError
 from wav2small.inputs import atomic_write
 
@@ -54,9 +55,6 @@ LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 #: Largest warm-up as a share of the run.
 MAX_WARMUP_SHARE = 0.1
-#: Largest |sample| accepted in training audio (full scale is 1; beyond this is not audio, and
-#: squaring it for the normalisation statistics overflows float32).
-MAX_ABS_SAMPLE = 1e4
 #: Lightning warnings that say nothing about a wav2small run.
 _HARMLESS_WARNINGS = (
     r"Checkpoint directory .* exists and is not empty",

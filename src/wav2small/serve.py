@@ -12,7 +12,6 @@ import json
 import logging
 import mimetypes
 import os
-import sys
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -112,20 +111,16 @@ def make_server(
         FileNotFoundError: the runtime is not installed, or no such model.
         ValueError: the model is not a wav2small ONNX model.
     """
+    path, facts = model_facts(model) if model is not None else (None, None)  # a bad model first
     root = web_root()
     check_vendor(root)
-    path, facts = model_facts(model) if model is not None else (None, None)
     handler = type("Handler", (_Handler,), {"model_path": path, "facts": facts})
     return ThreadingHTTPServer((HOST, port), partial(handler, directory=str(root)))
 
 
 def serve_cli(args) -> int:
     """``wav2small serve [MODEL] [--port N]``."""
-    try:
-        server = make_server(args.model, port=args.port)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"wav2small serve: {exc}", file=sys.stderr)
-        return 2
+    server = make_server(args.model, port=args.port)  # errors: one line, exit 2 (cli.main)
     host, port = server.server_address[:2]
     print(f"serving the wav2small page on http://{host}:{port}/  (Ctrl-C to stop)")
     try:

@@ -259,12 +259,17 @@ def check_state(path, info: dict[str, str], state: dict) -> None:
     check_built_state(path, lambda: build_from_info(info), state, name=info.get("preset", ""))
 
 
-def check_built_state(path, build: Callable[[], nn.Module], state: dict, *, name: str = "") -> None:
-    """:func:`check_state` for any model family: ``build()`` runs on the ``meta`` device.
+def build_on_meta(
+    path, build: Callable[[], nn.Module], *, limit: int = MAX_PARAMETERS
+) -> nn.Module:
+    """``build()`` on torch's ``meta`` device (no memory): refuse a config that cannot be built
+    or declares more than ``limit`` parameters, before anything is allocated.
+
+    Returns:
+        The skeleton (parameters without storage).
 
     Raises:
-        ValueError: an unbuildable or oversized config, or a name/shape/dtype mismatch.
-        wav2small.errors.NonFiniteError: NaN/Inf weights.
+        ValueError: an unbuildable or oversized config (``path`` is named).
     """
     import torch
 
@@ -274,12 +279,22 @@ def check_built_state(path, build: Callable[[], nn.Module], state: dict, *, name
     except Exception as exc:  # a config the constructors reject
         raise ValueError(f"{path}: its model config cannot be built ({exc})") from exc
     n = count_parameters(skeleton, trainable=False)
-    if n > MAX_PARAMETERS:
+    if n > limit:
         raise ValueError(
-            f"{path}: its config declares {n:,} parameters (more than {MAX_PARAMETERS:,}); "
+            f"{path}: its config declares {n:,} parameters (more than {limit:,}); "
             "refusing to build it"
         )
-    expected = skeleton.state_dict()
+    return skeleton
+
+
+def check_built_state(path, build: Callable[[], nn.Module], state: dict, *, name: str = "") -> None:
+    """:func:`check_state` for any model family: ``build()`` runs on the ``meta`` device.
+
+    Raises:
+        ValueError: an unbuildable or oversized config, or a name/shape/dtype mismatch.
+        wav2small.errors.NonFiniteError: NaN/Inf weights.
+    """
+    expected = build_on_meta(path, build).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

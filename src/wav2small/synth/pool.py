@@ -64,6 +64,9 @@ def _in_fresh_process(task: tuple[ClipPlan | _ClipJob, str]) -> bytes:
         try:
             os.close(read_fd)
             payload = b"K" + _render_task(plan, job, data_dir)
+        except OSError as e:  # a full disk, a permission: the parent re-raises it (exit 2)
+            payload = b"O" + json.dumps([e.errno, e.strerror or str(e), e.filename]).encode()
+            code = 1
         except BaseException:  # noqa: BLE001 - everything is reported to the parent
             payload, code = b"E" + traceback.format_exc().encode(), 1
         try:
@@ -78,6 +81,9 @@ def _in_fresh_process(task: tuple[ClipPlan | _ClipJob, str]) -> bytes:
     finally:
         os.close(read_fd)
     _, status = os.waitpid(pid, 0)
+    if data.startswith(b"O"):
+        errno, strerror, filename = json.loads(data[1:])
+        raise OSError(errno, strerror, filename)
     if status != 0 or not data.startswith(b"K"):
         detail = data[1:].decode(errors="replace") or f"exit status {status}"
         raise RuntimeError(f"rendering {plan.split} clip {plan.index} failed:\n{detail}")

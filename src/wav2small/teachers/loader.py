@@ -68,6 +68,34 @@ def _build(folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor])
     )
 
 
+#: Most parameters a teacher config may declare (8 GB of float32; the largest published teacher,
+#: WavLM-Odyssey, has about 0.3 billion); a config asking for more is refused before allocating.
+MAX_TEACHER_PARAMETERS = 2_000_000_000
+
+
+def _check_size(folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Build the teacher on the ``meta`` device (no memory) and refuse an absurd config.
+
+    Raises:
+        TeacherError: the config cannot be built or declares more than
+            :data:`MAX_TEACHER_PARAMETERS` parameters.
+    """
+    from wav2small.models import build_on_meta
+
+    if not teacher_kind(config):
+        _build(folder, config, state)  # raises: unknown layout
+    try:
+        build_on_meta(
+            folder / CONFIG_FILE,
+            lambda: _build(folder, config, state),
+            limit=MAX_TEACHER_PARAMETERS,
+        )
+    except TeacherError:
+        raise
+    except ValueError as exc:
+        raise TeacherError(str(exc)) from exc
+
+
 def _load_folder(folder: Path, label: str) -> Teacher:
     config = _read_config(folder)
     if teacher_kind(config) == "ensemble":
@@ -78,6 +106,7 @@ def _load_folder(folder: Path, label: str) -> Teacher:
         teacher.name = label
         return teacher
     state = read_weights(folder)
+    _check_size(folder, config, state)
     teacher = _build(folder, config, state)
     load_weights(teacher, state, str(folder))
     teacher.name = label

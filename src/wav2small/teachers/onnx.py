@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from wav2small import LABELS, SAMPLE_RATE
+from wav2small.errors import UserError
+from wav2small.inputs import atomic_write, write_text
 
 ONNX_FILE = "model.onnx"
 YAML_FILE = "model.yaml"
@@ -43,7 +45,7 @@ WINDOW_SECONDS = 20.0
 MIN_SAMPLES = 400
 
 
-class OnnxTeacherError(ValueError):
+class OnnxTeacherError(UserError):
     """An ONNX teacher folder that cannot be used; the message names it and the problem."""
 
 
@@ -89,6 +91,7 @@ class OnnxTeacher:
     """
 
     window_seconds = WINDOW_SECONDS
+    min_samples = MIN_SAMPLES
 
     def __init__(
         self, path: str | os.PathLike, *, threads: int | None = None, name: str | None = None
@@ -134,7 +137,7 @@ class OnnxTeacher:
         if meta:  # a wav2small export
             return [s.strip() for s in meta.split(",")]
         raise OnnxTeacherError(
-            f"{folder}: no labels for output '{self.output}' ({YAML_FILE}, {LEGACY_LABELS_FILE} "
+            f"{onnx_file}: no labels for output '{self.output}' ({YAML_FILE}, {LEGACY_LABELS_FILE} "
             "or ONNX metadata); cannot tell which output is arousal, dominance, valence"
         )
 
@@ -191,20 +194,19 @@ def export_dawn_onnx(teacher, folder: str | os.PathLike, *, opset: int = 17) -> 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     example = torch.randn(1, SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
-    tmp = folder / f".{ONNX_FILE}.{os.getpid()}.tmp"
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
-        warnings.simplefilter("ignore")
-        _export(torch, _Dawn(teacher).eval(), example, tmp, opset)
-    proto = onnx.load(str(tmp))
-    # the batch axis is a fixed 1, as in the published model
-    for value in (*proto.graph.input, *proto.graph.output):
-        dim = value.type.tensor_type.shape.dim[0]
-        dim.Clear()
-        dim.dim_value = 1
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, folder / ONNX_FILE)
+    with atomic_write(folder / ONNX_FILE) as tmp:  # unique temp name, removed on error
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracer notes
+            warnings.simplefilter("ignore")
+            _export(torch, _Dawn(teacher).eval(), example, tmp, opset)
+        proto = onnx.load(str(tmp))
+        # the batch axis is a fixed 1, as in the published model
+        for value in (*proto.graph.input, *proto.graph.output):
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_value = 1
+        onnx.save(proto, str(tmp))
     # model.yaml as audonnx writes it: logits labelled A/D/V, hidden states unnamed
-    (folder / YAML_FILE).write_text(audonnx_yaml(LABELS), encoding="utf-8")
+    write_text(folder / YAML_FILE, audonnx_yaml(LABELS))
     return folder
 
 

@@ -105,3 +105,26 @@ def test_metrics_of_a_resumed_session_replace_the_rest(tmp_path):
     table = pd.read_csv(tmp_path / "metrics.csv")
     assert table["step"].tolist() == [1, 2, 3, 4, 5]
     assert table["v"].tolist() == [0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["distill", "--audio", "missing.csv", "--labels", "missing.parquet"],
+        ["train", "--data", "missing.csv"],
+        ["selfdistill", "--data", "missing.csv"],
+        ["train-teacher", "--data", "missing.csv"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_a_second_trainer_on_one_run_folder_fails_fast(tmp_path, capsys, argv):
+    from wav2small.cli import main
+    from wav2small.inputs import output_lock
+
+    out = tmp_path / "run"
+    with output_lock(out):  # another trainer holds the run folder
+        code = main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "another wav2small process" in err[0] and str(out) in err[0]
+    assert not (out / "config.yaml").exists()  # nothing of the held run was touched

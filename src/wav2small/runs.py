@@ -117,6 +117,20 @@ def check_resumed_config(cfg: Any, run_dir: Path) -> None:
         )
 
 
+def run_lock(out: str | os.PathLike) -> Any:
+    """Hold :func:`wav2small.inputs.output_lock` on a run folder for the whole run, so a second
+    trainer writing the same ``--out`` fails at once (issue 16). DDP worker ranks started by
+    Lightning (``LOCAL_RANK``/``RANK`` ≠ 0) take no lock: their rank-0 process holds it.
+    """
+    from contextlib import nullcontext
+
+    from wav2small.inputs import output_lock
+
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    return output_lock(out)
+
+
 def open_run(cfg: Any, *, checkpoint: str = LAST_CHECKPOINT) -> tuple[Path, Path | None]:
     """Create the run folder, find the resume checkpoint, check and write ``config.yaml``, and
     set the run's torch threads (``threads``: ``None``/0 leaves torch's default).

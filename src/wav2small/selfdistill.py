@@ -809,10 +809,11 @@ def cli_config(args) -> SelfDistillConfig:
 
 def selfdistill_cli(args) -> int:
     """``wav2small selfdistill``: train, print where the results are."""
-    from wav2small.runs import format_score
+    from wav2small.runs import format_score, run_lock
 
     cfg = cli_config(args)
-    result = fit_selfdistill(cfg)
+    with run_lock(cfg.out):
+        result = fit_selfdistill(cfg)
     print(f"run folder   {result.run_dir}")
     print(f"steps        {result.start_step} → {result.global_step}")
     print(

@@ -53,6 +53,7 @@ from wav2small.runs import (
     lr_factor,
     mean_score,
     open_run,
+    run_lock,
     split_indices,
     warmup_length,
     write_atomic,
@@ -504,7 +505,8 @@ def train_teacher_cli(args) -> int:
     cfg = from_cli(TrainConfig, args)
     if cfg.crop_seconds == 0:  # --crop-seconds 0: whole clips
         cfg.crop_seconds = None
-    result = train_teacher(cfg)
+    with run_lock(cfg.out):
+        result = train_teacher(cfg)
     print(
         f"{result.out}: best epoch {result.best_epoch}, validation CCC "
         + " / ".join(f"{k[0].upper()} {v:.3f}" for k, v in result.best_ccc.items())

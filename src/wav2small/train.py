@@ -468,8 +468,11 @@ def cli_config(args, *, mode: str) -> TrainConfig:
 
 def train_cli(args, *, mode: str) -> int:
     """``wav2small distill|train``: run, print where the results are."""
+    from wav2small.runs import run_lock
+
     cfg = cli_config(args, mode=mode)
-    result = fit(cfg)
+    with run_lock(cfg.out):
+        result = fit(cfg)
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:  # DDP: the other ranks are quiet

@@ -41,6 +41,9 @@ INT8_MIN_CCC = 0.99
 # Activation precision tried in turn until the fidelity gate passes: 8-bit is fastest; a model
 # output that barely varies (e.g. a dimension a short run did not learn) can need 16-bit.
 ACTIVATION_BITS = (8, 16)
+#: The int8 file: int8 weights with 8-bit activations, or (when only that passed the fidelity
+#: gate) 16-bit activations, which the file name says so that no one ships it as true 8-bit.
+INT8_NAMES = {8: "model.int8.onnx", 16: "model.int8-a16.onnx"}
 N_CALIBRATION = 64
 N_VALIDATION = 64
 #: Longest piece read from each calibration/validation file (from its start): memory stays
@@ -595,20 +598,26 @@ def export(
             calibration, validation = _hold_out(calibration)
         calibration = calibration or pseudo_speech_set(N_CALIBRATION, seed=seed)
         validation = validation or pseudo_speech_set(N_VALIDATION, seed=seed + 1)
+        for name in INT8_NAMES.values():  # no stale file of an earlier export survives
+            (out_dir / name).unlink(missing_ok=True)
         for bits in ACTIVATION_BITS:
             q = quantize_int8(
-                fp32, out_dir / "model.int8.onnx", calibration=calibration, activation_bits=bits
+                fp32, out_dir / INT8_NAMES[bits], calibration=calibration, activation_bits=bits
             )
             report.int8_ccc = check_int8_fidelity(fp32, q, validation)
             if not gate_int8 or min(report.int8_ccc.values()) >= INT8_MIN_CCC:
                 break
+            last = bits == ACTIVATION_BITS[-1]
             log.warning(
                 "%d-bit activations: int8 vs fp32 CCC %s < %.2f%s",
                 bits,
                 _fmt(report.int8_ccc),
                 INT8_MIN_CCC,
-                "; retrying with 16-bit activations" if bits != ACTIVATION_BITS[-1] else "",
+                "" if last else f"; retrying with 16-bit activations ({INT8_NAMES[16]})",
             )
+            if last:  # the last attempt stays, rejected below
+                break
+            q.unlink()
         report.int8_path, report.int8_bytes = str(q), q.stat().st_size
         report.int8_activation_bits = bits
         if gate_int8:

@@ -96,6 +96,16 @@ def test_mobilenetv4_small_exports_with_fp32_parity(tmp_path):
     diffs = check_fp32_parity(model, path)
     assert max(diffs.values()) <= PARITY_MAX_ABS, diffs
     assert read_metadata(path)["preset"] == "mobilenetv4-small"
+    # int8: the 1-channel stem and the head's 1x1 conv on the pooled vector stay float
+    import onnx
+
+    from wav2small.export import _pooled_convs, _thin_convs
+
+    proto = onnx.load(str(path))
+    weights = {n.name: n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    assert [weights[n] for n in _pooled_convs(proto)] == ["backbone.conv_head.weight"]
+    assert [weights[n] for n in _thin_convs(proto, grouped=False)] == ["backbone.conv_stem.weight"]
+    assert len(_thin_convs(proto)) > 10  # the depthwise layers, which stay int8
 
 
 @pytest.mark.slow

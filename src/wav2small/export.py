@@ -416,9 +416,9 @@ def _pooled_convs(proto) -> list[str]:
 def _quantize_conv_weights(proto, nodes: list[str]) -> None:
     """int8 weights (per output channel) + DequantizeLinear for float convolutions ``nodes``."""
     inits = {t.name: t for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.name in nodes and node.input[1] in inits:
-            _store_int8(proto, inits[node.input[1]], axis=0)
+    names = {n.input[1] for n in proto.graph.node if n.name in nodes and n.input[1] in inits}
+    for name in sorted(names):  # collected first: _store_int8 inserts nodes
+        _store_int8(proto, inits[name], axis=0)
 
 
 def _fixed_length(clips: list[np.ndarray], seconds: float = 4.0) -> list[np.ndarray]:

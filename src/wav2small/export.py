@@ -5,7 +5,8 @@ the exporter) and, with ``int8=True``, ``model.int8.onnx``: static QDQ quantisat
 onnxruntime, per-channel int8 weights, calibrated on audio. The frozen DFT convolutions and the
 mel projection stay float: quantising the pre-log power spectrum to 8 bits destroys it. The
 parity gate checks fp32 ONNX against torch (max abs diff ≤ 1e-4 on 1, 4 and 10 s inputs) and
-int8 against fp32 (CCC ≥ 0.99 per dimension on audio not used for calibration).
+int8 against fp32 (CCC ≥ 0.99 per dimension on audio not used for calibration). When only
+16-bit activations pass that gate, the int8 file is ``model.int8-a16.onnx`` and the card says so.
 """
 
 from __future__ import annotations

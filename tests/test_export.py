@@ -205,3 +205,40 @@ def test_pitch_salience_model_exports_with_default_domain_ops(tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(clip)[None]).numpy()
     np.testing.assert_allclose(run_onnx(path, [clip]), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_a_16_bit_fallback_says_so_in_file_name_card_and_hub_config(tiny, tmp_path, monkeypatch):
+    import wav2small.export as E
+    from wav2small.card import A16_NOTE, CARD_NAME
+
+    def fidelity(fp32_path, int8_path, clips):  # 8-bit activations miss the gate, 16-bit pass
+        ok = "a16" in str(int8_path)
+        assert read_metadata(int8_path)["quantization"].endswith(
+            f"{16 if ok else 8}-bit activations"
+        )
+        return dict.fromkeys(LABELS, 0.999 if ok else 0.5)
+
+    monkeypatch.setattr(E, "check_int8_fidelity", fidelity)
+    (tmp_path / "model.int8.onnx").write_bytes(b"stale")  # an earlier export's 8-bit file
+    report = export(tiny, tmp_path, int8=True)
+    assert report.passed and report.int8_activation_bits == 16
+    assert report.int8_path == str(tmp_path / "model.int8-a16.onnx")
+    assert not (tmp_path / "model.int8.onnx").exists()  # nothing passes for a true 8-bit file
+    assert A16_NOTE in (tmp_path / CARD_NAME).read_text()
+    assert json.loads((tmp_path / "config.json").read_text())["files"]["int8"] == (
+        "model.int8-a16.onnx"
+    )
+    assert (tmp_path / "audonnx-int8-a16" / "model.onnx").is_file()
+    assert not (tmp_path / "audonnx-int8").exists()
+
+
+def test_a_true_8_bit_export_keeps_the_plain_name_and_card(tiny, tmp_path, monkeypatch):
+    import wav2small.export as E
+    from wav2small.card import A16_NOTE, CARD_NAME
+
+    monkeypatch.setattr(E, "check_int8_fidelity", lambda *a: dict.fromkeys(LABELS, 0.999))
+    report = export(tiny, tmp_path, int8=True)
+    assert report.passed and report.int8_activation_bits == 8
+    assert report.int8_path == str(tmp_path / "model.int8.onnx")
+    assert not (tmp_path / "model.int8-a16.onnx").exists()
+    assert A16_NOTE not in (tmp_path / CARD_NAME).read_text()

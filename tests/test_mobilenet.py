@@ -96,6 +96,16 @@ def test_mobilenetv4_small_exports_with_fp32_parity(tmp_path):
     diffs = check_fp32_parity(model, path)
     assert max(diffs.values()) <= PARITY_MAX_ABS, diffs
     assert read_metadata(path)["preset"] == "mobilenetv4-small"
+    # int8: the 1-channel stem and the head's 1x1 conv on the pooled vector stay float
+    import onnx
+
+    from wav2small.export import _pooled_convs, _thin_convs
+
+    proto = onnx.load(str(path))
+    weights = {n.name: n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    assert [weights[n] for n in _pooled_convs(proto)] == ["backbone.conv_head.weight"]
+    assert [weights[n] for n in _thin_convs(proto, grouped=False)] == ["backbone.conv_stem.weight"]
+    assert len(_thin_convs(proto)) > 10  # the depthwise layers, which stay int8
 
 
 @pytest.mark.slow
@@ -117,3 +127,46 @@ def test_other_mobilenets_export_with_fp32_parity(name, tmp_path):
     model = _calibrated(name)
     diffs = check_fp32_parity(model, export_onnx(model, tmp_path / "model.onnx"))
     assert max(diffs.values()) <= PARITY_MAX_ABS, diffs
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in SPEC_PARAMS_M]
+)
+def test_untrained_mobilenet_predicts_within_the_label_range(name):
+    from wav2small.models.mobilenet import OUTPUT_BIAS
+
+    torch.manual_seed(0)
+    model = create_model(name).train()  # batch statistics: what the first training step sees
+    with torch.no_grad():
+        out = model(_speech(2.0, n=4))
+    assert ((out > 0) & (out < 1)).all(), out
+    assert (out - OUTPUT_BIAS).abs().max() < 0.1, out
+    head = model.backbone.get_classifier()
+    torch.testing.assert_close(head.bias, torch.full((3,), OUTPUT_BIAS))
+
+
+def test_mobilenet_short_fit_reduces_the_distillation_loss():
+    import torch.nn.functional as F
+
+    from wav2small.metrics import ccc_loss
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv4-small").train()
+    x = _speech(1.0, n=8, seed=3)
+    target = torch.rand(8, 3, generator=torch.Generator().manual_seed(0))
+
+    def loss_of() -> torch.Tensor:
+        pred = model(x)
+        return ccc_loss(pred, target, reduction="none").sum() + F.mse_loss(pred, target)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        opt.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # timm's head started the old students at a loss of ≈ 70 that rose to ≈ 900 before falling
+    assert max(losses[1:]) < losses[0] < 5, losses
+    assert min(losses) < 0.4 * losses[0], losses

@@ -36,7 +36,11 @@ LOGITS = "logits"
 #: audonnx version the YAML is written for when audonnx itself is not installed.
 AUDONNX_VERSION = "1.0.1"
 #: Sub-folders :func:`wav2small.export.export` writes next to model.onnx / model.int8.onnx.
-FOLDERS = {"model.onnx": "audonnx", "model.int8.onnx": "audonnx-int8"}
+FOLDERS = {
+    "model.onnx": "audonnx",
+    "model.int8.onnx": "audonnx-int8",
+    "model.int8-a16.onnx": "audonnx-int8-a16",  # 16-bit activations (export.INT8_NAMES)
+}
 
 
 def _audonnx_version() -> str:

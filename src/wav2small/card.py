@@ -124,6 +124,15 @@ def _synthetic(facts: dict[str, Any], data: str | None) -> bool:
     return bool(data and "synthetic" in data.lower()) or teacher in ("synth", "teacher-synth")
 
 
+#: Said plainly when only 16-bit activations passed the int8 fidelity gate.
+A16_NOTE = (
+    "* **Not a true 8-bit model: 16-bit activations.** With 8-bit activations the int8 model "
+    "missed the fidelity gate (CCC vs fp32 < 0.99 on a dimension), so the int8 file keeps int8 "
+    "weights (same size) but 16-bit activations: slower on CPU than 8-bit, and not runnable "
+    "where only 8-bit integer kernels exist."
+)
+
+
 def model_card(
     *,
     info: dict[str, str],
@@ -168,6 +177,7 @@ def model_card(
         f"* Output: 3 values in the order **{info.get('labels', ','.join(LABELS))}** "
         "(stored in the ONNX metadata).",
         f"* Files: `{Path(report.fp32_path).name}` {report.fp32_bytes / 1024:.1f} KB fp32; {int8}.",
+        *([A16_NOTE] if report.int8_path and report.int8_activation_bits == 16 else []),
         f"* Export checks: fp32 ONNX vs torch max |diff| {parity:.1e}; gate "
         + ("passed." if report.passed else "**FAILED**."),
         "",

@@ -39,8 +39,8 @@ HUB_PATTERNS = [CONFIG_FILE, README_FILE, "*.onnx"]
 def student_config(info: dict[str, str], report) -> dict[str, Any]:
     """The ``config.json`` of a student folder from its facts and export report."""
     files = {"fp32": FILES["fp32"], "weights": WEIGHTS_FILE}
-    if report.int8_path:
-        files["int8"] = FILES["int8"]
+    if report.int8_path:  # model.int8-a16.onnx when only 16-bit activations passed the gate
+        files["int8"] = Path(report.int8_path).name.removesuffix(".rejected")
     return {
         "model_type": MODEL_TYPE,
         "preset": info.get("preset"),

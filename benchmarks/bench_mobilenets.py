@@ -1,0 +1,79 @@
+"""MobileNet students at one small budget: CCC vs gold and teacher, and the prediction scale.
+
+    .venv/bin/python benchmarks/bench_mobilenets.py --corpus runs/bench-demo/corpus \\
+        --pool-labels runs/bench-demo/pool_labels.parquet --test-labels test_labels.parquet \\
+        [--steps 300] [--students mobilenetv4-small mobilenetv3-large] [--out runs/bench_mobilenets]
+
+Each student is distilled with the bench's recipe (:func:`wav2small.demo.train_student`, the FULL
+plan with ``--steps``: 8 × 2 s crops, lr 2e-3, CCC + MSE) on the cached teacher labels of
+``corpus/pool.csv`` (the ``wav2small distill --labels`` path), one at a time on one thread, then
+scored on ``corpus/test.csv``. docs/DISTILL.md ("MobileNet students") holds a run's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from wav2small import LABELS
+from wav2small.models.mobilenet import TIMM_ARCHS
+
+
+def measure(student: str, args) -> dict:
+    """Distil ``student`` and score it; one row of the table."""
+    from wav2small.demo import FULL, train_student
+    from wav2small.evaluate import evaluate
+
+    corpus = Path(args.corpus)
+    plan = replace(FULL, distill_steps=args.steps)
+    result = train_student(
+        "distill",
+        corpus / "pool.csv",
+        Path(args.out) / student,
+        plan,
+        seed=args.seed,
+        teacher="synth",
+        student=student,
+        labels=Path(args.pool_labels),
+        progress=False,
+    )
+    ev = evaluate({student: result.weights}, corpus / "test.csv", teacher=args.test_labels)
+    m = ev.metrics[ev.metrics.model == student].set_index("reference")
+    pred = ev.predictions[student]
+
+    def cells(values) -> str:
+        return " / ".join(f"{v:.3f}" for v in values)
+
+    return {
+        "student": student,
+        "vs gold": cells(m.loc["gold", list(LABELS)]),
+        "vs teacher": cells(m.loc["teacher", list(LABELS)]),
+        "prediction mean": cells(pred.mean(0)),
+        "prediction std": cells(pred.std(0)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", required=True, help="folder with pool.csv and test.csv")
+    parser.add_argument("--pool-labels", required=True, help="`wav2small label` of pool.csv")
+    parser.add_argument("--test-labels", required=True, help="the teacher's test labels")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--students", nargs="+", default=list(TIMM_ARCHS))
+    parser.add_argument("--out", default="runs/bench_mobilenets")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = [measure(name, args) for name in args.students]
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(row[c] for c in columns) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

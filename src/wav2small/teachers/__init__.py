@@ -92,6 +92,7 @@ _WHERE = {
     "load_teacher": "wav2small.teachers.loader",
     "save_teacher": "wav2small.teachers.loader",
     "teacher_kind": "wav2small.teachers.loader",
+    "teacher_min_samples": "wav2small.teachers.loader",
     "AttentiveStatisticsPooling": "wav2small.teachers.odyssey",
     "EmotionRegression": "wav2small.teachers.odyssey",
     "WAVLM_LARGE": "wav2small.teachers.odyssey",

@@ -145,6 +145,37 @@ def load_teacher(
     return teacher.to(device).eval()
 
 
+def teacher_min_samples(name_or_path: str | os.PathLike) -> int:
+    """Fewest samples (16 kHz) the teacher ``name_or_path`` labels, read from its config alone.
+
+    No weights are read: the model is built on the ``meta`` device, so a driver that hands a
+    teacher's name to remote workers (``label --engine ray``) can reject clips too short for it
+    by name, as the local engine does (an ensemble: its largest member's minimum).
+
+    Raises:
+        TeacherError: the name cannot be resolved or its config cannot be built.
+    """
+    from wav2small.teachers.onnx import OnnxTeacher, is_onnx_teacher
+
+    name = os.fspath(name_or_path)
+    full = ALIASES.get(name, name)
+    if full.startswith(ENSEMBLE_PREFIX):
+        return max(teacher_min_samples(p) for p in full[len(ENSEMBLE_PREFIX) :].split("+") if p)
+    if is_onnx_teacher(full):
+        return int(OnnxTeacher.min_samples)
+    return _folder_min_samples(resolve(full))
+
+
+def _folder_min_samples(folder: Path) -> int:
+    config = _read_config(folder)
+    if teacher_kind(config) == "ensemble":
+        return max(_folder_min_samples(folder / sub) for sub in config["members"])
+    _check_size(folder, config, {})
+    with torch.device("meta"):
+        skeleton = _build(folder, config, {})
+    return max(1, int(getattr(skeleton, "min_samples", 1) or 1))
+
+
 def _write_atomic(path: Path, write) -> None:
     from wav2small.inputs import atomic_write
 

@@ -296,3 +296,68 @@ def test_pitch_salience_adds_input_rows_and_keeps_padding_and_the_receptive_fiel
     torch.testing.assert_close(together[1:], alone, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="pitch_bins needs frontend='pitch'"):
         Wav2SmallConfig(pitch_bins=24)
+
+
+# --- trend pooling -----------------------------------------------------------------------------
+def test_trend_pool_is_the_length_free_slope_over_the_valid_tokens():
+    from wav2small.models.wav2small import TREND_EPS, trend_pool
+
+    n = 400
+    t = torch.arange(n, dtype=torch.float64)
+    ramp = (-1 + 2 * t / (n - 1))[None, None, :, None]  # −1 → +1 over the clip
+    x = torch.cat([ramp, torch.ones_like(ramp), ramp.flip(2)], 1)  # (1, 3, T, 1)
+    got = trend_pool(x)[0, :, 0]
+    want = 2 / 12**0.5  # a ramp from −a to +a gives ≈ 2a/√12 whatever its length
+    assert got[0].item() == pytest.approx(want, rel=5e-3)
+    assert got[1].item() == pytest.approx(0.0, abs=1e-12)  # a constant has no trend
+    assert got[2].item() == pytest.approx(-want, rel=5e-3)  # order-aware: reversal negates
+    half = trend_pool(x[:, :, ::2])[0, 0, 0].item()  # the same ramp at half the token rate
+    assert half == pytest.approx(want, rel=1e-2)
+    # padded tokens are ignored: the first 100 tokens padded to 400 with garbage
+    padded = torch.cat([x[:, :, :100], 1e3 * torch.randn(1, 3, 300, 1, dtype=x.dtype)], 2)
+    alone = trend_pool(x[:, :, :100])
+    torch.testing.assert_close(trend_pool(padded, None, torch.tensor([100])), alone)
+    # the formula from running sums: (Σxt − ΣxΣt/N) / (N·sqrt(var t + eps))
+    rng = torch.Generator().manual_seed(0)
+    y = torch.randn(1, 2, 37, 1, generator=rng, dtype=torch.float64)
+    tt = torch.arange(37, dtype=torch.float64)
+    N, st, stt = 37, tt.sum(), (tt * tt).sum()
+    sx, sxt = y[0, :, :, 0].sum(1), (y[0, :, :, 0] * tt).sum(1)
+    ref = (sxt - sx * st / N) / (N * torch.sqrt(stt / N - (st / N) ** 2 + TREND_EPS))
+    torch.testing.assert_close(trend_pool(y)[0, :, 0], ref)
+    # attention weights: a one-hot softmax puts all weight on one token → no spread, trend 0
+    sof = torch.full_like(y, -1e4)
+    sof[:, :, 5] = 0
+    assert trend_pool(y, sof).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("weights, extra", [("uniform", 8), ("attention", 8)])
+def test_trend_option_feeds_the_head_and_keeps_padding_invariance(weights, extra):
+    from dataclasses import replace
+
+    from wav2small.models import PAPER_CONFIG
+    from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
+
+    base = dict(frontend="pitch", norm="local", width=16, pool=8, dilations=(1, 3))
+    plain = Wav2Small(Wav2SmallConfig(**base))
+    model = Wav2Small(Wav2SmallConfig(**base, trend=8, trend_weights=weights))
+    assert model.adv.in_features == plain.adv.in_features + extra
+    assert (model.net.trd is not None) == (weights == "uniform")
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(3, 8000))
+    model.eval()
+    x = torch.randn(2, 12000)
+    with torch.no_grad():
+        together = model(x, torch.tensor([12000, 7000]))
+        alone = model(x[1:, :7000])
+        # the head reads the trend: reversing the clip changes the output
+        assert not torch.allclose(model(x[:1].flip(1)), together[:1], atol=1e-4)
+    torch.testing.assert_close(together[1:], alone, atol=1e-4, rtol=1e-4)
+    n = count_parameters(Wav2Small(replace(PAPER_CONFIG, trend=8)))
+    assert abs(n - 72_000) <= 0.02 * 72_000
+    with pytest.raises(ValueError, match="trend needs frontend='pitch'"):
+        Wav2SmallConfig(trend=8)
+    with pytest.raises(ValueError, match="trend_weights must be"):
+        Wav2SmallConfig(**base, trend=8, trend_weights="nope")

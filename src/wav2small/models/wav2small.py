@@ -72,6 +72,11 @@ class Wav2SmallConfig:
             a frozen :class:`~wav2small.frontend.PitchSalience` of the low band at that many
             log-spaced candidates ``pitch_fmin``–``pitch_fmax`` Hz, plus its soft-argmax F0 and
             voicing rows (``pitch_bins + 2`` more input channels).
+        trend: with ``trend`` > 0 (pitch trunk only), a 1×1 map ``trd`` of that many channels
+            whose slope over time (:func:`trend_pool`) the head also reads: an order-aware,
+            utterance-level pooling ("later tokens are higher"), exactly computable online.
+        trend_weights: ``"uniform"`` (the slope of ``trd`` over the valid tokens) or
+            ``"attention"`` (no ``trd``: the softmax(``sof``)-weighted slope of ``lin``).
     """
 
     stem: int = 13
@@ -94,6 +99,8 @@ class Wav2SmallConfig:
     pitch_bins: int = 0
     pitch_fmin: float = 55.0
     pitch_fmax: float = 440.0
+    trend: int = 0
+    trend_weights: str = "uniform"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(self.dilations))
@@ -105,6 +112,12 @@ class Wav2SmallConfig:
             raise ValueError("the released front end uses norm='utterance'")
         if self.frontend == "released" and self.pitch_bins:
             raise ValueError("pitch_bins needs frontend='pitch'")
+        if self.frontend == "released" and self.trend:
+            raise ValueError("trend needs frontend='pitch'")
+        if self.trend_weights not in ("uniform", "attention"):
+            raise ValueError(
+                f"trend_weights must be 'uniform' or 'attention', not {self.trend_weights!r}"
+            )
 
 
 class Conv(nn.Module):
@@ -263,6 +276,12 @@ class PitchNet(nn.Module):
         self.lin = nn.Conv2d(w, cfg.pool, 1)
         self.sof = nn.Conv2d(w, cfg.pool, 1)
         self.n_features = cfg.pool + cfg.pool * cfg.pool
+        self.trd = None
+        self.trend_weights = cfg.trend_weights
+        if cfg.trend and cfg.trend_weights == "uniform":
+            self.trd = nn.Conv2d(w, cfg.trend, 1)
+        self.n_trend = 0 if not cfg.trend else (cfg.trend if self.trd is not None else cfg.pool)
+        self.n_features += self.n_trend
 
     def frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Valid frames (= tokens) of ``lengths`` samples."""
@@ -320,10 +339,28 @@ class PitchNet(nn.Module):
         norm = [] if self.local_norm is None else [self.local_norm.box]
         return [*norm, self.l0.conv, *[b.conv for b in self.blocks]]
 
+    def trend_features(
+        self,
+        x: torch.Tensor,
+        lin: torch.Tensor,
+        sof: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """The trend pooling (batch, n_trend) of a token map ``x`` and its ``lin``/``sof``
+        maps, or None without ``trend``."""
+        if not self.n_trend:
+            return None
+        if self.trd is not None:
+            return trend_pool(self.trd(x), None, tokens)[..., 0]
+        return trend_pool(lin, sof, tokens)[..., 0]
+
     def forward(self, signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         frames = None if lengths is None else self.frames(lengths)
-        lin, sof = self.token_maps(self.trunk(self.features(signal, lengths), frames))
-        return pooled_features(attention_pool(lin, sof, frames))
+        x = self.trunk(self.features(signal, lengths), frames)
+        lin, sof = self.token_maps(x)
+        out = pooled_features(attention_pool(lin, sof, frames))
+        trend = self.trend_features(x, lin, sof, frames)
+        return out if trend is None else torch.cat([out, trend], 1)
 
 
 def attention_pool(
@@ -338,6 +375,38 @@ def attention_pool(
         pad = ~time_mask(tokens, sof.shape[2])[:, None, :, None]
         sof = sof.masked_fill(pad, float("-inf"))
     return (lin * sof.softmax(2)).sum(2)
+
+
+#: Added to the variance of the token index (tokens²) in :func:`trend_pool`: a one-token input
+#: gets trend 0 instead of 0 / 0, and longer inputs are hardly affected (variance ≥ 52 at 25).
+TREND_EPS = 1.0
+
+
+def trend_pool(
+    x: torch.Tensor, sof: torch.Tensor | None = None, tokens: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Length-free slope of a map over the token axis: (batch, C, T, F') → (batch, C, F').
+
+    ``trend = cov(x, t) / sqrt(var(t) + TREND_EPS)`` over the valid tokens (t the token index),
+    with uniform weights, or with ``sof`` the weights ``softmax_t(sof)``. A ramp from −a to +a
+    over the clip gives ≈ 2a/√12 whatever its length; a constant map gives 0; it is order-aware
+    (reversing time negates it) and computable from running sums (Σw, Σwx, Σwt, Σwt², Σwxt).
+    """
+    size = x.shape[2]
+    t = torch.arange(size, dtype=x.dtype, device=x.device)[None, None, :, None]
+    if sof is None:
+        w = torch.ones_like(x[:, :1, :, :1])
+        if tokens is not None:
+            w = w * time_mask(tokens, size)[:, None, :, None].to(x.dtype)
+        w = w / w.sum(2, keepdim=True)
+    else:
+        if tokens is not None:
+            pad = ~time_mask(tokens, size)[:, None, :, None]
+            sof = sof.masked_fill(pad, float("-inf"))
+        w = sof.softmax(2)
+    tc = t - (w * t).sum(2, keepdim=True)  # centred token index (weighted mean 0)
+    var = (w * tc * tc).sum(2, keepdim=True)
+    return (w * x * tc).sum(2) / torch.sqrt(var[:, :, 0] + TREND_EPS)
 
 
 def pooled_features(pooled: torch.Tensor) -> torch.Tensor:
@@ -444,18 +513,23 @@ class Wav2Small(nn.Module):
         """Stages 1–3 on unpadded input: waveform → (lin, sof), each (batch, C, tokens, F')."""
         return self.token_maps(self.trunk(self.features(signal, None, norm)))
 
-    def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Stage 5: pooled map (batch, C, F') → [pooled ; Gram] → MLP → (batch, n_outputs)."""
+    def head(self, pooled: torch.Tensor, trend: torch.Tensor | None = None) -> torch.Tensor:
+        """Stage 5: pooled map (batch, C, F') [and trend (batch, K)] → [pooled ; Gram ; trend]
+        → MLP → (batch, n_outputs)."""
         x = pooled_features(pooled)
+        if trend is not None:
+            x = torch.cat([x, trend], 1)
         if self.cfg.head:
             x = torch.relu(self.hidden(x))
         return self.adv(x)
 
     def forward(self, signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         frames = None if lengths is None else self.body.frames(lengths)
-        lin, sof = self.token_maps(self.trunk(self.features(signal, lengths), frames))
+        x = self.trunk(self.features(signal, lengths), frames)
+        lin, sof = self.token_maps(x)
         tokens = None if frames is None else self.body.frames_to_tokens(frames)
-        return self.head(attention_pool(lin, sof, tokens))
+        trend = self.net.trend_features(x, lin, sof, tokens) if self.cfg.trend else None
+        return self.head(attention_pool(lin, sof, tokens), trend)
 
     # -- geometry --
     def frame_geometry(self) -> tuple[int, int]:

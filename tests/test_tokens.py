@@ -129,3 +129,42 @@ def test_window_pool_equals_direct_pooling_with_trims_and_rescaling():
     assert pool.first > 0
     with pytest.raises(ValueError, match="outside the kept tokens"):
         pool.pool([(0, 10)])
+
+
+def _direct_trend(trd: np.ndarray) -> np.ndarray:
+    """The trend pooling of (K, T, 1) maps, as the torch model computes it (float64)."""
+    import torch
+
+    from wav2small.models.wav2small import trend_pool
+
+    return trend_pool(torch.from_numpy(trd.astype(np.float64))[None])[0, :, 0].numpy()
+
+
+def test_online_and_window_trend_equal_the_model_s_trend_pooling():
+    lin, sof = _maps(3000, 5)
+    rng = np.random.default_rng(6)
+    ramp = np.linspace(-1, 1, 3000)[None, :, None]
+    trd = (rng.normal(size=(3, 3000, 1)) + 5 + ramp * [[[2.0]], [[0.0]], [[-1.0]]]).astype(
+        np.float32
+    )
+    pool = OnlinePool()
+    for i in range(0, 3000, 97):
+        pool.add(lin[:, i : i + 97], sof[:, i : i + 97], trd[:, i : i + 97])
+    np.testing.assert_allclose(pool.trend(), _direct_trend(trd), rtol=1e-5, atol=1e-6)
+    assert OnlinePool().trend() is None
+    assert pool.trend()[0] > 0.3 > abs(pool.trend()[1]) and pool.trend()[2] < -0.1
+    window = WindowPool()
+    for i in range(0, 3000, 128):
+        window.add(lin[:, i : i + 128], sof[:, i : i + 128], trd[:, i : i + 128])
+        lo = max(0, window.end - 500)
+        windows = [(lo, window.end), (window.end - 1, window.end), (lo + 3, lo + 60)]
+        got = window.trend(windows)
+        want = np.stack([_direct_trend(trd[:, a:b]) for a, b in windows])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        window.trim(lo)
+    assert window.first > 0
+    with pytest.raises(ValueError, match="outside the kept tokens"):
+        window.trend([(0, 10)])
+    with pytest.raises(ValueError, match="with every chunk or with none"):
+        window.add(lin[:, :5], sof[:, :5])
+    assert WindowPool().trend([(0, 1)]) is None

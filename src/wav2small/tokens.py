@@ -39,6 +39,20 @@ CHUNK_TOKENS = 250
 #: A chunk is at least this many times the receptive field (recomputed overlap ≤ 1 / factor).
 OVERLAP_FACTOR = 4
 NORM_EPS = 1e-7  # as wav2small.frontend.NORM_EPS (kept here: this module imports no torch)
+TREND_EPS = 1.0  # as wav2small.models.wav2small.TREND_EPS
+
+
+def trend_of_sums(n: np.ndarray, sx: np.ndarray, sxt: np.ndarray, t0: np.ndarray) -> np.ndarray:
+    """The trend pooling of ``n`` consecutive tokens from their sums (float64).
+
+    ``sx = Σ x`` and ``sxt = Σ x·(t − t0)`` over tokens ``t = t0 … t0 + n − 1`` (``t0`` any
+    origin; a near one keeps the sums small): ``cov(x, t) / sqrt(var(t) + TREND_EPS)`` with
+    ``var(t) = (n² − 1) / 12``, as ``models.wav2small.trend_pool`` computes over valid tokens.
+    Broadcasts ``n``/``t0`` (windows) against the channels of ``sx``/``sxt`` (windows, K).
+    """
+    n = np.asarray(n, np.float64)[..., None]
+    cov = (sxt - sx * (np.asarray(t0, np.float64)[..., None] + (n - 1) / 2)) / n
+    return cov / np.sqrt((n * n - 1) / 12 + TREND_EPS)
 
 
 class StagedModel:
@@ -223,16 +237,24 @@ def iter_tokens(
 
 # --- pooling -----------------------------------------------------------------------------------
 class OnlinePool:
-    """``Σ_t lin·softmax_t(sof)`` over tokens added chunk by chunk (float64, running max)."""
+    """``Σ_t lin·softmax_t(sof)`` over tokens added chunk by chunk (float64, running max), and
+    for a trend model the trend pooling of ``trd`` (running ``Σx`` and ``Σx·t``, float64)."""
 
     def __init__(self) -> None:
         self.m = self.s = self.a = None
+        self.sx = self.sxt = None
         self.tokens = 0
 
-    def add(self, lin: np.ndarray, sof: np.ndarray) -> None:
-        """Add the tokens of one chunk: (C, T, F') maps."""
+    def add(self, lin: np.ndarray, sof: np.ndarray, trd: np.ndarray | None = None) -> None:
+        """Add the tokens of one chunk: (C, T, F') maps, and a trend model's (K, T, 1) ``trd``."""
         if not sof.shape[1]:
             return
+        if trd is not None:
+            x = trd[..., 0].astype(np.float64)  # (K, T)
+            t = self.tokens + np.arange(x.shape[1], dtype=np.float64)
+            sx, sxt = x.sum(1), x @ t
+            self.sx = sx if self.sx is None else self.sx + sx
+            self.sxt = sxt if self.sxt is None else self.sxt + sxt
         sof64 = sof.astype(np.float64)
         m = sof64.max(1)
         if self.m is not None:
@@ -251,6 +273,12 @@ class OnlinePool:
             raise ValueError("no tokens")
         return (self.a / self.s).astype(np.float32)
 
+    def trend(self) -> np.ndarray | None:
+        """The trend pooling (K,) of the ``trd`` maps added, or None (no ``trd`` given)."""
+        if self.sx is None:
+            return None
+        return trend_of_sums(self.tokens, self.sx, self.sxt, 0).astype(np.float32)
+
 
 class WindowPool:
     """Attention pooling over windows of consecutive tokens, each token added once.
@@ -262,6 +290,10 @@ class WindowPool:
     token and pooling a window each cost O(C·F') whatever the window's length. A window whose
     sum is so small against the prefix sums that their difference would lose precision is
     pooled directly from the kept tokens. :meth:`trim` forgets tokens before an index.
+
+    For a trend model (``trd`` maps given to :meth:`add`), :meth:`trend` gives each window's
+    trend pooling from prefix sums of ``x`` and ``x·r`` (float64; ``r`` the buffer row, an origin
+    that moves with the kept tokens, so the sums stay small however long the stream).
     """
 
     #: A window whose exp-sum is below this fraction of the prefix sum is pooled directly.
@@ -276,14 +308,16 @@ class WindowPool:
         self._lo = self._hi = 0  # kept tokens are rows [_lo, _hi) of the buffers
         self._lin = self._sof = None  # (capacity, C, F') float32
         self._ps = self._pa = None  # (capacity + 1, C, F') float64 prefix sums
+        self._trd = self._px = self._pxr = None  # (capacity, K) float32, (capacity + 1, K) sums
 
     @property
     def end(self) -> int:
         """Absolute index after the last token added."""
         return self.first + self._hi - self._lo
 
-    def add(self, lin: np.ndarray, sof: np.ndarray) -> None:
-        """Append tokens: (C, T, F') maps."""
+    def add(self, lin: np.ndarray, sof: np.ndarray, trd: np.ndarray | None = None) -> None:
+        """Append tokens: (C, T, F') maps, and a trend model's (K, T, 1) ``trd`` (always or
+        never)."""
         n = sof.shape[1]
         if not n:
             return
@@ -292,7 +326,9 @@ class WindowPool:
         top = sof64.max(0)
         if self.ref is None:
             self.ref = top
-            self._alloc(2 * n, top.shape)
+            self._alloc(2 * n, top.shape, None if trd is None else trd.shape[0])
+        if (trd is None) != (self._trd is None):
+            raise ValueError("trd maps must be given with every chunk or with none")
         elif (top > self.ref + self.HEADROOM).any():  # rare: exp(sof - ref) stays ≤ e^HEADROOM
             new = np.maximum(self.ref, top)
             r = np.exp(self.ref - new)
@@ -308,13 +344,29 @@ class WindowPool:
         self._ps[lo + 1 : hi + 1] += self._ps[lo]
         np.cumsum(e * lin, 0, out=self._pa[lo + 1 : hi + 1])
         self._pa[lo + 1 : hi + 1] += self._pa[lo]
+        if trd is not None:
+            self._trd[lo:hi] = trd[..., 0].T
+            self._trend_sums(lo, hi)
         self._hi = hi
 
-    def _alloc(self, capacity: int, shape: tuple) -> None:
+    def _trend_sums(self, lo: int, hi: int) -> None:
+        """Prefix sums of x and x·r over buffer rows [lo, hi), continuing those up to ``lo``."""
+        x = self._trd[lo:hi].astype(np.float64)
+        r = np.arange(lo, hi, dtype=np.float64)[:, None]
+        np.cumsum(x, 0, out=self._px[lo + 1 : hi + 1])
+        self._px[lo + 1 : hi + 1] += self._px[lo]
+        np.cumsum(x * r, 0, out=self._pxr[lo + 1 : hi + 1])
+        self._pxr[lo + 1 : hi + 1] += self._pxr[lo]
+
+    def _alloc(self, capacity: int, shape: tuple, n_trend: int | None = None) -> None:
         self._lin = np.zeros((capacity, *shape), np.float32)
         self._sof = np.zeros((capacity, *shape), np.float32)
         self._ps = np.zeros((capacity + 1, *shape))
         self._pa = np.zeros((capacity + 1, *shape))
+        if n_trend is not None:
+            self._trd = np.zeros((capacity, n_trend), np.float32)
+            self._px = np.zeros((capacity + 1, n_trend))
+            self._pxr = np.zeros((capacity + 1, n_trend))
 
     def _compact(self, n: int) -> None:
         """Move the kept tokens to the front, growing the buffers if needed, and recompute their
@@ -322,11 +374,15 @@ class WindowPool:
         the rounding error of forgotten, much larger terms)."""
         kept = self._hi - self._lo
         lin, sof = self._lin[self._lo : self._hi], self._sof[self._lo : self._hi]
+        trd = None if self._trd is None else self._trd[self._lo : self._hi]
         if kept + n > len(self._lin) // 2:
-            old = (lin, sof)
-            self._alloc(2 * (kept + n), self.ref.shape)
-            lin, sof = old
+            old = (lin, sof, trd)
+            self._alloc(2 * (kept + n), self.ref.shape, None if trd is None else trd.shape[1])
+            lin, sof, trd = old
         self._lin[:kept], self._sof[:kept] = lin.copy(), sof.copy()
+        if trd is not None:
+            self._trd[:kept] = trd.copy()
+            self._trend_sums(0, kept)
         self._lo, self._hi = 0, kept
         sof64 = self._sof[:kept].astype(np.float64)
         if kept:
@@ -356,3 +412,15 @@ class WindowPool:
             e = np.exp(sof - sof.max(0))
             out[r] = (e * self._lin[i0[r] : i1[r]]).sum(0) / e.sum(0)
         return out.astype(np.float32)
+
+    def trend(self, windows: list[tuple[int, int]]) -> np.ndarray | None:
+        """Trend poolings (len(windows), K) of token windows ``[j0, j1)`` (absolute, non-empty),
+        or None when no ``trd`` maps were added."""
+        if self._trd is None:
+            return None
+        i0 = np.array([j0 for j0, _ in windows], dtype=np.int64) - self.first + self._lo
+        i1 = np.array([j1 for _, j1 in windows], dtype=np.int64) - self.first + self._lo
+        if i0.min() < self._lo or i1.max() > self._hi or (i1 <= i0).any():
+            raise ValueError("window outside the kept tokens")
+        sx, sxr = self._px[i1] - self._px[i0], self._pxr[i1] - self._pxr[i0]
+        return trend_of_sums(i1 - i0, sx, sxr, i0).astype(np.float32)

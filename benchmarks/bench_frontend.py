@@ -69,10 +69,6 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         "dil27 + trend pooling: the slope over the clip of an 8-channel 1×1 map (order-aware, "
         "utterance-level; the corpus's valence is an utterance-scale F0 ramp)",
     ),
-    "trend-attn": (
-        replace(PAPER_CONFIG, trend=1, trend_weights="attention"),
-        "dil27 + trend pooling of lin with the attention weights softmax(sof)",
-    ),
     "salience-trend": (
         Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=125, trend=8),
         "salience + trend pooling (8 channels); width 63",

@@ -666,3 +666,87 @@ def test_ten_minute_file_bounded_memory(models, tmp_path):
     ):
         before, after = _peak_rss_mb(tmp_path, models["int8"], path, call)
         assert after - before < 250, (call, before, after)
+
+
+# --- a trend model (Wav2SmallConfig.trend): online, windowed and int8 --------------------------
+@pytest.fixture(scope="module")
+def trend_models(tmp_path_factory):
+    """A small pitch-trunk model with trend pooling, amplified head: fp32 and int8 exports."""
+    import torch
+
+    from wav2small.export import export_onnx, quantize_int8
+    from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
+
+    out = tmp_path_factory.mktemp("trend")
+    torch.manual_seed(0)
+    cfg = Wav2SmallConfig(
+        frontend="pitch", norm="local", width=16, pool=8, dilations=(1, 3, 9), trend=4
+    )
+    model = Wav2Small(cfg).train()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for seed in range(3):
+            model(torch.from_numpy(np.stack([speechy(1.0, 10 * seed + i) for i in range(4)])))
+        model.adv.weight.mul_(HEAD_GAIN)
+        model.adv.weight[:, -4:].mul_(50.0)  # let the trend move the outputs
+    model.eval()
+    export_onnx(model, out / "trend.onnx")
+    calibration = [speechy(2.0, seed) for seed in range(8)]
+    quantize_int8(out / "trend.onnx", out / "trend.int8.onnx", calibration=calibration)
+    return {"onnx": out / "trend.onnx", "int8": out / "trend.int8.onnx", "module": model}
+
+
+@pytest.mark.parametrize("kind", ["onnx", "int8"])
+def test_trend_model_chunked_whole_file_equals_one_pass(trend_models, tmp_path, kind):
+    """The trend pooling accumulated chunk by chunk (running sums) gives the one-pass A/D/V."""
+    import torch
+
+    p = Predictor(trend_models[kind])
+    assert p.staged is not None and p.staged.trend_name == "trend"
+    x = speechy(11.3, 21)
+    path = tmp_path / "x.wav"
+    sf.write(path, x, SR, subtype="FLOAT")
+    one_pass = p.backend.session.run(["adv"], {"signal": x[None]})[0][0]
+    tol = 1e-4 * (1 if kind == "onnx" else np.abs(one_pass).max())
+    assert np.abs(p.predict(path).to_numpy()[0] - one_pass).max() <= tol
+    if kind == "onnx":
+        with torch.no_grad():
+            ref = trend_models["module"](torch.from_numpy(x)[None]).numpy()[0]
+        assert np.abs(one_pass - ref).max() <= PARITY
+        # the trend matters: the time-reversed clip's trend is (about) negated
+        flip = p.predict((x[::-1].copy(), SR)).to_numpy()[0]
+        assert np.abs(flip - one_pass).max() > 1e-3
+
+
+def test_trend_token_timeline_and_stream_equal_direct_pooling(trend_models):
+    """Each token-timeline row is the head on its window's attention pooling and trend pooling
+    of the one-pass maps; a stream fed uneven blocks gives the offline rows."""
+    import torch
+
+    from wav2small.models.wav2small import trend_pool
+    from wav2small.tokens import OnlinePool
+
+    p = Predictor(trend_models["onnx"])
+    x = speechy(4.1, 15)
+    rows = _token_timeline(p, x, None, 0.5, 1.5)
+    _, lin, sof, trd = p.backend.session.run(None, {"signal": x[None]})
+    for _, start, end, row in rows:
+        j0, j1 = -(-round(start * SR) // 64), round(end * SR) // 64
+        if end == rows[-1][2]:
+            j1 = lin.shape[2]
+        pool = OnlinePool()
+        pool.add(lin[0, :, j0:j1], sof[0, :, j0:j1])
+        trend = trend_pool(torch.from_numpy(trd[:, :, j0:j1].astype(np.float64)))[..., 0]
+        got = p.staged.head(pool.pooled()[None], trend.numpy())[0]
+        assert np.abs(got - row).max() <= 1e-4
+    stream = p.stream(step=0.5, context=1.5)
+    rng = np.random.default_rng(1)
+    parts, i = [], 0
+    while i < len(x):
+        n = int(rng.choice([1, 300, 4000, 9000]))
+        parts.append(stream.push(x[i : i + n]))
+        i += n
+    parts.append(stream.close())
+    streamed = pd.concat(parts).to_numpy()
+    assert np.abs(streamed - np.stack([r[3] for r in rows])).max() <= 1e-4
+    with pytest.raises(ValueError, match="needs the trend poolings"):
+        p.staged.head(pool.pooled()[None])

@@ -35,6 +35,8 @@ INPUT_NAME = "signal"
 OUTPUT_NAME = "adv"
 # Optional inputs and per-token outputs of a Wav2Small export (models.wav2small.StagedExport).
 NORM_INPUT, POOLED_INPUT, LIN_OUTPUT, SOF_OUTPUT = "norm", "pooled", "lin", "sof"
+# ... and of a trend model (Wav2SmallConfig.trend): the head's trend rows, the per-token trd map.
+TREND_INPUT, TRD_OUTPUT = "trend", "trd"
 OPSET = 18
 PARITY_SECONDS = (1.0, 4.0, 10.0)
 PARITY_MAX_ABS = 1e-4
@@ -130,11 +132,17 @@ def export_onnx(
         module = StagedExport(model)
         example = module.example_inputs()
         norm = [NORM_INPUT] if module.utterance_norm else []
-        names = ([INPUT_NAME, *norm, POOLED_INPUT], [output, LIN_OUTPUT, SOF_OUTPUT])
+        trend = [TREND_INPUT] if module.n_trend else []
+        names = (
+            [INPUT_NAME, *norm, POOLED_INPUT, *trend],
+            [output, LIN_OUTPUT, SOF_OUTPUT, *([TRD_OUTPUT] if trend else [])],
+        )
+        rows = torch.export.Dim("pooled_batch")
         shapes = (
             signal_shape,
             *([{0: torch.export.Dim("norm_batch")}] if norm else []),
-            {0: torch.export.Dim("pooled_batch")},
+            {0: rows},
+            *([{0: rows}] if trend else []),
         )
     else:
         g = torch.Generator().manual_seed(0)
@@ -186,9 +194,11 @@ def staged_facts(model) -> dict[str, str]:
     """Metadata a chunked/online runtime needs: token geometry and normalisation."""
     left, right = model.receptive_field()
     window, _ = model.frame_geometry()
+    trend = getattr(model.cfg, "trend", 0)
     return {
         "stages": f"{INPUT_NAME},{NORM_INPUT if model.norm == 'utterance' else ''},"
-        f"{POOLED_INPUT}->{OUTPUT_NAME},{LIN_OUTPUT},{SOF_OUTPUT}",
+        f"{POOLED_INPUT}{',' + TREND_INPUT if trend else ''}->{OUTPUT_NAME},{LIN_OUTPUT},"
+        f"{SOF_OUTPUT}{',' + TRD_OUTPUT if trend else ''}",
         "token_samples": str(model.token_samples()),
         "receptive_field": f"{left},{right}",
         "min_samples": str(window),

@@ -490,13 +490,15 @@ class Predictor:
         pool, n = OnlinePool(), 0
         for block in self._blocks(item):
             n += len(block)
-            for _, lin, sof in runner.push(block):
-                pool.add(lin, sof)
+            for _, *maps in runner.push(block):
+                pool.add(*maps)
         if n < MIN_SAMPLES:
             raise _too_short(item.name, n)
-        for _, lin, sof in runner.finish():
-            pool.add(lin, sof)
-        return [(item.name, 0.0, _seconds(n), self.staged.head(pool.pooled()[None])[0])]
+        for _, *maps in runner.finish():
+            pool.add(*maps)
+        trend = pool.trend()  # a trend model's (K,), else None
+        values = self.staged.head(pool.pooled()[None], None if trend is None else trend[None])
+        return [(item.name, 0.0, _seconds(n), values[0])]
 
     def _file_rows(self, item: _Item) -> list[Row]:
         """One row per file: one pass, or the length-weighted mean over equal pieces."""
@@ -856,14 +858,14 @@ class TokenTimelineStream(TimelineStream):
 
     def _feed(self, x: np.ndarray) -> None:
         self._total += len(x)
-        for _, lin, sof in self._runner.push(x):
-            self._pool.add(lin, sof)
+        for _, *maps in self._runner.push(x):
+            self._pool.add(*maps)
         self._emit_ready(final=False)
 
     def _finish(self) -> None:
         self.closed = True
-        for _, lin, sof in self._runner.finish():
-            self._pool.add(lin, sof)
+        for _, *maps in self._runner.finish():
+            self._pool.add(*maps)
         self._emit_ready(final=True)
 
     def _emit_ready(self, *, final: bool) -> None:
@@ -884,7 +886,7 @@ class TokenTimelineStream(TimelineStream):
                 j1 = min(j1, self._pool.end)
                 j0 = min(-(-max(0, end - self.context_n) // s), j1 - 1)
                 windows.append((max(j0, 0), j1))
-            values = self.staged.head(self._pool.pool(windows))
+            values = self.staged.head(self._pool.pool(windows), self._pool.trend(windows))
             self._rows += [
                 (self.name, _seconds(max(0, e - self.context_n)), _seconds(e), y)
                 for e, y in zip(ends, values, strict=True)

@@ -73,8 +73,12 @@ class StagedModel:
         self.session = session
         self.order = list(range(len(LABELS))) if order is None else list(order)
         ins, outs = metadata["stages"].split("->")
-        self.input_name, self.norm_name, self.pooled_name = ins.split(",")  # norm may be ""
-        self.output_name, self.lin_name, self.sof_name = outs.split(",")
+        ins, outs = ins.split(","), outs.split(",")
+        self.input_name, self.norm_name, self.pooled_name = ins[:3]  # norm may be ""
+        self.output_name, self.lin_name, self.sof_name = outs[:3]
+        # a trend model's head input and per-token map (models.wav2small.trend_pool), or None
+        self.trend_name = ins[3] if len(ins) > 3 else None
+        self.trd_name = outs[3] if len(outs) > 3 else None
         self.token_samples = int(metadata["token_samples"])
         self.left, self.right = map(int, metadata["receptive_field"].split(","))
         self.min_samples = int(metadata.get("min_samples", self.token_samples))
@@ -95,22 +99,30 @@ class StagedModel:
         """Whether a model's metadata describes a staged export."""
         return "stages" in metadata and "token_samples" in metadata
 
-    def tokens(
-        self, signal: np.ndarray, norm: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(lin, sof), each (C, tokens, F'), of a 1-D chunk (normalised with ``norm`` if given)."""
+    def tokens(self, signal: np.ndarray, norm: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """The per-token maps of a 1-D chunk (normalised with ``norm`` if given): (lin, sof),
+        each (C, tokens, F'), and for a trend model its ``trd`` (K, tokens, 1) third."""
         feeds = {self.input_name: np.ascontiguousarray(signal, np.float32)[None, :]}
         if norm is not None and self.norm_name:
             feeds[self.norm_name] = np.asarray(norm, np.float32).reshape(1, 2)
-        lin, sof = self.session.run([self.lin_name, self.sof_name], feeds)
-        return lin[0], sof[0]
+        names = [self.lin_name, self.sof_name, *([self.trd_name] if self.trd_name else [])]
+        return tuple(m[0] for m in self.session.run(names, feeds))
 
-    def head(self, pooled: np.ndarray) -> np.ndarray:
-        """A/D/V (P, 3) in LABELS order of pooled maps (P, C, F')."""
+    def head(self, pooled: np.ndarray, trend: np.ndarray | None = None) -> np.ndarray:
+        """A/D/V (P, 3) in LABELS order of pooled maps (P, C, F') and, for a trend model, their
+        trend poolings (P, K)."""
         feeds = {
             self.input_name: self._dummy,
             self.pooled_name: np.ascontiguousarray(pooled, np.float32),
         }
+        if (trend is None) != (self.trend_name is None):
+            raise ValueError(
+                "a trend model's head needs the trend poolings"
+                if trend is None
+                else "this model has no trend input"
+            )
+        if trend is not None:
+            feeds[self.trend_name] = np.ascontiguousarray(trend, np.float32)
         out = self.session.run([self.output_name], feeds)[0]
         return out[1:, self.order]  # row 0 is the dummy signal's
 
@@ -186,8 +198,9 @@ class TokenRunner:
         self.next_token = 0  # first token not yet computed
         self.samples = 0  # samples received
 
-    def push(self, block: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Add samples; yield ``(first_token, lin, sof)`` for every chunk that became complete."""
+    def push(self, block: np.ndarray) -> Iterator[tuple]:
+        """Add samples; yield ``(first_token, lin, sof)`` (a trend model: ``…, trd)``) for every
+        chunk that became complete."""
         block = np.asarray(block, np.float32)
         if block.size:
             self._buf = np.concatenate([self._buf, block])
@@ -199,26 +212,26 @@ class TokenRunner:
                 return
             yield self._run(self.next_token + self.chunk_tokens, end=None)
 
-    def finish(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def finish(self) -> Iterator[tuple]:
         """End of signal: yield the remaining tokens (the chunk ends where the signal ends)."""
         if self.samples - self._first >= self.model.min_samples:
             out = self._run(None, end=self.samples)
             if out[1].shape[1]:
                 yield out
 
-    def _run(self, k1: int | None, *, end: int | None) -> tuple[int, np.ndarray, np.ndarray]:
+    def _run(self, k1: int | None, *, end: int | None) -> tuple:
         s, k = self.model.token_samples, self.next_token
         a = max(0, k * s - self.left_n)
         b = end if end is not None else (k1 - 1) * s + self.model.right
-        lin, sof = self.model.tokens(self._buf[a - self._first : b - self._first], self.norm)
+        maps = self.model.tokens(self._buf[a - self._first : b - self._first], self.norm)
         offset = k - a // s
         stop = None if k1 is None else k1 - a // s
-        lin, sof = lin[:, offset:stop], sof[:, offset:stop]
-        self.next_token = k + lin.shape[1]
+        maps = tuple(m[:, offset:stop] for m in maps)
+        self.next_token = k + maps[0].shape[1]
         drop = max(0, self.next_token * s - self.left_n) - self._first
         if drop > 0:
             self._buf, self._first = self._buf[drop:], self._first + drop
-        return k, lin, sof
+        return (k, *maps)
 
 
 def iter_tokens(
@@ -227,8 +240,8 @@ def iter_tokens(
     *,
     norm: np.ndarray | None = None,
     chunk_tokens: int | None = None,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """All tokens of the concatenated ``blocks``: ``(first_token, lin, sof)`` per chunk."""
+) -> Iterator[tuple]:
+    """All tokens of the concatenated ``blocks``: ``(first_token, lin, sof[, trd])`` per chunk."""
     runner = TokenRunner(model, norm=norm, chunk_tokens=chunk_tokens)
     for block in blocks:
         yield from runner.push(block)

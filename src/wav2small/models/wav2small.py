@@ -73,10 +73,9 @@ class Wav2SmallConfig:
             log-spaced candidates ``pitch_fmin``–``pitch_fmax`` Hz, plus its soft-argmax F0 and
             voicing rows (``pitch_bins + 2`` more input channels).
         trend: with ``trend`` > 0 (pitch trunk only), a 1×1 map ``trd`` of that many channels
-            whose slope over time (:func:`trend_pool`) the head also reads: an order-aware,
-            utterance-level pooling ("later tokens are higher"), exactly computable online.
-        trend_weights: ``"uniform"`` (the slope of ``trd`` over the valid tokens) or
-            ``"attention"`` (no ``trd``: the softmax(``sof``)-weighted slope of ``lin``).
+            whose slope over the valid tokens (:func:`trend_pool`) the head also reads: an
+            order-aware, utterance-level pooling ("later tokens are higher"), exactly computable
+            online from running sums (``tokens.OnlinePool``, ``tokens.WindowPool``).
     """
 
     stem: int = 13
@@ -100,7 +99,6 @@ class Wav2SmallConfig:
     pitch_fmin: float = 55.0
     pitch_fmax: float = 440.0
     trend: int = 0
-    trend_weights: str = "uniform"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(self.dilations))
@@ -114,10 +112,6 @@ class Wav2SmallConfig:
             raise ValueError("pitch_bins needs frontend='pitch'")
         if self.frontend == "released" and self.trend:
             raise ValueError("trend needs frontend='pitch'")
-        if self.trend_weights not in ("uniform", "attention"):
-            raise ValueError(
-                f"trend_weights must be 'uniform' or 'attention', not {self.trend_weights!r}"
-            )
 
 
 class Conv(nn.Module):
@@ -276,12 +270,9 @@ class PitchNet(nn.Module):
         self.lin = nn.Conv2d(w, cfg.pool, 1)
         self.sof = nn.Conv2d(w, cfg.pool, 1)
         self.n_features = cfg.pool + cfg.pool * cfg.pool
-        self.trd = None
-        self.trend_weights = cfg.trend_weights
-        if cfg.trend and cfg.trend_weights == "uniform":
-            self.trd = nn.Conv2d(w, cfg.trend, 1)
-        self.n_trend = 0 if not cfg.trend else (cfg.trend if self.trd is not None else cfg.pool)
-        self.n_features += self.n_trend
+        self.trd = nn.Conv2d(w, cfg.trend, 1) if cfg.trend else None
+        self.n_trend = cfg.trend
+        self.n_features += cfg.trend
 
     def frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Valid frames (= tokens) of ``lengths`` samples."""
@@ -339,28 +330,18 @@ class PitchNet(nn.Module):
         norm = [] if self.local_norm is None else [self.local_norm.box]
         return [*norm, self.l0.conv, *[b.conv for b in self.blocks]]
 
-    def trend_features(
-        self,
-        x: torch.Tensor,
-        lin: torch.Tensor,
-        sof: torch.Tensor,
-        tokens: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
-        """The trend pooling (batch, n_trend) of a token map ``x`` and its ``lin``/``sof``
-        maps, or None without ``trend``."""
-        if not self.n_trend:
-            return None
-        if self.trd is not None:
-            return trend_pool(self.trd(x), None, tokens)[..., 0]
-        return trend_pool(lin, sof, tokens)[..., 0]
+    def trend_map(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The per-token ``trd`` map (batch, trend, tokens, 1) of a token map, or None."""
+        return None if self.trd is None else self.trd(x)
 
     def forward(self, signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         frames = None if lengths is None else self.frames(lengths)
         x = self.trunk(self.features(signal, lengths), frames)
         lin, sof = self.token_maps(x)
         out = pooled_features(attention_pool(lin, sof, frames))
-        trend = self.trend_features(x, lin, sof, frames)
-        return out if trend is None else torch.cat([out, trend], 1)
+        if self.trd is None:
+            return out
+        return torch.cat([out, trend_pool(self.trd(x), frames)[..., 0]], 1)
 
 
 def attention_pool(
@@ -382,29 +363,22 @@ def attention_pool(
 TREND_EPS = 1.0
 
 
-def trend_pool(
-    x: torch.Tensor, sof: torch.Tensor | None = None, tokens: torch.Tensor | None = None
-) -> torch.Tensor:
+def trend_pool(x: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Length-free slope of a map over the token axis: (batch, C, T, F') → (batch, C, F').
 
-    ``trend = cov(x, t) / sqrt(var(t) + TREND_EPS)`` over the valid tokens (t the token index),
-    with uniform weights, or with ``sof`` the weights ``softmax_t(sof)``. A ramp from −a to +a
-    over the clip gives ≈ 2a/√12 whatever its length; a constant map gives 0; it is order-aware
-    (reversing time negates it) and computable from running sums (Σw, Σwx, Σwt, Σwt², Σwxt).
+    ``trend = cov(x, t) / sqrt(var(t) + TREND_EPS)`` over the valid tokens (``t`` the token
+    index). A ramp from −a to +a over the clip gives ≈ 2a/√12 whatever its length; a constant
+    map gives 0; reversing time negates it. From running sums over ``n`` tokens ``t0 …``:
+    ``(Σx·(t − t0) − Σx·(n − 1)/2) / n / sqrt((n² − 1)/12 + TREND_EPS)``, which chunked and
+    windowed inference accumulate (``tokens.trend_of_sums``).
     """
     size = x.shape[2]
     t = torch.arange(size, dtype=x.dtype, device=x.device)[None, None, :, None]
-    if sof is None:
-        w = torch.ones_like(x[:, :1, :, :1])
-        if tokens is not None:
-            w = w * time_mask(tokens, size)[:, None, :, None].to(x.dtype)
-        w = w / w.sum(2, keepdim=True)
-    else:
-        if tokens is not None:
-            pad = ~time_mask(tokens, size)[:, None, :, None]
-            sof = sof.masked_fill(pad, float("-inf"))
-        w = sof.softmax(2)
-    tc = t - (w * t).sum(2, keepdim=True)  # centred token index (weighted mean 0)
+    w = torch.ones_like(x[:, :1, :, :1])
+    if tokens is not None:
+        w = w * time_mask(tokens, size)[:, None, :, None].to(x.dtype)
+    w = w / w.sum(2, keepdim=True)
+    tc = t - (w * t).sum(2, keepdim=True)  # centred token index
     var = (w * tc * tc).sum(2, keepdim=True)
     return (w * x * tc).sum(2) / torch.sqrt(var[:, :, 0] + TREND_EPS)
 
@@ -507,6 +481,11 @@ class Wav2Small(nn.Module):
         """Stage 3: per-token attention maps (lin, sof)."""
         return self.body.token_maps(x)
 
+    def trend_map(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Stage 3b: the per-token ``trd`` map (batch, trend, tokens, 1) of a trend model, or
+        None (see :func:`trend_pool`)."""
+        return self.net.trend_map(x) if self.cfg.trend else None
+
     def tokens(
         self, signal: torch.Tensor, norm: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -528,7 +507,8 @@ class Wav2Small(nn.Module):
         x = self.trunk(self.features(signal, lengths), frames)
         lin, sof = self.token_maps(x)
         tokens = None if frames is None else self.body.frames_to_tokens(frames)
-        trend = self.net.trend_features(x, lin, sof, tokens) if self.cfg.trend else None
+        trd = self.trend_map(x)
+        trend = None if trd is None else trend_pool(trd, tokens)[..., 0]
         return self.head(attention_pool(lin, sof, tokens), trend)
 
     # -- geometry --
@@ -576,10 +556,11 @@ class Wav2Small(nn.Module):
 class StagedExport(nn.Module):
     """The ONNX export form of a Wav2Small model: one graph, usable plain or stage by stage.
 
-    ``forward(signal, norm, pooled) → (adv, lin, sof)`` (no ``norm`` for a local-normalisation
-    model). Exported with ``norm`` and ``pooled`` as *optional* inputs (ONNX inputs with a
-    default initializer; ONNX Runtime lists only ``signal`` as required), so ``model.onnx``
-    stays a plain signal → A/D/V model:
+    ``forward(signal, norm, pooled[, trend]) → (adv, lin, sof[, trd])`` (no ``norm`` for a
+    local-normalisation model; ``trend``/``trd`` only for a trend model). Exported with ``norm``,
+    ``pooled`` and ``trend`` as *optional* inputs (ONNX inputs with a default initializer; ONNX
+    Runtime lists only ``signal`` as required), so ``model.onnx`` stays a plain signal → A/D/V
+    model:
 
     * ``norm`` (batch or 1, 2) = (mean, scale): the normalisation statistics to use instead of
       the input's own; default NaN = the input's own (one pass). Chunked inference passes the
@@ -587,7 +568,9 @@ class StagedExport(nn.Module):
     * ``pooled`` (P, C, F'): extra pooled maps whose head outputs are appended after the
       signal's rows (default: 0 rows). The head of an online pooling runs through it on a
       64-sample dummy signal.
-    * outputs ``lin`` and ``sof`` (batch, C, tokens, F'): the per-token attention maps.
+    * ``trend`` (P, K): a trend model's trend poolings of those P rows (default: 0 rows).
+    * outputs ``lin`` and ``sof`` (batch, C, tokens, F'): the per-token attention maps; a trend
+      model's ``trd`` (batch, K, tokens, 1): the per-token map whose slope is the trend.
     """
 
     def __init__(self, model: Wav2Small) -> None:
@@ -599,6 +582,11 @@ class StagedExport(nn.Module):
         """Whether the model normalises per utterance (then the graph has the ``norm`` input)."""
         return getattr(self.model, "norm", "utterance") == "utterance"
 
+    @property
+    def n_trend(self) -> int:
+        """Channels of the trend pooling (0: not a trend model)."""
+        return getattr(self.model.cfg, "trend", 0)
+
     def pooled_shape(self) -> tuple[int, int]:
         """(C, F') of the pooled map the head takes."""
         if hasattr(self.model, "pooled_shape"):
@@ -606,38 +594,53 @@ class StagedExport(nn.Module):
         return self.model.cfg.width, POOLED_MELS
 
     def forward(
-        self, signal: torch.Tensor, first: torch.Tensor, second: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(signal, norm, pooled)`` for utterance-normalised models, ``(signal, pooled)`` else."""
+        self,
+        signal: torch.Tensor,
+        first: torch.Tensor,
+        second: torch.Tensor | None = None,
+        third: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """``(signal, [norm,] pooled[, trend])``: ``norm`` for utterance-normalised models,
+        ``trend`` for trend models."""
         check_length(signal)
-        if self.utterance_norm:
-            norm, pooled = first, second
+        extra = [first, second, third]
+        norm = extra.pop(0) if self.utterance_norm else None
+        pooled = extra.pop(0)
+        if norm is not None:
             mean = signal.mean(1, keepdim=True)
             centred = signal - mean
             scale = torch.sqrt((centred * centred).mean(1, keepdim=True) + NORM_EPS)
             mean = torch.where(torch.isnan(norm[:, :1]), mean, norm[:, :1])
             scale = torch.where(torch.isnan(norm[:, 1:]), scale, norm[:, 1:])
-            lin, sof = self.model.tokens(signal, torch.cat([mean, scale], 1))
-        else:
-            pooled = first
-            lin, sof = self.model.tokens(signal)
+            norm = torch.cat([mean, scale], 1)
+        x = self.model.trunk(self.model.features(signal, None, norm))
+        lin, sof = self.model.token_maps(x)
         pooled = torch.cat([attention_pool(lin, sof), pooled], 0)
-        return self.model.head(pooled), lin, sof
+        if not self.n_trend:
+            return self.model.head(pooled), lin, sof
+        trd = self.model.trend_map(x)
+        trend = torch.cat([trend_pool(trd)[..., 0], extra.pop(0)], 0)
+        return self.model.head(pooled, trend), lin, sof, trd
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
-        """Inputs for tracing: 2 × 1 s of noise, (NaN statistics,) 2 extra pooled maps."""
+        """Inputs for tracing: 2 × 1 s of noise, (NaN statistics,) 2 extra pooled maps (and
+        trends)."""
         g = torch.Generator().manual_seed(0)
         signal = torch.zeros(2, SAMPLE_RATE).normal_(generator=g)
         pooled = torch.zeros(2, *self.pooled_shape()).normal_(generator=g)
-        if self.utterance_norm:
-            return signal, torch.full((1, 2), float("nan")), pooled
-        return signal, pooled
+        out = [signal, torch.full((1, 2), float("nan"))] if self.utterance_norm else [signal]
+        out.append(pooled)
+        if self.n_trend:
+            out.append(torch.zeros(2, self.n_trend).normal_(generator=g))
+        return tuple(out)
 
     def defaults(self) -> dict[str, torch.Tensor]:
         """Default values of the optional inputs (stored as initializers)."""
-        from wav2small.export import NORM_INPUT, POOLED_INPUT
+        from wav2small.export import NORM_INPUT, POOLED_INPUT, TREND_INPUT
 
         out = {POOLED_INPUT: torch.zeros(0, *self.pooled_shape())}
+        if self.n_trend:
+            out[TREND_INPUT] = torch.zeros(0, self.n_trend)
         if self.utterance_norm:
             out[NORM_INPUT] = torch.full((1, 2), float("nan"))
         return out

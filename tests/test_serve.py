@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,13 @@ def _require(what: str, ok: bool) -> None:
 def _export(preset: str, folder: Path, *, int8: bool = False) -> Path:
     """An untrained ``preset`` whose outputs move along speech, exported (fp32 or int8)."""
     torch.manual_seed(3)
-    m = create_model(preset)
+    if preset == "wav2small-paper+trend":  # the preset with the trend pooling option
+        from wav2small.models import PAPER_CONFIG
+        from wav2small.models.wav2small import Wav2Small
+
+        m = Wav2Small(replace(PAPER_CONFIG, trend=8))
+    else:
+        m = create_model(preset)
     m.train()
     clips = pseudo_speech_set(3, seed=5)
     with torch.no_grad():  # BatchNorm statistics of speech: outputs that move along the file
@@ -60,6 +67,7 @@ MODELS = {
     "tiny-int8": ("wav2small-tiny", True),
     "paper-fp32": ("wav2small-paper", False),
     "paper-int8": ("wav2small-paper", True),
+    "paper-trend-fp32": ("wav2small-paper+trend", False),
 }
 
 
@@ -282,12 +290,14 @@ def test_page_in_headless_chromium_equals_predict_timeline(
 
 
 @pytest.mark.browser
-def test_token_stream_in_chromium_any_chunking_equals_predict(exports, wav, tmp_path):
+@pytest.mark.parametrize("key", ["paper-fp32", "paper-trend-fp32"])
+def test_token_stream_in_chromium_any_chunking_equals_predict(exports, wav, tmp_path, key):
     """timeline.js's TokenRunner/WindowPool/TokenTimelineStream in the browser, fed uneven blocks
     with short trunk chunks (overlap recomputed, tokens trimmed and compacted), equal `predict
-    --timeline` on a local-normalisation model."""
+    --timeline` on a local-normalisation model (and on one with the trend pooling: its
+    windowed trend from prefix sums, its head's `trend` input)."""
     sync_playwright, chromium = _playwright_chromium()
-    model = exports("paper-fp32")
+    model = exports(key)
     csv = tmp_path / "cli.csv"
     args = ["--timeline", "0.25", "--context", "1.0", "--out", str(csv)]
     assert main(["predict", str(model), str(wav), *args]) == 0
@@ -306,7 +316,8 @@ def test_token_stream_in_chromium_any_chunking_equals_predict(exports, wav, tmp_
   const meta = t.onnxMetadata(bytes);
   const opts = { executionProviders: ["wasm"] };
   const session = await ort.InferenceSession.create(bytes, opts);
-  const head = await ort.InferenceSession.create(t.withRequiredInputs(bytes, ["pooled"]), opts);
+  const heads = meta.stages.split("->")[0].split(",").slice(2);
+  const head = await ort.InferenceSession.create(t.withRequiredInputs(bytes, heads), opts);
   const staged = new t.StagedModel(session, meta, { headSession: head });
   const stream = new t.TokenTimelineStream(staged, { step: 0.25, context: 1.0, chunkTokens: 60 });
   const rows = [];

@@ -48,8 +48,8 @@ async function loadModel(bytes, name, labels = null) {
   if (reusesTokens(meta)) {
     // onnxruntime-web refuses feeds of optional inputs: the head runs on a variant whose
     // `pooled` input is required
-    const pooledName = meta.stages.split("->")[0].split(",")[2];
-    const head = await ort.InferenceSession.create(withRequiredInputs(bytes, [pooledName]), {
+    const headInputs = meta.stages.split("->")[0].split(",").slice(2); // pooled[, trend]
+    const head = await ort.InferenceSession.create(withRequiredInputs(bytes, headInputs), {
       executionProviders: ["wasm"],
     });
     staged = new StagedModel(timed, meta, { order, headSession: timedRun(head) });

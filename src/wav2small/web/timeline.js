@@ -10,7 +10,9 @@
 //   wav2small-paper): every token is computed once, in the context of the whole signal
 //   (TokenRunner: the trunk chunk by chunk with the receptive field as overlap), each row pools
 //   the tokens whose start lies in its window (WindowPool: prefix sums of the windowed softmax)
-//   and runs only the head (the graph's optional `pooled` input). Port of wav2small/tokens.py
+//   and runs only the head (the graph's optional `pooled` input; a trend model's also its
+//   `trend` input: the slope of its per-token `trd` map over the window, from prefix sums of
+//   x and x·r). Port of wav2small/tokens.py
 //   (StagedModel, TokenRunner, WindowPool) and infer.py's TokenTimelineStream, same names.
 // * any other model (utterance normalisation, e.g. wav2small-tiny; non-staged exports): the
 //   model is run ONCE on the samples of each row's window on its own (TimelineStream).
@@ -224,6 +226,9 @@ export class StagedModel {
     const [ins, outs] = metadata.stages.split("->");
     [this.inputName, this.normName, this.pooledName] = ins.split(","); // normName may be ""
     [this.outputName, this.linName, this.sofName] = outs.split(",");
+    // a trend model's head input and per-token map (models.wav2small.trend_pool), or null
+    this.trendName = ins.split(",")[3] ?? null;
+    this.trdName = outs.split(",")[3] ?? null;
     this.tokenSamples = Number(metadata.token_samples);
     [this.left, this.right] = metadata.receptive_field.split(",").map(Number);
     this.minSamples = Number(metadata.min_samples ?? this.tokenSamples);
@@ -244,18 +249,26 @@ export class StagedModel {
     return Math.max(atLeast, OVERLAP_FACTOR * this.contextTokens);
   }
 
-  /** {lin, sof}: per-token maps (arrays of Float32Array(C·F')) of a chunk (norm: [mean, scale]). */
+  /** {lin, sof[, trd]}: per-token maps (arrays of Float32Array(C·F'); a trend model's trd:
+   * Float32Array(K)) of a chunk (norm: [mean, scale]). */
   async tokens(signal, norm = null) {
     const feeds = { [this.inputName]: new this.Tensor("float32", Float32Array.from(signal), [1, signal.length]) };
     if (norm !== null && this.normName) feeds[this.normName] = new this.Tensor("float32", Float32Array.from(norm), [1, 2]);
-    const out = await this.session.run(feeds, [this.linName, this.sofName]);
+    const names = [this.linName, this.sofName, ...(this.trdName ? [this.trdName] : [])];
+    const out = await this.session.run(feeds, names);
     const [, C, T, F] = out[this.linName].dims;
     this.pooledShape = [C, F];
-    return { lin: tokenMaps(out[this.linName].data, C, T, F), sof: tokenMaps(out[this.sofName].data, C, T, F) };
+    const maps = { lin: tokenMaps(out[this.linName].data, C, T, F), sof: tokenMaps(out[this.sofName].data, C, T, F) };
+    if (this.trdName) {
+      const [, K, , Ft] = out[this.trdName].dims;
+      maps.trd = tokenMaps(out[this.trdName].data, K, T, Ft);
+    }
+    return maps;
   }
 
-  /** A/D/V ([a, d, v] in LABELS order) of pooled maps (Float32Array(C·F') each). */
-  async head(pooled) {
+  /** A/D/V ([a, d, v] in LABELS order) of pooled maps (Float32Array(C·F') each) and, for a
+   * trend model, their trend poolings (Float32Array(K) each). */
+  async head(pooled, trend = null) {
     const [C, F] = this.pooledShape, D = C * F;
     const flat = new Float32Array(pooled.length * D);
     pooled.forEach((p, i) => flat.set(p, i * D));
@@ -263,6 +276,14 @@ export class StagedModel {
       [this.inputName]: new this.Tensor("float32", new Float32Array(this.minSamples), [1, this.minSamples]),
       [this.pooledName]: new this.Tensor("float32", flat, [pooled.length, C, F]),
     };
+    if ((trend === null) !== (this.trendName === null)) {
+      throw new Error(trend === null ? "a trend model's head needs the trend poolings" : "this model has no trend input");
+    }
+    if (trend !== null) {
+      const K = trend[0].length, tflat = new Float32Array(trend.length * K);
+      trend.forEach((t, i) => tflat.set(t, i * K));
+      feeds[this.trendName] = new this.Tensor("float32", tflat, [trend.length, K]);
+    }
     const out = (await this.headSession.run(feeds, [this.outputName]))[this.outputName];
     const k = out.dims[1];
     // row 0 is the dummy signal's
@@ -285,7 +306,7 @@ function tokenMaps(data, C, T, F) {
  * Compute each token of a signal fed in blocks once, chunk by chunk (tokens.TokenRunner): a chunk
  * computing tokens [k, k1) runs the trunk on samples [k·S − left', (k1 − 1)·S + right) and keeps
  * those tokens; the last chunk ends where the signal ends. push/finish resolve to chunks
- * {first, lin, sof}.
+ * {first, lin, sof} (a trend model's with trd).
  */
 export class TokenRunner {
   constructor(model, { norm = null, chunkTokens = null } = {}) {
@@ -329,10 +350,11 @@ export class TokenRunner {
     const s = this.model.tokenSamples, k = this.nextToken;
     const a = Math.max(0, k * s - this.leftN);
     const b = end !== null ? end : (k1 - 1) * s + this.model.right;
-    const { lin, sof } = await this.model.tokens(this.buf.subarray(a - this.first, b - this.first), this.norm);
-    const offset = k - Math.floor(a / s);
-    const stop = k1 === null ? lin.length : Math.min(lin.length, k1 - Math.floor(a / s));
-    const keep = { first: k, lin: lin.slice(offset, stop), sof: sof.slice(offset, stop) };
+    const maps = await this.model.tokens(this.buf.subarray(a - this.first, b - this.first), this.norm);
+    const offset = k - Math.floor(a / s), n = maps.lin.length;
+    const stop = k1 === null ? n : Math.min(n, k1 - Math.floor(a / s));
+    const keep = { first: k };
+    for (const [name, m] of Object.entries(maps)) keep[name] = m.slice(offset, stop);
     this.nextToken = k + keep.lin.length;
     const drop = Math.max(0, this.nextToken * s - this.leftN) - this.first;
     if (drop > 0) {
@@ -347,8 +369,19 @@ export class TokenRunner {
  * Attention pooling Σ lin·softmax(sof) over windows of consecutive tokens, each token added once
  * (tokens.WindowPool): float64 prefix sums of exp(sof − M) and lin·exp(sof − M), M a per-element
  * reference raised (sums rescaled) when a sof exceeds it by HEADROOM; a window whose sum is tiny
- * against the prefix sums is pooled directly from the kept tokens.
+ * against the prefix sums is pooled directly from the kept tokens. With trd maps (a trend model),
+ * trend(windows) gives each window's trend pooling from float64 prefix sums of x and x·r (r the
+ * token's row in the kept arrays, an origin that moves when they are compacted).
  */
+export const TREND_EPS = 1.0; // as wav2small.models.wav2small.TREND_EPS
+
+/** tokens.trend_of_sums: the trend of n consecutive tokens t0 … from Σx and Σx·(t − t0's origin). */
+export function trendOfSums(n, sx, sxr, t0) {
+  const out = new Float32Array(sx.length), denom = n * Math.sqrt((n * n - 1) / 12 + TREND_EPS);
+  for (let k = 0; k < sx.length; k++) out[k] = (sxr[k] - sx[k] * (t0 + (n - 1) / 2)) / denom;
+  return out;
+}
+
 export class WindowPool {
   static MIN_RELATIVE = 1e-9;
   static HEADROOM = 50.0;
@@ -361,15 +394,24 @@ export class WindowPool {
     this.sof = [];
     this.ps = [];
     this.pa = [];
+    this.trd = null; // a trend model's per-token Float32Array(K), with prefix sums px, pxr
+    this.px = [];
+    this.pxr = [];
   }
 
   get end() {
     return this.first + this.lin.length - this.lo;
   }
 
-  add(lin, sof) {
+  add(lin, sof, trd = null) {
     const n = sof.length;
     if (!n) return;
+    if (this.ref === null && trd !== null) {
+      this.trd = [];
+      this.px = [new Float64Array(trd[0].length)];
+      this.pxr = [new Float64Array(trd[0].length)];
+    }
+    if ((trd === null) !== (this.trd === null)) throw new Error("trd maps must be given with every chunk or with none");
     const D = sof[0].length, top = new Float64Array(D).fill(-Infinity);
     for (const t of sof) for (let d = 0; d < D; d++) if (t[d] > top[d]) top[d] = t[d];
     if (this.ref === null) {
@@ -387,10 +429,10 @@ export class WindowPool {
       }
       this.ref = next;
     }
-    for (let t = 0; t < n; t++) this._append(lin[t], sof[t]);
+    for (let t = 0; t < n; t++) this._append(lin[t], sof[t], trd && trd[t]);
   }
 
-  _append(lin, sof) {
+  _append(lin, sof, trd = null) {
     const D = sof.length, s0 = this.ps[this.ps.length - 1], a0 = this.pa[this.pa.length - 1];
     const s1 = new Float64Array(D), a1 = new Float64Array(D);
     for (let d = 0; d < D; d++) {
@@ -402,6 +444,18 @@ export class WindowPool {
     this.sof.push(sof);
     this.ps.push(s1);
     this.pa.push(a1);
+    if (trd !== null) {
+      const r = this.trd.length, K = trd.length;
+      const x0 = this.px[this.px.length - 1], xr0 = this.pxr[this.pxr.length - 1];
+      const x1 = new Float64Array(K), xr1 = new Float64Array(K);
+      for (let k = 0; k < K; k++) {
+        x1[k] = x0[k] + trd[k];
+        xr1[k] = xr0[k] + trd[k] * r;
+      }
+      this.trd.push(trd);
+      this.px.push(x1);
+      this.pxr.push(xr1);
+    }
   }
 
   /** Forget the tokens before absolute index `first`. */
@@ -416,9 +470,15 @@ export class WindowPool {
    * _compact: re-basing by subtraction would keep the rounding error of forgotten terms). */
   _compact() {
     const lin = this.lin.slice(this.lo), sof = this.sof.slice(this.lo);
+    const trd = this.trd === null ? null : this.trd.slice(this.lo);
     this.lo = 0;
     this.lin = [];
     this.sof = [];
+    if (trd !== null) {
+      this.trd = [];
+      this.px = [this.px[0].fill(0)];
+      this.pxr = [this.pxr[0].fill(0)];
+    }
     if (!sof.length) {
       this.ps = [this.ps[this.ps.length - 1].fill(0)];
       this.pa = [this.pa[this.pa.length - 1].fill(0)];
@@ -429,7 +489,22 @@ export class WindowPool {
     for (const t of sof) for (let d = 0; d < D; d++) if (t[d] > this.ref[d]) this.ref[d] = t[d];
     this.ps = [new Float64Array(D)];
     this.pa = [new Float64Array(D)];
-    for (let t = 0; t < sof.length; t++) this._append(lin[t], sof[t]);
+    for (let t = 0; t < sof.length; t++) this._append(lin[t], sof[t], trd && trd[t]);
+  }
+
+  /** Trend poolings (Float32Array(K) each) of token windows [j0, j1), or null without trd. */
+  trend(windows) {
+    if (this.trd === null) return null;
+    return windows.map(([j0, j1]) => {
+      const i0 = j0 - this.first + this.lo, i1 = j1 - this.first + this.lo;
+      if (i0 < this.lo || i1 > this.lin.length || i1 <= i0) throw new Error("window outside the kept tokens");
+      const K = this.px[i1].length, sx = new Float64Array(K), sxr = new Float64Array(K);
+      for (let k = 0; k < K; k++) {
+        sx[k] = this.px[i1][k] - this.px[i0][k];
+        sxr[k] = this.pxr[i1][k] - this.pxr[i0][k];
+      }
+      return trendOfSums(i1 - i0, sx, sxr, i0);
+    });
   }
 
   /** Pooled maps (Float32Array(C·F') each) of token windows [j0, j1) (absolute, non-empty). */
@@ -490,12 +565,12 @@ export class TokenTimelineStream {
 
   async push(chunk) {
     this.total += chunk.length;
-    for (const { lin, sof } of await this.runner.push(Float32Array.from(chunk))) this.pool.add(lin, sof);
+    for (const { lin, sof, trd } of await this.runner.push(Float32Array.from(chunk))) this.pool.add(lin, sof, trd ?? null);
     return this._emitReady(false);
   }
 
   async close() {
-    for (const { lin, sof } of await this.runner.finish()) this.pool.add(lin, sof);
+    for (const { lin, sof, trd } of await this.runner.finish()) this.pool.add(lin, sof, trd ?? null);
     return this._emitReady(true);
   }
 
@@ -515,7 +590,7 @@ export class TokenTimelineStream {
         const j0 = Math.min(Math.ceil(Math.max(0, end - this.contextN) / s), j1 - 1);
         return [Math.max(j0, 0), j1];
       });
-      const values = await this.staged.head(pool.pool(windows));
+      const values = await this.staged.head(pool.pool(windows), pool.trend(windows));
       ends.forEach((e, i) => {
         if (!values[i].every(Number.isFinite)) throw new Error("the model returned NaN or Inf");
         rows.push({ file: this.name, start: seconds(Math.max(0, e - this.contextN)), end: seconds(e), values: values[i] });

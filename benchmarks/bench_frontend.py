@@ -47,8 +47,8 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         "the same with local normalisation (dB minus its mean over ±0.5 s)",
     ),
     "dil27": (
-        PAPER_CONFIG,
-        "the wav2small-paper preset: local normalisation, dilations 1, 3, 9, 27 (±164 ms)",
+        replace(PAPER_CONFIG, trend=0),
+        "the former wav2small-paper preset: local normalisation, dilations 1, 3, 9, 27 (±164 ms)",
     ),
     "salience": (
         Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=125),
@@ -65,12 +65,13 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         "trunk context, an utterance-scale F0 trend); width 53",
     ),
     "trend": (
-        replace(PAPER_CONFIG, trend=8),
-        "dil27 + trend pooling: the slope over the clip of an 8-channel 1×1 map (order-aware, "
-        "utterance-level; the corpus's valence is an utterance-scale F0 ramp)",
+        PAPER_CONFIG,
+        "the wav2small-paper preset: dil27 + trend pooling (the slope over the clip of an "
+        "8-channel 1×1 map: order-aware, utterance-level; the corpus's valence is an "
+        "utterance-scale F0 ramp)",
     ),
     "salience-trend": (
-        Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=125, trend=8),
+        Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=125, trend=PAPER_CONFIG.trend),
         "salience + trend pooling (8 channels); width 63",
     ),
 }
@@ -82,6 +83,11 @@ DEFAULT_RUNS = [
     "long:1000:3",
     "salience:2000",
     "salience-norm2s:2000",
+    "trend:1000",
+    "salience-trend:1000",
+    "trend:2000",
+    "dil27:1000:4",
+    "trend:1000:4",
 ]
 for _name, (_cfg, _) in VARIANTS.items():
     register_model(f"wav2small-study-{_name}", lambda c=_cfg: Wav2Small(c))

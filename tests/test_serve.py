@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import threading
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.cli import main
-from wav2small.export import export_onnx, quantize_int8
+from wav2small.export import export_onnx, quantize_int8, read_metadata
 from wav2small.infer import read_table, timeline_bounds
 from wav2small.models import create_model
 from wav2small.serve import check_vendor, make_server, web_root
@@ -42,13 +41,7 @@ def _require(what: str, ok: bool) -> None:
 def _export(preset: str, folder: Path, *, int8: bool = False) -> Path:
     """An untrained ``preset`` whose outputs move along speech, exported (fp32 or int8)."""
     torch.manual_seed(3)
-    if preset == "wav2small-paper+trend":  # the preset with the trend pooling option
-        from wav2small.models import PAPER_CONFIG
-        from wav2small.models.wav2small import Wav2Small
-
-        m = Wav2Small(replace(PAPER_CONFIG, trend=8))
-    else:
-        m = create_model(preset)
+    m = create_model(preset)
     m.train()
     clips = pseudo_speech_set(3, seed=5)
     with torch.no_grad():  # BatchNorm statistics of speech: outputs that move along the file
@@ -67,7 +60,6 @@ MODELS = {
     "tiny-int8": ("wav2small-tiny", True),
     "paper-fp32": ("wav2small-paper", False),
     "paper-int8": ("wav2small-paper", True),
-    "paper-trend-fp32": ("wav2small-paper+trend", False),
 }
 
 
@@ -290,14 +282,14 @@ def test_page_in_headless_chromium_equals_predict_timeline(
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("key", ["paper-fp32", "paper-trend-fp32"])
-def test_token_stream_in_chromium_any_chunking_equals_predict(exports, wav, tmp_path, key):
+def test_token_stream_in_chromium_any_chunking_equals_predict(exports, wav, tmp_path):
     """timeline.js's TokenRunner/WindowPool/TokenTimelineStream in the browser, fed uneven blocks
     with short trunk chunks (overlap recomputed, tokens trimmed and compacted), equal `predict
-    --timeline` on a local-normalisation model (and on one with the trend pooling: its
+    --timeline` on a local-normalisation model with the trend pooling (wav2small-paper: its
     windowed trend from prefix sums, its head's `trend` input)."""
     sync_playwright, chromium = _playwright_chromium()
-    model = exports(key)
+    model = exports("paper-fp32")
+    assert "trend" in read_metadata(model)["stages"]
     csv = tmp_path / "cli.csv"
     args = ["--timeline", "0.25", "--context", "1.0", "--out", str(csv)]
     assert main(["predict", str(model), str(wav), *args]) == 0

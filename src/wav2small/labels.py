@@ -541,6 +541,17 @@ def _load_cli_teacher(args):
     return load_teacher(args.teacher, device=args.device, clip=args.clip)
 
 
+def report(result: LabelResult) -> int:
+    """Print a label job's summary (rows, speed, skipped files) for the CLI; returns exit 0."""
+    print(
+        f"{result.out}: {result.rows} rows ({result.labelled} labelled now, "
+        f"{result.audio_seconds:.1f} s of audio at {result.speed:.1f} audio-s/s)"
+    )
+    if result.skipped:  # each reason was logged once as a warning
+        print(f"skipped {len(result.skipped)}, listed in {skipped_path(result.out)}")
+    return 0
+
+
 def label_cli(args) -> int:
     """``wav2small label`` entry point."""
     with output_lock(args.out):  # held from before the teacher loads: a second writer fails fast
@@ -555,13 +566,7 @@ def label_cli(args) -> int:
             teacher_name=None,
             progress=getattr(args, "progress", True),
         )
-    print(
-        f"{result.out}: {result.rows} rows ({result.labelled} labelled now, "
-        f"{result.audio_seconds:.1f} s of audio at {result.speed:.1f} audio-s/s)"
-    )
-    if result.skipped:  # each reason was logged once as a warning
-        print(f"skipped {len(result.skipped)}, listed in {skipped_path(result.out)}")
-    return 0
+    return report(result)
 
 
 __all__ = [

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from wav2small import LABELS
-from wav2small.inputs import check_any_good, output_lock, skipped_path, write_skipped
+from wav2small.inputs import check_any_good, output_lock, write_skipped
 from wav2small.labels import (
     DEFAULT_BATCH_SECONDS,
     DEFAULT_SHARD_ROWS,
@@ -52,6 +52,7 @@ from wav2small.labels import (
     parts_dir,
     probe,
     read_manifest,
+    report,
     shortest_input,
     start_job,
     teacher_fingerprint,
@@ -493,13 +494,7 @@ def label_ray_cli(args) -> int:
         threads=args.threads or 0,
         progress=getattr(args, "progress", True),
     )
-    print(
-        f"{result.out}: {result.rows} rows ({result.labelled} labelled now, "
-        f"{result.audio_seconds:.1f} s of audio at {result.speed:.1f} audio-s/s)"
-    )
-    if result.skipped:  # each reason was logged once as a warning
-        print(f"skipped {len(result.skipped)}, listed in {skipped_path(result.out)}")
-    return 0
+    return report(result)
 
 
 __all__ = ["TeacherWorker", "decode_group", "label_ray", "label_ray_cli"]

@@ -36,3 +36,22 @@ def test_parameters_latency_and_rss(tiny_onnx):
     assert median_ms(lambda: None, repeats=3, warmup=0) >= 0
     rss = rss_increase_mb(path, seconds=1.0)
     assert 0 < rss["session"] <= rss["total"] < 500
+
+
+def test_make_bench_places_every_benchmark_script():
+    """A new bench_*.py must be put in make bench's BUDGET or in SEPARATE, never run by accident."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("run_all", folder / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    on_disk = {p.stem for p in folder.glob("bench_*.py")}
+    assert on_disk == set(run_all.BUDGET) | set(run_all.SEPARATE)
+    assert not set(run_all.BUDGET) & set(run_all.SEPARATE)
+    assert [s.stem for s in run_all.scripts()][-1] == "bench_results"
+    assert [s.stem for s in run_all.scripts(["models", "results"])] == [
+        "bench_models",
+        "bench_results",
+    ]

@@ -188,6 +188,22 @@ def _seconds(n: int) -> float:
     return round(n / SAMPLE_RATE, TIME_DECIMALS)
 
 
+def _seconds_array(n: np.ndarray) -> np.ndarray:
+    """:func:`_seconds` of many sample counts, equal to it element by element (float64).
+
+    An even ``n`` is ``n·62.5`` µs, a whole number of µs: ``n / 16000`` (correctly rounded) is
+    already the double nearest to that 6-decimal value, which is what ``round`` returns. Odd
+    counts (half-µs ties, decided by the binary value) go through ``round`` itself.
+    """
+    n = np.asarray(n, np.int64)
+    out = n / SAMPLE_RATE
+    if SAMPLE_RATE != 16000 or TIME_DECIMALS != 6:  # the argument above is for these
+        return np.array([_seconds(int(v)) for v in n], np.float64)
+    for i in np.flatnonzero(n % 2):
+        out[i] = _seconds(int(n[i]))
+    return out
+
+
 def _samples(seconds: float, what: str) -> int:
     if not seconds or seconds <= 0 or not math.isfinite(seconds):
         raise ValueError(f"{what} must be a positive number of seconds, got {seconds}")
@@ -730,14 +746,7 @@ class TimelineStream:
             AudioError: NaN/Inf samples or a bad shape (naming the stream).
             RuntimeError: the stream is closed.
         """
-        if self.closed:
-            raise RuntimeError(f"{self.name}: push() after close()")
-        chunk = np.asarray(chunk)
-        if chunk.size:
-            x = to_mono_16k(chunk, SAMPLE_RATE, name=self.name)  # checks, mono, float32
-            if self._resampler is not None:
-                x = self._resampler.resample_chunk(x)
-            self._feed(x)
+        self._add(chunk)
         return self._frame()
 
     def close(self) -> pd.DataFrame:
@@ -786,18 +795,26 @@ class TimelineStream:
 
     def push_array(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`push` without pandas: ``(bounds, values)``: (rows, 2) seconds, (rows, 3)."""
+        self._add(chunk)
+        bounds, values = self._take_arrays()
+        return bounds, np.clip(values, 0.0, 1.0) if self.clip else values
+
+    def _add(self, chunk: np.ndarray) -> None:
+        """Check, convert (mono, 16 kHz, float32) and feed one pushed chunk."""
         if self.closed:
             raise RuntimeError(f"{self.name}: push() after close()")
         chunk = np.asarray(chunk)
         if chunk.size:
-            x = to_mono_16k(chunk, SAMPLE_RATE, name=self.name)
+            x = to_mono_16k(chunk, SAMPLE_RATE, name=self.name)  # checks, mono, float32
             if self._resampler is not None:
                 x = self._resampler.resample_chunk(x)
             self._feed(x)
+
+    def _take_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The completed rows as (rows, 2) seconds and (rows, labels) values; forgets them."""
         rows = self._take()
         bounds = np.array([(r[1], r[2]) for r in rows], np.float64).reshape(-1, 2)
-        values = np.array([r[3] for r in rows], np.float32).reshape(-1, len(LABELS))
-        return bounds, np.clip(values, 0.0, 1.0) if self.clip else values
+        return bounds, np.array([r[3] for r in rows], np.float32).reshape(-1, len(LABELS))
 
 
 class TokenTimelineStream(TimelineStream):
@@ -844,6 +861,7 @@ class TokenTimelineStream(TimelineStream):
         self._runner = TokenRunner(staged, norm=norm, chunk_tokens=chunk_tokens)
         self._pool = WindowPool()
         self._total = 0
+        self._blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (bounds, values) not yet taken
 
     @property
     def seconds(self) -> float:
@@ -860,7 +878,9 @@ class TokenTimelineStream(TimelineStream):
         self._total += len(x)
         for _, *maps in self._runner.push(x):
             self._pool.add(*maps)
-        self._emit_ready(final=False)
+        end = self._next_end  # most pushes complete no row: decide that cheaply
+        if end <= self._total and end // self.staged.token_samples <= self._pool.end:
+            self._emit_ready(final=False)
 
     def _finish(self) -> None:
         self.closed = True
@@ -869,32 +889,46 @@ class TokenTimelineStream(TimelineStream):
         self._emit_ready(final=True)
 
     def _emit_ready(self, *, final: bool) -> None:
-        s = self.staged.token_samples
-        ends = []
-        while self._next_end <= self._total and (final or self._next_end // s <= self._pool.end):
-            ends.append(self._next_end)
-            self._next_end += self.step_n
-        last = ends[-1] if ends else self._last_end
+        s, pool_end = self.staged.token_samples, self._pool.end
+        # rows end every step up to the samples received and, but at the end, up to the last
+        # sample whose token is computed (end // s <= pool_end)
+        limit = self._total if final else min(self._total, (pool_end + 1) * s - 1)
+        count = max(0, (limit - self._next_end) // self.step_n + 1)
+        ends = self._next_end + self.step_n * np.arange(count, dtype=np.int64)
+        self._next_end += count * self.step_n
+        last = int(ends[-1]) if count else self._last_end
         if final and self._total > last and self._total >= MIN_SAMPLES:
-            ends.append(self._total)
-        if ends and self._pool.end > self._pool.first:
-            windows = []
-            for end in ends:
-                # tokens whose start lies in the window (a long front-end window can leave
-                # the last few samples without a token of their own)
-                j1 = self._pool.end if final and end == self._total else end // s
-                j1 = min(j1, self._pool.end)
-                j0 = min(-(-max(0, end - self.context_n) // s), j1 - 1)
-                windows.append((max(j0, 0), j1))
+            ends = np.append(ends, self._total)
+        if len(ends) and pool_end > self._pool.first:
+            # tokens whose start lies in the window (a long front-end window can leave the
+            # last few samples without a token of their own)
+            j1 = np.where(final & (ends == self._total), pool_end, ends // s)
+            j1 = np.minimum(j1, pool_end)
+            starts = np.maximum(0, ends - self.context_n)
+            j0 = np.maximum(np.minimum(-(-starts // s), j1 - 1), 0)
+            windows = np.stack([j0, j1], 1)
             values = self.staged.head(self._pool.pool(windows), self._pool.trend(windows))
-            self._rows += [
-                (self.name, _seconds(max(0, e - self.context_n)), _seconds(e), y)
-                for e, y in zip(ends, values, strict=True)
-            ]
-            self._last_end = ends[-1]
+            bounds = np.stack([_seconds_array(starts), _seconds_array(ends)], 1)
+            self._blocks.append((bounds, values))
+            self._last_end = int(ends[-1])
         # keep the tokens of the next row, or of a last row ending before it
         start = max(0, self._next_end - self.step_n - self.context_n)
         self._pool.trim(start // s - 1)
+
+    def _take(self) -> list[Row]:
+        bounds, values = self._take_arrays()
+        return [
+            (self.name, float(a), float(b), y)
+            for (a, b), y in zip(bounds.tolist(), values, strict=True)
+        ]
+
+    def _take_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        blocks, self._blocks = self._blocks, []
+        if not blocks:
+            return np.zeros((0, 2)), np.zeros((0, len(LABELS)), np.float32)
+        if len(blocks) == 1:
+            return blocks[0]
+        return tuple(np.concatenate(parts) for parts in zip(*blocks, strict=True))
 
 
 def _staged_model(backend) -> StagedModel | None:

@@ -163,6 +163,51 @@ def signal_stats(blocks: Iterable[np.ndarray]) -> np.ndarray:
 
 
 # --- chunked tokens ----------------------------------------------------------------------------
+class SampleBuffer:
+    """The recent samples of a stream: append blocks, read a span, forget a prefix.
+
+    Appending copies the block into spare capacity (amortised O(block), not O(kept) as a
+    concatenation per block would be: a live stream appends 20 ms at a time to seconds of kept
+    audio). Indices are absolute sample positions since the stream began.
+    """
+
+    def __init__(self) -> None:
+        self._data = np.zeros(0, np.float32)
+        self._lo = self._hi = 0  # kept samples are _data[_lo:_hi]
+        self.first = 0  # absolute index of the first kept sample
+
+    @property
+    def end(self) -> int:
+        """Absolute index after the last sample appended."""
+        return self.first + self._hi - self._lo
+
+    def append(self, block: np.ndarray) -> None:
+        """Append samples (copied, as float32)."""
+        n = len(block)
+        if self._hi + n > len(self._data):
+            kept = self._hi - self._lo
+            if kept + n > len(self._data) // 2:  # grow: at most half full after the move
+                data = np.zeros(2 * (kept + n), np.float32)
+            else:
+                data = self._data
+            data[:kept] = self._data[self._lo : self._hi]
+            self._data, self._lo, self._hi = data, 0, kept
+        self._data[self._hi : self._hi + n] = block
+        self._hi += n
+
+    def view(self, start: int, stop: int) -> np.ndarray:
+        """The kept samples ``[start, stop)`` (absolute; a view, valid until the next append)."""
+        if start < self.first or stop > self.end or stop < start:
+            raise ValueError(f"samples [{start}, {stop}) not in [{self.first}, {self.end})")
+        return self._data[self._lo + start - self.first : self._lo + stop - self.first]
+
+    def forget(self, before: int) -> None:
+        """Forget the samples before absolute index ``before``."""
+        drop = min(max(0, before - self.first), self._hi - self._lo)
+        self._lo += drop
+        self.first += drop
+
+
 class TokenRunner:
     """Compute each token of a signal fed in blocks once, chunk by chunk, exactly.
 
@@ -193,28 +238,24 @@ class TokenRunner:
         self.chunk_tokens = max(1, int(chunk_tokens or model.chunk_tokens()))
         s = model.token_samples
         self.left_n = -(-model.left // s) * s
-        self._buf = np.zeros(0, np.float32)
-        self._first = 0  # absolute sample index of _buf[0] (a multiple of S)
+        self._buf = SampleBuffer()
         self.next_token = 0  # first token not yet computed
         self.samples = 0  # samples received
+        # samples after which the next chunk is computable
+        self._due = (self.chunk_tokens - 1) * s + model.right
 
     def push(self, block: np.ndarray) -> Iterator[tuple]:
         """Add samples; yield ``(first_token, lin, sof)`` (a trend model: ``…, trd)``) for every
         chunk that became complete."""
-        block = np.asarray(block, np.float32)
-        if block.size:
-            self._buf = np.concatenate([self._buf, block])
+        if len(block):
+            self._buf.append(block)
             self.samples += len(block)
-        s = self.model.token_samples
-        while True:
-            ready = (self.samples - self.model.right) // s + 1  # tokens computable now
-            if ready - self.next_token < self.chunk_tokens:
-                return
+        while self.samples >= self._due:  # the chunk's last token is computable
             yield self._run(self.next_token + self.chunk_tokens, end=None)
 
     def finish(self) -> Iterator[tuple]:
         """End of signal: yield the remaining tokens (the chunk ends where the signal ends)."""
-        if self.samples - self._first >= self.model.min_samples:
+        if self.samples - self._buf.first >= self.model.min_samples:
             out = self._run(None, end=self.samples)
             if out[1].shape[1]:
                 yield out
@@ -223,14 +264,13 @@ class TokenRunner:
         s, k = self.model.token_samples, self.next_token
         a = max(0, k * s - self.left_n)
         b = end if end is not None else (k1 - 1) * s + self.model.right
-        maps = self.model.tokens(self._buf[a - self._first : b - self._first], self.norm)
+        maps = self.model.tokens(self._buf.view(a, b), self.norm)
         offset = k - a // s
         stop = None if k1 is None else k1 - a // s
         maps = tuple(m[:, offset:stop] for m in maps)
         self.next_token = k + maps[0].shape[1]
-        drop = max(0, self.next_token * s - self.left_n) - self._first
-        if drop > 0:
-            self._buf, self._first = self._buf[drop:], self._first + drop
+        self._due = (self.next_token + self.chunk_tokens - 1) * s + self.model.right
+        self._buf.forget(self.next_token * s - self.left_n)
         return (k, *maps)
 
 
@@ -410,12 +450,18 @@ class WindowPool:
         self._lo += drop
         self.first += drop
 
-    def pool(self, windows: list[tuple[int, int]]) -> np.ndarray:
-        """Pooled maps (len(windows), C, F') of token windows ``[j0, j1)`` (absolute, non-empty)."""
-        i0 = np.array([j0 for j0, _ in windows], dtype=np.int64) - self.first + self._lo
-        i1 = np.array([j1 for _, j1 in windows], dtype=np.int64) - self.first + self._lo
+    def _rows(self, windows) -> tuple[np.ndarray, np.ndarray]:
+        """Buffer rows (i0, i1) of absolute token windows: pairs or an (n, 2) integer array."""
+        w = np.asarray(windows, dtype=np.int64).reshape(-1, 2) - (self.first - self._lo)
+        i0, i1 = w[:, 0], w[:, 1]
         if self.ref is None or i0.min() < self._lo or i1.max() > self._hi or (i1 <= i0).any():
             raise ValueError("window outside the kept tokens")
+        return i0, i1
+
+    def pool(self, windows) -> np.ndarray:
+        """Pooled maps (len(windows), C, F') of token windows ``[j0, j1)`` (absolute, non-empty;
+        pairs or an (n, 2) integer array)."""
+        i0, i1 = self._rows(windows)
         ps, pa = self._ps, self._pa
         s, a = ps[i1] - ps[i0], pa[i1] - pa[i0]
         out = a / np.where(s > 0, s, 1.0)
@@ -426,14 +472,11 @@ class WindowPool:
             out[r] = (e * self._lin[i0[r] : i1[r]]).sum(0) / e.sum(0)
         return out.astype(np.float32)
 
-    def trend(self, windows: list[tuple[int, int]]) -> np.ndarray | None:
-        """Trend poolings (len(windows), K) of token windows ``[j0, j1)`` (absolute, non-empty),
-        or None when no ``trd`` maps were added."""
+    def trend(self, windows) -> np.ndarray | None:
+        """Trend poolings (len(windows), K) of token windows ``[j0, j1)`` (as :meth:`pool`), or
+        None when no ``trd`` maps were added."""
         if self._trd is None:
             return None
-        i0 = np.array([j0 for j0, _ in windows], dtype=np.int64) - self.first + self._lo
-        i1 = np.array([j1 for _, j1 in windows], dtype=np.int64) - self.first + self._lo
-        if i0.min() < self._lo or i1.max() > self._hi or (i1 <= i0).any():
-            raise ValueError("window outside the kept tokens")
+        i0, i1 = self._rows(windows)
         sx, sxr = self._px[i1] - self._px[i0], self._pxr[i1] - self._pxr[i0]
         return trend_of_sums(i1 - i0, sx, sxr, i0).astype(np.float32)

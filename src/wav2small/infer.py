@@ -923,9 +923,9 @@ class TokenTimelineStream(TimelineStream):
         ]
 
     def _take_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        blocks, self._blocks = self._blocks, []
-        if not blocks:
+        if not self._blocks:
             return np.zeros((0, 2)), np.zeros((0, len(LABELS)), np.float32)
+        blocks, self._blocks = self._blocks, []
         if len(blocks) == 1:
             return blocks[0]
         return tuple(np.concatenate(parts) for parts in zip(*blocks, strict=True))

@@ -244,14 +244,16 @@ class TokenRunner:
         # samples after which the next chunk is computable
         self._due = (self.chunk_tokens - 1) * s + model.right
 
-    def push(self, block: np.ndarray) -> Iterator[tuple]:
-        """Add samples; yield ``(first_token, lin, sof)`` (a trend model: ``…, trd)``) for every
-        chunk that became complete."""
+    def push(self, block: np.ndarray) -> list[tuple]:
+        """Add samples; return ``(first_token, lin, sof)`` (a trend model: ``…, trd)``) for every
+        chunk that became complete (most pushes of a live stream: none)."""
         if len(block):
             self._buf.append(block)
             self.samples += len(block)
+        out = []
         while self.samples >= self._due:  # the chunk's last token is computable
-            yield self._run(self.next_token + self.chunk_tokens, end=None)
+            out.append(self._run(self.next_token + self.chunk_tokens, end=None))
+        return out
 
     def finish(self) -> Iterator[tuple]:
         """End of signal: yield the remaining tokens (the chunk ends where the signal ends)."""
@@ -354,6 +356,9 @@ class WindowPool:
     #: How far ``sof`` may exceed the reference before the sums are rescaled (float64 holds
     #: e^50 · 1e9 tokens easily; rescaling at every new maximum would cost O(kept) per chunk).
     HEADROOM = 50.0
+    #: Capacity / (kept + new) tokens after a reallocation: a compaction (which recomputes the
+    #: kept tokens' sums) comes every ≈ (GROWTH − 1) × kept tokens added, not every kept.
+    GROWTH = 4
 
     def __init__(self) -> None:
         self.first = 0  # absolute index of the first kept token
@@ -391,12 +396,13 @@ class WindowPool:
         if self._hi + n > len(self._lin):
             self._compact(n)
         e = np.exp(sof64 - self.ref)
+        ea = e * lin
         lo, hi = self._hi, self._hi + n
         self._lin[lo:hi], self._sof[lo:hi] = lin, sof
+        e[0] += self._ps[lo]  # the sums continue from the last kept token's
+        ea[0] += self._pa[lo]
         np.cumsum(e, 0, out=self._ps[lo + 1 : hi + 1])
-        self._ps[lo + 1 : hi + 1] += self._ps[lo]
-        np.cumsum(e * lin, 0, out=self._pa[lo + 1 : hi + 1])
-        self._pa[lo + 1 : hi + 1] += self._pa[lo]
+        np.cumsum(ea, 0, out=self._pa[lo + 1 : hi + 1])
         if trd is not None:
             self._trd[lo:hi] = trd[..., 0].T
             self._trend_sums(lo, hi)
@@ -405,11 +411,11 @@ class WindowPool:
     def _trend_sums(self, lo: int, hi: int) -> None:
         """Prefix sums of x and x·r over buffer rows [lo, hi), continuing those up to ``lo``."""
         x = self._trd[lo:hi].astype(np.float64)
-        r = np.arange(lo, hi, dtype=np.float64)[:, None]
+        xr = x * np.arange(lo, hi, dtype=np.float64)[:, None]
+        x[0] += self._px[lo]
+        xr[0] += self._pxr[lo]
         np.cumsum(x, 0, out=self._px[lo + 1 : hi + 1])
-        self._px[lo + 1 : hi + 1] += self._px[lo]
-        np.cumsum(x * r, 0, out=self._pxr[lo + 1 : hi + 1])
-        self._pxr[lo + 1 : hi + 1] += self._pxr[lo]
+        np.cumsum(xr, 0, out=self._pxr[lo + 1 : hi + 1])
 
     def _alloc(self, capacity: int, shape: tuple, n_trend: int | None = None) -> None:
         self._lin = np.zeros((capacity, *shape), np.float32)
@@ -428,9 +434,11 @@ class WindowPool:
         kept = self._hi - self._lo
         lin, sof = self._lin[self._lo : self._hi], self._sof[self._lo : self._hi]
         trd = None if self._trd is None else self._trd[self._lo : self._hi]
-        if kept + n > len(self._lin) // 2:
+        if kept + n > len(self._lin) // self.GROWTH:
             old = (lin, sof, trd)
-            self._alloc(2 * (kept + n), self.ref.shape, None if trd is None else trd.shape[1])
+            self._alloc(
+                self.GROWTH * (kept + n), self.ref.shape, None if trd is None else trd.shape[1]
+            )
             lin, sof, trd = old
         self._lin[:kept], self._sof[:kept] = lin.copy(), sof.copy()
         if trd is not None:

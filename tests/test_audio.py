@@ -145,6 +145,24 @@ def test_validate_arrays():
     assert validate(x, "clip") is x
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 2e4, -1.5e4])
+def test_validate_finds_one_bad_sample_anywhere(dtype, bad):
+    """Non-finite or absurd samples are refused in every float type, wherever they are (a
+    live stream checks each 20 ms chunk with one reduction; no sample may slip through)."""
+    for where in (0, 159, 319):
+        x = np.full(320, 0.5, np.float32)
+        x[where] = bad
+        x = x.astype(dtype)
+        match = "samples up to" if np.isfinite(x[where]) else "contains NaN or Inf"
+        with pytest.raises(AudioError, match=match):
+            validate(x, "clip")
+    edge = np.full(320, 1e4, np.float32)  # the largest accepted peak, and its negative
+    edge[::2] *= -1
+    assert validate(edge, "clip") is edge
+    assert validate(np.full((160, 2), 0.9), "clip").shape == (160, 2)
+
+
 def test_to_mono_16k_bad_arrays():
     with pytest.raises(AudioError, match="looks like \\(channels, samples\\)"):
         to_mono_16k(np.zeros((2, 16000), np.float32), SAMPLE_RATE, name="x")

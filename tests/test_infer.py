@@ -19,9 +19,12 @@ from wav2small import LABELS, SAMPLE_RATE
 from wav2small.audio import AudioError
 from wav2small.infer import (
     INDEX,
+    STREAM_CHUNK_TOKENS,
     OnnxBackend,
     Predictor,
     TimelineStream,
+    _seconds,
+    _seconds_array,
     read_table,
     timeline_bounds,
     window_bounds,
@@ -312,13 +315,13 @@ def test_token_stream_equals_offline_token_timeline(onnx_predictor):
     assert len(offline) == 1325  # a row every token (5.3 s / 4 ms), the last at the end
     rng = np.random.default_rng(0)
     stream = onnx_predictor.stream(step=0.004, context=1.5, norm=norm)
-    assert stream.latency == pytest.approx((50 * 64 + 448 - 64) / SR)
+    assert stream.latency == pytest.approx((52 * 64 + 448 - 64) / SR)  # 4 × 13 tokens of field
     parts, i = [], 0
     while i < len(x):  # chunks from 1 sample to 0.7 s, as a sound card might deliver
         n = int(rng.choice([1, 37, 256, 320, 4000, 11200]))
         parts.append(stream.push(x[i : i + n]))
         i += n
-        assert stream._pool.end - stream._pool.first <= (1.5 + 0.004 + 0.7) * 250 + 2 * 50
+        assert stream._pool.end - stream._pool.first <= (1.5 + 0.004 + 0.7) * 250 + 2 * 52
     parts.append(stream.close())
     streamed = pd.concat(parts)
     ends = streamed.index.get_level_values("end").to_numpy()
@@ -715,6 +718,45 @@ def test_trend_model_chunked_whole_file_equals_one_pass(trend_models, tmp_path, 
         # the trend matters: the time-reversed clip's trend is (about) negated
         flip = p.predict((x[::-1].copy(), SR)).to_numpy()[0]
         assert np.abs(flip - one_pass).max() > 1e-3
+
+
+@pytest.mark.parametrize("chunk_tokens", [5, 64, None, 5000])
+def test_stream_of_20ms_pushes_equals_the_timeline_and_keeps_its_stated_latency(
+    trend_models, chunk_tokens
+):
+    """Whatever the tokens per trunk call, a stream fed 20 ms pushes gives the offline timeline
+    (4 ms step: a row per token), and each row comes back within its stated latency."""
+    p = Predictor(trend_models["onnx"])
+    x = speechy(5.3, 31)
+    offline = p.timeline((x, SR), step=0.004, context=1.0, progress=False)
+    stream = p.stream(step=0.004, context=1.0, chunk_tokens=chunk_tokens)
+    s, push = p.staged.token_samples, 320
+    chunk = stream._runner.chunk_tokens
+    assert chunk == (chunk_tokens or p.staged.chunk_tokens(STREAM_CHUNK_TOKENS))
+    assert stream.latency == pytest.approx((chunk * s + p.staged.right - s) / SR)
+    values, ends, delays, n = [], [], [], 0
+    for i in range(0, len(x), push):
+        bounds, v = stream.push_array(x[i : i + push])
+        n += len(x[i : i + push])
+        values.append(v)
+        ends.append(bounds[:, 1])
+        delays += list(n / SR - bounds[:, 1])  # seconds since the row's end
+    last = stream.close()
+    values.append(last.to_numpy())
+    ends.append(last.index.get_level_values("end").to_numpy())
+    np.testing.assert_array_equal(np.concatenate(ends), offline.index.get_level_values("end"))
+    assert np.abs(np.concatenate(values) - offline.to_numpy()).max() <= 1e-4
+    # a push returns every row it completes: the wait is the latency at most (plus the part of
+    # the push after the sample that completed the row), and the first row of a trunk call waits
+    # about that long
+    assert max(delays, default=0.0) <= stream.latency + push / SR
+    if (len(x) - p.staged.right) // s > chunk:  # at least one trunk call before the end
+        assert max(delays) >= stream.latency - push / SR
+
+
+def test_seconds_array_equals_seconds():
+    n = np.concatenate([np.arange(0, 5000), np.arange(10**9, 10**9 + 3001), [2**40 + 1]])
+    assert _seconds_array(n).tolist() == [_seconds(int(v)) for v in n]
 
 
 def test_trend_token_timeline_and_stream_equal_direct_pooling(trend_models):

@@ -364,3 +364,22 @@ def test_trend_option_feeds_the_head_and_keeps_padding_invariance():
     assert abs(n - 72_000) <= 0.02 * 72_000
     with pytest.raises(ValueError, match="trend needs frontend='pitch'"):
         Wav2SmallConfig(trend=8)
+
+
+@pytest.mark.parametrize("hidden, trend", [(0, 0), (0, 4), (16, 4)])
+def test_head_without_the_gram_features_equals_the_linear_on_them(hidden, trend):
+    """The pitch trunk's head (F' = 1) applies its first Linear to [pooled ; Gram ; trend]
+    without forming them (``pooled_linear``): the same outputs as forming them."""
+    from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig, pooled_features
+
+    torch.manual_seed(0)
+    cfg = dict(frontend="pitch", norm="local", width=16, pool=8, dilations=(1, 3), head=hidden)
+    model = Wav2Small(Wav2SmallConfig(**cfg, trend=trend)).eval()
+    pooled = torch.randn(5, 8, 1)
+    t = torch.randn(5, trend) if trend else None
+    x = pooled_features(pooled) if t is None else torch.cat([pooled_features(pooled), t], 1)
+    ref = model.hidden(x).relu() if hidden else x
+    ref = model.adv(ref)
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(pooled, t), ref.detach(), atol=1e-5, rtol=1e-5)
+        assert model.head(pooled, t).shape == (5, 3)

@@ -7,6 +7,7 @@ import pytest
 
 from wav2small.tokens import (
     OnlinePool,
+    SampleBuffer,
     StagedModel,
     StatsAccumulator,
     TokenRunner,
@@ -168,3 +169,29 @@ def test_online_and_window_trend_equal_the_model_s_trend_pooling():
     with pytest.raises(ValueError, match="with every chunk or with none"):
         window.add(lin[:, :5], sof[:, :5])
     assert WindowPool().trend([(0, 1)]) is None
+
+
+def test_sample_buffer_keeps_what_is_not_forgotten_in_bounded_memory():
+    """Blocks of any size appended, spans read by absolute index, prefixes forgotten; the
+    storage stays a small multiple of what is kept (no growth with the stream's length)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200_000).astype(np.float32)
+    buf, i, keep = SampleBuffer(), 0, 5000
+    while i < len(x):
+        n = int(rng.choice([1, 320, 777, 6000]))
+        buf.append(x[i : i + n].astype(np.float64))  # copied and converted
+        i += len(x[i : i + n])
+        assert buf.end == i
+        start = max(0, i - keep)
+        np.testing.assert_array_equal(buf.view(start, i), x[start:i])
+        buf.forget(i - keep)
+        assert buf.first == max(0, i - keep)
+        assert len(buf._data) <= 4 * (keep + 6000)
+    with pytest.raises(ValueError, match="not in"):
+        buf.view(buf.first - 1, buf.end)
+    with pytest.raises(ValueError, match="not in"):
+        buf.view(buf.first, buf.end + 1)
+    block = np.ones(10, np.float32)
+    buf.append(block)
+    block[:] = 7  # the caller reuses its chunk: the buffer holds a copy
+    assert (buf.view(buf.end - 10, buf.end) == 1).all()

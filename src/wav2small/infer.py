@@ -62,6 +62,7 @@ from wav2small.audio import (
     iter_windows,
     read_audio,
     to_mono_16k,
+    validate,
 )
 from wav2small.backends import (  # noqa: F401  (public names, also importable from here)
     BACKENDS,
@@ -654,19 +655,21 @@ def rows_to_frame(
 ) -> pd.DataFrame:
     """Rows ``(file, start, end, values)`` → the ``(file, start, end)``-indexed table with
     ``columns`` (A/D/V unless a model names its outputs otherwise)."""
-    index = pd.MultiIndex.from_arrays(
-        [
-            [r[0] for r in rows],
-            np.array([r[1] for r in rows], dtype=np.float64),
-            np.array([r[2] for r in rows], dtype=np.float64),
-        ],
-        names=INDEX,
+    return _frame(
+        [r[0] for r in rows],
+        np.array([r[1:3] for r in rows], dtype=np.float64).reshape(-1, 2),
+        np.stack([r[3] for r in rows]) if rows else np.zeros((0, len(columns))),
+        clip=clip,
+        columns=columns,
     )
-    values = (
-        np.stack([r[3] for r in rows]).astype(np.float32)
-        if rows
-        else np.zeros((0, len(columns)), np.float32)
-    )
+
+
+def _frame(
+    names: list[str], bounds: np.ndarray, values: np.ndarray, *, clip: bool, columns
+) -> pd.DataFrame:
+    """The table of rows given as names, (rows, 2) start/end seconds and (rows, columns)."""
+    index = pd.MultiIndex.from_arrays([names, bounds[:, 0], bounds[:, 1]], names=INDEX)
+    values = values.astype(np.float32)
     if clip:
         values = np.clip(values, 0.0, 1.0)
     return pd.DataFrame(values, index=index, columns=list(columns))
@@ -679,6 +682,12 @@ rows_to_frame([("", 0.0, 0.0, np.zeros(len(LABELS), np.float32))])
 
 
 # --- streaming timeline ---------------------------------------------------------------------
+# what push_array returns when a push completes no row (most pushes): shared, so read-only
+_NO_BOUNDS = np.zeros((0, 2))
+_NO_VALUES = np.zeros((0, len(LABELS)), np.float32)
+_NO_BOUNDS.flags.writeable = _NO_VALUES.flags.writeable = False
+
+
 class TimelineStream:
     """A/D/V every ``step`` seconds over the last ``context`` seconds of a live stream.
 
@@ -797,12 +806,21 @@ class TimelineStream:
         """As :meth:`push` without pandas: ``(bounds, values)``: (rows, 2) seconds, (rows, 3)."""
         self._add(chunk)
         bounds, values = self._take_arrays()
-        return bounds, np.clip(values, 0.0, 1.0) if self.clip else values
+        return bounds, np.clip(values, 0.0, 1.0) if self.clip and len(values) else values
 
     def _add(self, chunk: np.ndarray) -> None:
         """Check, convert (mono, 16 kHz, float32) and feed one pushed chunk."""
         if self.closed:
             raise RuntimeError(f"{self.name}: push() after close()")
+        if (
+            type(chunk) is np.ndarray
+            and chunk.dtype == np.float32
+            and chunk.ndim == 1
+            and self._resampler is None
+        ):  # what a live stream pushes 50 times a second: nothing to convert, only to check
+            if chunk.size:
+                self._feed(validate(chunk, self.name))
+            return
         chunk = np.asarray(chunk)
         if chunk.size:
             x = to_mono_16k(chunk, SAMPLE_RATE, name=self.name)  # checks, mono, float32
@@ -812,6 +830,8 @@ class TimelineStream:
 
     def _take_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The completed rows as (rows, 2) seconds and (rows, labels) values; forgets them."""
+        if not self._rows:
+            return _NO_BOUNDS, _NO_VALUES
         rows = self._take()
         bounds = np.array([(r[1], r[2]) for r in rows], np.float64).reshape(-1, 2)
         return bounds, np.array([r[3] for r in rows], np.float32).reshape(-1, len(LABELS))
@@ -857,7 +877,7 @@ class TokenTimelineStream(TimelineStream):
         )
         self.staged = staged
         if chunk_tokens is None:
-            chunk_tokens = max(STREAM_CHUNK_TOKENS, 2 * staged.context_tokens)
+            chunk_tokens = staged.chunk_tokens(STREAM_CHUNK_TOKENS)
         self._runner = TokenRunner(staged, norm=norm, chunk_tokens=chunk_tokens)
         self._pool = WindowPool()
         self._total = 0
@@ -922,9 +942,15 @@ class TokenTimelineStream(TimelineStream):
             for (a, b), y in zip(bounds.tolist(), values, strict=True)
         ]
 
+    def _frame(self) -> pd.DataFrame:
+        if not self._blocks:
+            return super()._frame()  # the empty table
+        bounds, values = self._take_arrays()
+        return _frame([self.name] * len(bounds), bounds, values, clip=self.clip, columns=LABELS)
+
     def _take_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._blocks:
-            return np.zeros((0, 2)), np.zeros((0, len(LABELS)), np.float32)
+            return _NO_BOUNDS, _NO_VALUES
         blocks, self._blocks = self._blocks, []
         if len(blocks) == 1:
             return blocks[0]

@@ -16,10 +16,14 @@ into a temporary folder: speed and memory do not depend on the weights. Figures:
    RSS (kernel ``VmHWM``, reset through ``/proc/self/clear_refs``) above that process, for
    ``load`` + ``predict`` and for ``predict`` alone. Target: ≤ 9 MB, the same for every length.
 4. timelines and streams at a 4 ms step (every token): CPU seconds of the offline token timeline
-   (the signal at once), of a stream fed 20 ms chunks, and of one offline pass (``predict``) over
-   the same 60 s, measured in one run (process time), with the ratios and the stream's stated
-   latency. Target: stream ≤ 1.5× offline. An utterance-normalised model is given the signal's
-   statistics; a local-normalisation model needs none.
+   (the signal at once), of a stream fed 20 ms chunks (``push_array``), and of one offline
+   whole-file pass (``predict``) over the same 60 s, interleaved in one run (process time,
+   medians of ``STREAM_ROUNDS``), with the ratios, the stream's stated latency and its max
+   difference from the offline timeline. Target: stream ≤ 1.5× one whole-file pass, equal to the
+   offline timeline within 1e-4. The same stream with other ``chunk_tokens`` (multiples of the
+   receptive field, :data:`STREAM_FIELD_MULTIPLES`) gives the latency-vs-CPU trade-off. An
+   utterance-normalised model is given the signal's statistics; a local-normalisation model
+   needs none.
 
 ``--json`` also writes these figures to a file (``make bench`` passes one to bench_results.py,
 which puts them in docs/RESULTS.md's targets table).
@@ -49,6 +53,10 @@ RTF_SECONDS = (5.0, 10.0)
 MIN_TIMING_SECONDS = 2.0
 CLIP_SECONDS = (1.0, 4.0)
 LONG_BLOCK_SECONDS = 60.0
+#: Interleaved rounds of the stream-vs-offline timing (medians).
+STREAM_ROUNDS = 5
+#: Tokens per trunk call of the streams timed besides the default, in receptive fields.
+STREAM_FIELD_MULTIPLES = (2, 4, 6, 8)
 
 
 def export_untrained(out_dir: Path) -> Path:
@@ -104,14 +112,21 @@ def write_long(path: Path, hours: float) -> None:
 
 
 def _stream_line(r: dict) -> str:
+    one = r["stream"] / r["one pass"]
+    trade = "; ".join(
+        f"{t['chunk tokens']} tokens: {t['stream'] / r['one pass']:.2f}× one pass, latency "
+        f"{t['latency']:.2f} s"
+        for t in r.get("trade-off", [])
+    )
     return (
-        f"timeline at a 4 ms step over {r['seconds']:g} s ({r['rows']} rows), CPU s: offline "
-        f"{r['offline timeline']:.3f}, stream of 20 ms chunks {r['stream']:.3f}, one offline pass "
-        f"{r['one pass']:.3f}; stream ÷ offline timeline "
-        f"{r['stream'] / r['offline timeline']:.2f}, "
-        f"stream ÷ one pass {r['stream'] / r['one pass']:.2f}; stream RTF "
-        f"{r['stream'] / r['seconds']:.4f}; latency ≤ {1000 * r['latency']:.0f} ms; "
-        f"max |stream − offline| {r['max diff']:.1e}"
+        f"timeline at a 4 ms step over {r['seconds']:g} s ({r['rows']} rows), CPU s (median of "
+        f"{r.get('rounds', 3)} interleaved): offline {r['offline timeline']:.3f}, stream of 20 ms "
+        f"chunks {r['stream']:.3f}, one offline whole-file pass {r['one pass']:.3f}; "
+        f"stream ÷ one pass {one:.2f} (≤ 1.5: {'MET' if one <= 1.5 else 'NOT MET'}), "
+        f"stream ÷ offline timeline {r['stream'] / r['offline timeline']:.2f}; stream RTF "
+        f"{r['stream'] / r['seconds']:.4f}; latency ≤ {r['latency']:.2f} s "
+        f"({r.get('chunk tokens', '?')} tokens per trunk call); max |stream − offline| "
+        f"{r['max diff']:.1e}" + (f"; other chunk sizes: {trade}" if trade else "")
     )
 
 
@@ -159,41 +174,66 @@ def predict_rss(model: Path, path: Path, threads: int) -> dict:
     return r
 
 
+def _run_stream(p: Predictor, x: np.ndarray, norm, chunk_tokens: int | None) -> tuple:
+    """(CPU s, rows (n, 3), stream) of a stream fed ``x`` in 20 ms pushes, then closed."""
+    stream = p.stream(step=0.004, context=4.0, norm=norm, chunk_tokens=chunk_tokens)
+    t = time.process_time()
+    rows = [stream.push_array(x[i : i + 320])[1] for i in range(0, len(x), 320)]
+    rows.append(stream.close().to_numpy())
+    return time.process_time() - t, np.concatenate(rows), stream
+
+
 def stream_vs_offline(model: Path, seconds: float = 60.0, threads: int = 1) -> dict:
-    """CPU seconds of a 4 ms-step timeline offline, as a stream of 20 ms chunks, and one pass."""
-    from wav2small.infer import TokenTimelineStream, rows_to_frame
+    """CPU seconds of a 4 ms-step timeline offline, as a stream of 20 ms chunks (default and
+    other ``chunk_tokens``), and one whole-file pass, interleaved."""
+    from wav2small.infer import TokenTimelineStream
     from wav2small.tokens import signal_stats
 
     p = Predictor(model, threads=threads)
     x = pseudo_speech(seconds, rng=np.random.default_rng(2))
     norm = signal_stats([x]) if p.staged is not None and p.staged.norm == "utterance" else None
     p.predict((x, SAMPLE_RATE), progress=False)  # warm-up
-    cpu = {"offline timeline": [], "stream": [], "one pass": []}
-    latency = float("nan")
-    for _ in range(3):  # interleaved
+    field = p.staged.context_tokens if p.staged is not None else 0
+    default = getattr(p.stream(step=0.004, context=4.0, norm=norm), "_runner", None)
+    others = [
+        m * field
+        for m in STREAM_FIELD_MULTIPLES
+        if field and m * field != getattr(default, "chunk_tokens", None)
+    ]
+    cpu: dict = {"offline timeline": [], "stream": [], "one pass": [], **{c: [] for c in others}}
+    latency = {}
+    for _ in range(STREAM_ROUNDS):  # interleaved
         t = time.process_time()
         offline = TokenTimelineStream(p.staged, step=0.004, context=4.0, norm=norm)
         offline._feed(x)  # the offline timeline: the whole signal at once
         offline._finish()
-        offline = rows_to_frame(offline._take())
+        offline = offline._take_arrays()[1]
         cpu["offline timeline"].append(time.process_time() - t)
-        stream = p.stream(step=0.004, context=4.0, norm=norm)
-        t = time.process_time()
-        rows = [stream.push_array(x[i : i + 320])[1] for i in range(0, len(x), 320)]
-        rows.append(stream.close().to_numpy())
-        cpu["stream"].append(time.process_time() - t)
-        latency = getattr(stream, "latency", float("nan"))
+        t, streamed, stream = _run_stream(p, x, norm, None)
+        cpu["stream"].append(t)
         t = time.process_time()
         p.predict((x, SAMPLE_RATE), progress=False)
         cpu["one pass"].append(time.process_time() - t)
-    streamed = np.concatenate(rows)
+        for c in others:
+            t, _, other = _run_stream(p, x, norm, c)
+            cpu[c].append(t)
+            latency[c] = other.latency
     diff = (
-        float(np.abs(streamed - offline.to_numpy()).max())
-        if len(streamed) == len(offline)
-        else float("nan")
+        float(np.abs(streamed - offline).max()) if len(streamed) == len(offline) else float("nan")
     )
     med = {k: statistics.median(v) for k, v in cpu.items()}
-    return {**med, "rows": len(offline), "max diff": diff, "latency": latency, "seconds": seconds}
+    trade = [{"chunk tokens": c, "stream": med.pop(c), "latency": latency[c]} for c in others]
+    runner = getattr(stream, "_runner", None)
+    return {
+        **med,
+        "rows": len(offline),
+        "max diff": diff,
+        "latency": getattr(stream, "latency", float("nan")),
+        "chunk tokens": None if runner is None else runner.chunk_tokens,
+        "seconds": seconds,
+        "rounds": STREAM_ROUNDS,
+        "trade-off": trade,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -380,8 +380,7 @@ class WindowPool:
         if not n:
             return
         lin, sof = np.moveaxis(lin, 1, 0), np.moveaxis(sof, 1, 0)
-        sof64 = sof.astype(np.float64)
-        top = sof64.max(0)
+        top = sof.max(0).astype(np.float64)
         if self.ref is None:
             self.ref = top
             self._alloc(2 * n, top.shape, None if trd is None else trd.shape[0])
@@ -395,18 +394,23 @@ class WindowPool:
             self.ref = new
         if self._hi + n > len(self._lin):
             self._compact(n)
-        e = np.exp(sof64 - self.ref)
-        ea = e * lin
         lo, hi = self._hi, self._hi + n
         self._lin[lo:hi], self._sof[lo:hi] = lin, sof
-        e[0] += self._ps[lo]  # the sums continue from the last kept token's
-        ea[0] += self._pa[lo]
-        np.cumsum(e, 0, out=self._ps[lo + 1 : hi + 1])
-        np.cumsum(ea, 0, out=self._pa[lo + 1 : hi + 1])
+        self._sums(lo, hi)
         if trd is not None:
             self._trd[lo:hi] = trd[..., 0].T
             self._trend_sums(lo, hi)
         self._hi = hi
+
+    def _sums(self, lo: int, hi: int) -> None:
+        """Prefix sums of exp(sof − M) and lin·exp(sof − M) over buffer rows [lo, hi), continuing
+        those up to ``lo``. The terms are float32 (each to float32 precision, as the maps they
+        come from; numpy's float32 exp is vectorised, its float64 exp ≈ 3× slower) and summed in
+        float64, so the difference of two prefix sums keeps that precision."""
+        e = np.exp(self._sof[lo:hi] - self.ref.astype(np.float32))
+        for sums, terms in ((self._ps, e), (self._pa, e * self._lin[lo:hi])):
+            np.cumsum(terms, 0, dtype=np.float64, out=sums[lo + 1 : hi + 1])
+            sums[lo + 1 : hi + 1] += sums[lo]
 
     def _trend_sums(self, lo: int, hi: int) -> None:
         """Prefix sums of x and x·r over buffer rows [lo, hi), continuing those up to ``lo``."""
@@ -445,12 +449,9 @@ class WindowPool:
             self._trd[:kept] = trd.copy()
             self._trend_sums(0, kept)
         self._lo, self._hi = 0, kept
-        sof64 = self._sof[:kept].astype(np.float64)
         if kept:
-            self.ref = sof64.max(0)
-        e = np.exp(sof64 - self.ref)
-        np.cumsum(e, 0, out=self._ps[1 : kept + 1])
-        np.cumsum(e * self._lin[:kept], 0, out=self._pa[1 : kept + 1])
+            self.ref = self._sof[:kept].max(0).astype(np.float64)
+            self._sums(0, kept)
 
     def trim(self, first: int) -> None:
         """Forget the tokens before absolute index ``first``."""
@@ -470,10 +471,11 @@ class WindowPool:
         """Pooled maps (len(windows), C, F') of token windows ``[j0, j1)`` (absolute, non-empty;
         pairs or an (n, 2) integer array)."""
         i0, i1 = self._rows(windows)
-        ps, pa = self._ps, self._pa
-        s, a = ps[i1] - ps[i0], pa[i1] - pa[i0]
-        out = a / np.where(s > 0, s, 1.0)
-        bad = (s <= self.MIN_RELATIVE * np.abs(ps[i1])).any(axis=(1, 2))
+        top = self._ps[i1]  # ≥ 0: sums of exponentials
+        s, a = top - self._ps[i0], self._pa[i1] - self._pa[i0]
+        bad = (s <= self.MIN_RELATIVE * top).any(axis=(1, 2))  # also every s <= 0
+        with np.errstate(divide="ignore", invalid="ignore"):  # only in bad rows, redone below
+            out = a / s
         for r in np.flatnonzero(bad):  # precision fallback: this window on its own
             sof = self._sof[i0[r] : i1[r]].astype(np.float64)
             e = np.exp(sof - sof.max(0))

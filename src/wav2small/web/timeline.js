@@ -207,7 +207,7 @@ export const LABELS = ["arousal", "dominance", "valence"];
 /** Tokens per trunk call for a file (tokens.CHUNK_TOKENS), ≥ OVERLAP_FACTOR × receptive field. */
 export const CHUNK_TOKENS = 250;
 export const OVERLAP_FACTOR = 4;
-/** Tokens per trunk call of a live stream (infer.STREAM_CHUNK_TOKENS), ≥ 2 × receptive field. */
+/** Tokens per trunk call of a live stream (infer.STREAM_CHUNK_TOKENS), ≥ OVERLAP_FACTOR × receptive field. */
 export const STREAM_CHUNK_TOKENS = 50;
 
 /**
@@ -549,7 +549,7 @@ export class TokenTimelineStream {
     this.stepN = toSamples(step, "step");
     this.contextN = toSamples(context, "context");
     this.name = name;
-    if (chunkTokens === null) chunkTokens = Math.max(STREAM_CHUNK_TOKENS, 2 * staged.contextTokens);
+    if (chunkTokens === null) chunkTokens = staged.chunkTokens(STREAM_CHUNK_TOKENS);
     this.runner = new TokenRunner(staged, { norm, chunkTokens });
     this.pool = new WindowPool();
     this.total = 0;

@@ -112,12 +112,13 @@ DEFAULT_CONTEXT = TimelineOptions.context
 TIMELINE_BLOCK_SECONDS = 10.0
 #: Seconds of audio read from disk at a time by the chunked (token-level) paths.
 READ_BLOCK_SECONDS = 1.0
-#: Tokens computed per trunk call in a live stream (latency vs CPU; see TokenTimelineStream): at
-#: least this, and at least twice the model's receptive field in tokens (the overlap recomputed
-#: per call then costs at most half as much as the new tokens). Measured, 60 s at a 4 ms step,
-#: stream CPU ÷ offline timeline: released trunk (13-token field) 50 tokens ≈ 1.3–1.6, latency
-#: 0.22 s; the pitch trunk (341-token field): 341 tokens 1.7–2.0 (2.1 s), 682 tokens 1.5 (3.4 s),
-#: 1023 tokens 1.3–1.4 (4.8 s).
+#: Fewest tokens computed per trunk call in a live stream by default; like a file's chunks
+#: (``StagedModel.chunk_tokens``) also at least OVERLAP_FACTOR (4) × the model's receptive field,
+#: so the overlap each call recomputes costs what it costs one whole-file pass. Latency vs CPU
+#: (see TokenTimelineStream.latency; bench_predict.py prints the trade-off): wav2small-paper
+#: (341-token field), 60 s at a 4 ms step in 20 ms pushes, stream ÷ one whole-file pass, measured
+#: interleaved on a loaded machine: 682 tokens 1.9–2.2× (latency 3.4 s), 1364 (the default)
+#: 1.5–1.6× (6.2 s), 2046 1.4–1.5× (8.9 s), 2728 1.4–1.7× (11.6 s).
 STREAM_CHUNK_TOKENS = 50
 TIME_DECIMALS = 6
 
@@ -848,15 +849,16 @@ class TokenTimelineStream(TimelineStream):
     run on the isolated window would see; :meth:`Predictor.timeline` uses the same definition,
     and the rows of a stream equal it whatever the chunking (up to float rounding).
 
-    Latency: a row ending at ``t`` is emitted once the token after it is computable, i.e. after
-    ``right`` samples of look-ahead (28 ms for wav2small-paper) and up to ``chunk_tokens``
-    tokens of batching: :attr:`latency` seconds at most.
+    Latency: a row ending at ``t`` is emitted once its last token is computed, i.e. after
+    ``right`` samples of look-ahead (28 ms for the released trunk, 0.70 s for wav2small-paper)
+    and up to ``chunk_tokens`` tokens of batching: :attr:`latency` seconds at most (6.15 s for
+    wav2small-paper by default; a smaller ``chunk_tokens`` trades CPU for latency).
 
     Args:
         staged: the model's stages (:attr:`Predictor.staged`).
         norm: (mean, scale) statistics, required for ``norm == "utterance"`` models.
         chunk_tokens: tokens per trunk call (default: :data:`STREAM_CHUNK_TOKENS`, at least
-            twice the receptive field in tokens): latency vs CPU.
+            4 × the receptive field in tokens, as a file's): latency vs CPU.
         step, context, sample_rate, name, clip: as :class:`TimelineStream`.
     """
 

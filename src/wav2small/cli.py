@@ -660,6 +660,40 @@ def _run_selfdistill(args: argparse.Namespace) -> int:
     return selfdistill_cli(args)
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from wav2small.config import PretrainConfig
+    from wav2small.config import cli_default as default
+
+    d = functools.partial(default, PretrainConfig)
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a small wav2vec2-layout backbone on unlabelled audio (HuBERT-style)",
+        description="Masked prediction of k-means codes of log-mel and pitch frames; writes "
+        "OUT/backbone in the Hugging Face layout (a --backbone for selfdistill).",
+    )
+    p.add_argument("--audio", nargs="+", help="CSVs with a file column, folders or audio files")
+    p.add_argument("--out", help=f"run folder (default {d('out')})")
+    p.add_argument("--max-steps", type=int, help=f"optimiser steps (default {d('max_steps')})")
+    p.add_argument("--batch-size", type=int, help=f"default {d('batch_size')}")
+    p.add_argument("--lr", type=float, help=f"peak AdamW learning rate (default {d('lr')})")
+    p.add_argument(
+        "--warmup-steps",
+        type=float,
+        help=f"warm-up steps, or a fraction of the run if < 1 (default {d('warmup_steps')})",
+    )
+    p.add_argument(
+        "--crop-seconds", type=float, help=f"training crop length (default {d('crop_seconds')})"
+    )
+    p.add_argument("--seed", type=int, help=f"default {d('seed')}")
+    _add_training_options(p, PretrainConfig)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from wav2small.pretrain import pretrain_cli
+
+    return pretrain_cli(args)
+
+
 def _add_selfdistill_eval(sub: argparse._SubParsersAction) -> None:
     from wav2small.config import DEFAULT_LABEL_COLUMN
 
@@ -825,6 +859,7 @@ COMMANDS = [
     "train-teacher",
     "predict",
     "plot-timeline",
+    "pretrain",
     "selfdistill",
     "selfdistill-eval",
     "selfdistill-export",

@@ -412,6 +412,91 @@ class TeacherConfig(RunConfig):
         return self
 
 
+#: Target groups of ``pretrain`` (:mod:`wav2small.pretrain`): k-means of log-mel frames, and of
+#: pitch-salience frames with their F0 and voicing.
+PRETRAIN_TARGETS = ("mel", "pitch")
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    """Settings of a ``wav2small pretrain`` run (:mod:`wav2small.pretrain`).
+
+    Attributes:
+        audio: unlabelled audio: CSVs with a ``file`` column, folders or files.
+        model: wav2vec2 config overrides of the backbone (default: the shipped
+            ``backbone-synth`` shape, :data:`wav2small.pretrain.BACKBONE_FIELDS`).
+        max_steps: optimiser steps.
+        warmup_steps: linear warm-up (a fraction of the run when below 1, else steps; at most a
+            tenth of the run), then cosine decay to 0.
+        codebooks: target name → clusters: ``mel`` (k-means of log-mel frames) and ``pitch``
+            (k-means of pitch-salience frames, F0 and voicing); one prediction head each.
+        kmeans_frames: frames sampled to fit each codebook.
+        kmeans_iters: Lloyd iterations.
+        mask_prob: share of frames that start a masked span (as transformers' mask_time_prob).
+        mask_length: frames per masked span.
+        weight_decay: AdamW weight decay.
+        grad_clip: gradient-norm clipping (0: off).
+        save_every: write the resumable checkpoint every this many steps.
+        log_every: log the losses every this many steps.
+
+    ``crop_seconds`` is the length of every training crop (shorter clips are zero-padded);
+    ``val``/``val_fraction`` are unused (masked prediction has no held-out score here; the
+    linear probe of :mod:`wav2small.probe` measures what the backbone learned).
+    """
+
+    RESUME_FREE: ClassVar[frozenset[str]] = RunConfig.RESUME_FREE | {"save_every", "log_every"}
+
+    out: str = "runs/pretrain"
+    audio: tuple[str, ...] = ()
+    model: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 8
+    lr: float = 1e-3
+    crop_seconds: float | None = 3.0
+    max_steps: int = 3000
+    warmup_steps: float = 0.05
+    codebooks: dict[str, int] = field(default_factory=lambda: {"mel": 100, "pitch": 50})
+    kmeans_frames: int = 100_000
+    kmeans_iters: int = 30
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    save_every: int = 200
+    log_every: int = 10
+
+    def validate(self) -> PretrainConfig:
+        """Check the settings; return self.
+
+        Raises:
+            UserError: a setting out of range (the message names it).
+        """
+        if not self.audio:
+            raise UserError("pretrain needs `audio`: CSVs, folders or files of clips (--audio)")
+        self.check_common()
+        if self.crop_seconds is None:
+            raise UserError("pretrain needs crop_seconds > 0 (every crop has this length)")
+        for key in ("max_steps", "kmeans_frames", "kmeans_iters", "mask_length"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("save_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("warmup_steps", "weight_decay", "grad_clip"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 < self.mask_prob < 1:
+            raise UserError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        bad = [k for k in self.codebooks if k not in PRETRAIN_TARGETS]
+        if bad or not self.codebooks:
+            raise UserError(
+                f"codebooks must name some of {list(PRETRAIN_TARGETS)}, got {dict(self.codebooks)}"
+            )
+        small = {k: v for k, v in self.codebooks.items() if v < 2}
+        if small:
+            raise UserError(f"every codebook needs at least 2 clusters, got {small}")
+        return self
+
+
 DEFAULT_LABEL_COLUMN = "emotion"
 
 
@@ -513,7 +598,7 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         return _yaml(value) if isinstance(value, str) else value
     origin = typing.get_origin(hint)
     if origin in (tuple, list):
-        return _coerce_sequence(key, value)
+        return _coerce_sequence(key, value, str if args and args[0] is str else int)
     if origin is dict or hint is dict:
         value = _yaml(value) if isinstance(value, str) else value
         if not isinstance(value, dict):
@@ -552,12 +637,19 @@ def _finite(key: str, value: Any) -> Any:
     return value
 
 
-def _coerce_sequence(key: str, value: Any) -> tuple[int, ...]:
+def _coerce_sequence(key: str, value: Any, item: type = int) -> tuple:
+    """A tuple of ``item`` (int or str) from a list, a scalar or a comma-separated string."""
     if isinstance(value, str):
+        if item is str:
+            return (value,) if value.strip() else ()
         text = value.strip().strip("[]()")
         if text.lower() in ("none", ""):
             return ()
         value = [v for v in text.replace(" ", ",").split(",") if v]
+    if item is str:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"config `{key}`: expected a list of strings, got {value!r}")
+        return tuple(value)
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     try:

@@ -139,7 +139,9 @@ def load_backbone(spec: str | os.PathLike) -> nn.Module:
     """Load a backbone by ``random:<preset>``, local folder or Hugging Face id.
 
     Args:
-        spec: ``random:<name>`` (see :data:`RANDOM_BACKBONES`), a folder in Hugging Face layout
+        spec: ``random:<name>`` (see :data:`RANDOM_BACKBONES`), ``backbone-synth`` (the shipped
+            backbone pretrained on the built-in corpus, :mod:`wav2small.pretrain`), a folder in
+            Hugging Face layout
             (``model_type`` wav2vec2 or wavlm; extra head weights such as Dawn's ``classifier.*``
             are ignored), a WavLM-Odyssey folder (``model_type`` "ser"), or a hub id (resolved
             offline from the local cache when ``HF_HUB_OFFLINE`` is set).
@@ -157,6 +159,10 @@ def load_backbone(spec: str | os.PathLike) -> nn.Module:
             )
         model_type, fields = RANDOM_BACKBONES[name]
         return build_backbone(model_type, fields)
+    from wav2small.pretrain import BACKBONE_ASSET, backbone_asset
+
+    if spec == BACKBONE_ASSET and not Path(spec).exists():
+        spec = str(backbone_asset())  # the shipped backbone (`wav2small pretrain`)
     folder = Path(spec)
     if folder.is_dir() and (folder / "config.json").is_file():
         try:

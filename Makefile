@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 QUICK   ?=
 
-.PHONY: setup demo test test-slow bench reliability lint teacher clean web
+.PHONY: setup demo test test-slow bench reliability lint teacher backbone clean web
 
 setup: $(STAMP) web
 
@@ -67,6 +67,21 @@ teacher: setup
 	cp runs/teacher-synth/config.json runs/teacher-synth/model.safetensors \
 	    runs/teacher-synth/test_ccc.json src/wav2small/assets/teacher-synth/
 	cp runs/teacher-synth/metrics.csv src/wav2small/assets/teacher-synth/training_metrics.csv
+
+# Rebuild the shipped pretrained backbone (src/wav2small/assets/backbone-synth) from its recipe:
+# `wav2small pretrain` (HuBERT-style masked prediction of k-means codes of log-mel and pitch frames)
+# on the corpus's unlabelled `pool` split, seed 0. BACKBONE_CLIPS / BACKBONE_STEPS size the run
+# (the defaults are the full recipe, ≤ 90 min on 2 idle cores; the asset's pretrain.json records
+# the clips and steps it was made with). Check it: python benchmarks/bench_backbone.py
+BACKBONE_CLIPS ?= 4000
+BACKBONE_STEPS ?= 4000
+backbone: setup
+	$(BIN)/wav2small synth --split pool --n $(BACKBONE_CLIPS) --out data/backbone --seed 0 --jobs 2
+	$(BIN)/wav2small pretrain --audio data/backbone/pool.csv --out runs/backbone-synth \
+	    --max-steps $(BACKBONE_STEPS) --seed 0 --threads 2
+	mkdir -p src/wav2small/assets/backbone-synth
+	cp runs/backbone-synth/backbone/* src/wav2small/assets/backbone-synth/
+	cp runs/backbone-synth/metrics.csv src/wav2small/assets/backbone-synth/training_metrics.csv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache web/node_modules $(WEB_VENDOR)

@@ -210,6 +210,25 @@ def _selfdistill_section(results_dir: Path) -> list[str]:
     ]
 
 
+def _backbone_section(results_dir: Path) -> list[str]:
+    """The linear probe of the shipped pretrained backbone (bench_backbone runs first)."""
+    folder = ROOT / "runs" / "bench_backbone"
+    if not (folder / "results.md").is_file():
+        return ["Not measured in this run: run `python benchmarks/bench_backbone.py` first."]
+    _copy_plots(folder, results_dir / "backbone")
+    return [
+        "`python benchmarks/bench_backbone.py` (run by `make bench` before this script): the "
+        "shipped `backbone-synth` (`wav2small pretrain`, docs/SELFDISTILL.md) against a "
+        "random-init backbone of the same config; per encoder layer, frozen features averaged "
+        "over time, ridge read-out of A/D/V (CCC) and of the 5 emotion classes (UAR, chance "
+        "0.20), fit on synthetic train clips, scored on test clips.",
+        "",
+        (folder / "results.md").read_text(encoding="utf-8").strip(),
+        "",
+        "![probe per layer](results/backbone/probe.png)",
+    ]
+
+
 FIGURES = ROOT / "runs" / "bench"
 
 
@@ -554,6 +573,10 @@ def main() -> int:
         "first-session cost (≈ 8.5 MB) included; the bounded-memory figures above exclude it.",
         "",
         "![students: size vs CCC](results/students_size_vs_ccc.png)",
+        "",
+        "## The pretrained backbone: linear probe",
+        "",
+        *_backbone_section(results_dir),
         "",
         "## Self-distillation exits",
         "",

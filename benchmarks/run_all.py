@@ -41,6 +41,7 @@ BUDGET: dict[str, list[str]] = {
     "bench_onnx_teacher": [],
     "bench_predict": ["--json", str(FIGURES / "predict.json")],
     "bench_scale": ["--quick"],  # the small teacher only; Dawn-size labelling: bench_*teacher
+    "bench_backbone": ["--json", str(FIGURES / "backbone.json")],  # the pretrained backbone's probe
     "bench_selfdistill": [],
     "bench_synth": [],
     "bench_teacher": ["--quick"],

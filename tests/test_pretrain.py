@@ -164,6 +164,22 @@ def test_masked_loss_counts_masked_frames_with_targets_only():
     assert float(terms["loss"]) == pytest.approx((float(terms["loss_mel"]) + np.log(2)) / 2)
 
 
+def test_unmasked_frames_count_with_their_weight():
+    gen = torch.Generator().manual_seed(0)
+    logits = {"mel": torch.randn(2, 6, 4, generator=gen)}
+    targets = torch.randint(0, 4, (2, 6, 1), generator=gen)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, :3] = True
+    plain = masked_loss(logits, targets, mask)
+    both = masked_loss(logits, targets, mask, unmasked_weight=0.5)
+    seen = torch.nn.functional.cross_entropy(
+        logits["mel"][:, 3:].reshape(-1, 4), targets[:, 3:, 0].flatten()
+    )
+    assert float(both["unmasked_mel"]) == pytest.approx(float(seen))
+    assert float(both["loss"]) == pytest.approx(float(plain["loss"]) + 0.5 * float(seen))
+    assert "unmasked_mel" not in plain and float(both["loss_mel"]) == float(plain["loss_mel"])
+
+
 # --- the run --------------------------------------------------------------------------------
 def test_pretrain_writes_a_hub_layout_backbone(audio, tmp_path):
     from transformers import AutoFeatureExtractor, AutoModel

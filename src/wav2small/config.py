@@ -434,6 +434,9 @@ class PretrainConfig(RunConfig):
         kmeans_iters: Lloyd iterations.
         mask_prob: share of frames that start a masked span (as transformers' mask_time_prob).
         mask_length: frames per masked span.
+        unmasked_weight: weight of the cross-entropy on unmasked frames (0: masked frames only,
+            as HuBERT; > 0 also teaches the conv encoder to read the codes off the audio, which
+            starts learning sooner on a short CPU budget).
         weight_decay: AdamW weight decay.
         grad_clip: gradient-norm clipping (0: off).
         save_every: write the resumable checkpoint every this many steps.
@@ -459,6 +462,7 @@ class PretrainConfig(RunConfig):
     kmeans_iters: int = 30
     mask_prob: float = 0.65
     mask_length: int = 10
+    unmasked_weight: float = 0.0
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     save_every: int = 200
@@ -481,7 +485,7 @@ class PretrainConfig(RunConfig):
         for key in ("save_every", "log_every"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("warmup_steps", "weight_decay", "grad_clip"):
+        for key in ("warmup_steps", "weight_decay", "grad_clip", "unmasked_weight"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 < self.mask_prob < 1:

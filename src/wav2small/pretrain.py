@@ -335,24 +335,38 @@ class MaskedPredictor(nn.Module):
 
 
 def masked_loss(
-    logits: dict[str, torch.Tensor], targets: torch.Tensor, mask: torch.Tensor
+    logits: dict[str, torch.Tensor],
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    unmasked_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Cross-entropy on masked frames per codebook, their mean (``loss``) and accuracies.
+    """Cross-entropy per codebook on masked frames (+ weighted on unmasked ones), and accuracies.
 
     Args:
         logits: codebook → (batch, frames, clusters), codebooks in the column order of targets.
         targets: (batch, frames, codebooks) codes, :data:`IGNORE` where there is none.
         mask: (batch, frames) masked frames.
+        unmasked_weight: weight of the unmasked frames' cross-entropy (HuBERT's 1 − α; 0: masked
+            frames only, as HuBERT).
+
+    Returns:
+        ``loss`` (mean over codebooks of masked + weighted unmasked terms), and per codebook
+        ``loss_<name>``/``acc_<name>`` on masked frames and, with a weight, ``unmasked_<name>``.
     """
     terms: dict[str, torch.Tensor] = {}
     losses = []
     for j, (name, lg) in enumerate(logits.items()):
-        t = targets[..., j][mask]
-        keep = t != IGNORE
-        pred = lg[mask][keep]
+        t = targets[..., j]
+        keep = mask & (t != IGNORE)
+        pred = lg[keep]
         loss = F.cross_entropy(pred, t[keep])
         terms[f"loss_{name}"] = loss
         terms[f"acc_{name}"] = (pred.argmax(-1) == t[keep]).float().mean().detach()
+        if unmasked_weight:
+            seen = ~mask & (t != IGNORE)
+            terms[f"unmasked_{name}"] = F.cross_entropy(lg[seen], t[seen])
+            loss = loss + unmasked_weight * terms[f"unmasked_{name}"]
         losses.append(loss)
     terms["loss"] = torch.stack(losses).mean()
     return terms
@@ -572,7 +586,9 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         )
         frames = model.frames(lengths)
         mask = span_mask(frames, tgt.shape[1], prob=cfg.mask_prob, length=cfg.mask_length, gen=gen)
-        terms = masked_loss(model(wave, lengths, mask), tgt, mask)
+        terms = masked_loss(
+            model(wave, lengths, mask), tgt, mask, unmasked_weight=cfg.unmasked_weight
+        )
         check_loss(terms["loss"], step=step, files=[paths[i] for i in idx], lr=cfg.lr)
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()

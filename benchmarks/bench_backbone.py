@@ -1,0 +1,165 @@
+"""Linear probe of the shipped pretrained backbone against a random-init one of the same shape.
+
+Has ``backbone-synth`` (``wav2small pretrain``, HuBERT-style masked prediction on the built-in
+corpus's unlabelled ``pool`` split) learned something? For every encoder layer, the frozen
+features of a clip are averaged over time and read out linearly (:mod:`wav2small.probe`: ridge
+regression → CCC of arousal, dominance, valence; ridge classifier → UAR of the 5 ``emotion``
+classes; penalties by 5-fold cross-validation on the training clips). The same probe on a
+randomly initialised backbone of the same config is the baseline. Training clips: the synthetic
+``train`` split; test clips: the ``test`` split (new speakers and texts), seed 0 — neither was
+seen in pretraining.
+
+Writes ``OUT/results.csv``, ``OUT/results.md`` and ``OUT/probe.png``; ``--json`` the figures
+for docs/RESULTS.md.
+
+Run: ``nice .venv/bin/python benchmarks/bench_backbone.py [--train 600 --test 300]``;
+``--also NAME=SPEC`` adds backbones (folders, ``random:<preset>``) to the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/bench_backbone")
+    p.add_argument("--backbone", default="backbone-synth", help="the pretrained backbone")
+    p.add_argument("--train", type=int, default=600, help="synthetic train clips (probe fit)")
+    p.add_argument("--test", type=int, default=300, help="synthetic test clips (probe score)")
+    p.add_argument("--corpus", help="a folder with train.csv and test.csv instead of generating")
+    p.add_argument("--also", nargs="*", default=[], help="more backbones as NAME=SPEC")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="corpus generation workers")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for the features")
+    p.add_argument("--json", help="write the summary figures here")
+    return p.parse_args()
+
+
+def corpus(args, root: Path) -> tuple[Path, Path]:
+    from wav2small.synth import generate
+
+    if args.corpus:
+        return Path(args.corpus) / "train.csv", Path(args.corpus) / "test.csv"
+    paths = []
+    for split, n in (("train", args.train), ("test", args.test)):
+        paths.append(generate(split, n, root, seed=args.seed, jobs=args.jobs, progress=False))
+    return paths[0], paths[1]
+
+
+def subset(csv: Path, n: int, out: Path) -> Path:
+    """The first ``n`` rows of a manifest (paths made absolute) — for ``--corpus``."""
+    from wav2small.inputs import read_manifest
+
+    table = read_manifest(csv).head(n)
+    table["file"] = table["path"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.drop(columns=["path"]).to_csv(out, index=False)
+    return out
+
+
+def random_twin(spec: str, seed: int):
+    """A randomly initialised backbone with the config of ``spec``."""
+    import torch
+
+    from wav2small.models.exits import load_backbone
+
+    config = load_backbone(spec).config
+    torch.manual_seed(seed)
+    return type(load_backbone(spec))(config)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = [
+        "| backbone | layer | CCC arousal | CCC dominance | CCC valence | CCC mean | UAR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.backbone} | {r.layer} | {r.ccc_arousal:.3f} | {r.ccc_dominance:.3f} | "
+            f"{r.ccc_valence:.3f} | {r.ccc_mean:.3f} | {r.uar:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, rows in table.groupby("backbone", sort=False):
+        axes[0].plot(rows.layer, rows.ccc_mean, "o-", label=name)
+        axes[1].plot(rows.layer, rows.uar, "o-", label=name)
+    axes[0].set_ylabel("CCC, mean of A/D/V (test)")
+    axes[1].set_ylabel("UAR, 5 emotion classes (test)")
+    axes[1].axhline(0.2, color="grey", linestyle=":", label="chance")
+    for ax in axes:
+        ax.set_xlabel("encoder layer (frozen, mean-pooled, linear read-out)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    args = parse_args()
+    import torch
+
+    from wav2small.probe import probe_backbone
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    train_csv, test_csv = corpus(args, out / "corpus")
+    if args.corpus:
+        train_csv = subset(train_csv, args.train, out / "probe" / "train.csv")
+        test_csv = subset(test_csv, args.test, out / "probe" / "test.csv")
+    backbones = {"pretrained": args.backbone, "random init": random_twin(args.backbone, args.seed)}
+    for item in args.also:
+        name, _, spec = item.partition("=")
+        backbones[name] = spec
+    tables = []
+    for name, spec in backbones.items():
+        t0 = time.perf_counter()
+        table = probe_backbone(spec, train_csv, test_csv)
+        table.insert(0, "backbone", name)
+        tables.append(table)
+        print(f"{name}: probed in {time.perf_counter() - t0:.0f} s", flush=True)
+    table = pd.concat(tables, ignore_index=True)
+    table.to_csv(out / "results.csv", index=False)
+    md = markdown(table)
+    note = (
+        f"backbone {args.backbone}; probe fit on {args.train} synthetic train clips, scored on "
+        f"{args.test} test clips (seed {args.seed}); total {time.perf_counter() - started:.0f} s"
+    )
+    (out / "results.md").write_text(md + "\n\n" + note + "\n")
+    plot(table, out / "probe.png")
+    print(md)
+    print(note)
+    best = table.loc[table.groupby("backbone", sort=False)["ccc_mean"].idxmax()]
+    summary = {
+        r.backbone: {"best_layer_ccc": int(r.layer), "ccc_mean": r.ccc_mean, "uar": r.uar}
+        for r in best.itertuples()
+    }
+    for name, s in summary.items():
+        print(f"best layer of {name}: {s['best_layer_ccc']} (CCC {s['ccc_mean']:.3f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"table": table.to_dict("records")}, indent=2))
+    print(f"table {out / 'results.md'}, plot {out / 'probe.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -435,8 +435,9 @@ class PretrainConfig(RunConfig):
         mask_prob: share of frames that start a masked span (as transformers' mask_time_prob).
         mask_length: frames per masked span.
         unmasked_weight: weight of the cross-entropy on unmasked frames (0: masked frames only,
-            as HuBERT; > 0 also teaches the conv encoder to read the codes off the audio, which
-            starts learning sooner on a short CPU budget).
+            as HuBERT; the default 1 also teaches the conv encoder to read the codes off the
+            audio: in a 250-step pilot on 2,000 clips the masked loss left the codes' entropy
+            after ~90 steps with it, not within 150 steps without it).
         weight_decay: AdamW weight decay.
         grad_clip: gradient-norm clipping (0: off).
         save_every: write the resumable checkpoint every this many steps.
@@ -453,18 +454,18 @@ class PretrainConfig(RunConfig):
     audio: tuple[str, ...] = ()
     model: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3
     crop_seconds: float | None = 3.0
-    max_steps: int = 3000
+    max_steps: int = 4000
     warmup_steps: float = 0.05
     codebooks: dict[str, int] = field(default_factory=lambda: {"mel": 100, "pitch": 50})
     kmeans_frames: int = 100_000
     kmeans_iters: int = 30
     mask_prob: float = 0.65
     mask_length: int = 10
-    unmasked_weight: float = 0.0
+    unmasked_weight: float = 1.0
     weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    grad_clip: float = 5.0
     save_every: int = 200
     log_every: int = 10
 

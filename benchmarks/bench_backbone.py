@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -95,6 +94,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from wav2small.inputs import atomic_write
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for name, rows in table.groupby("backbone", sort=False):
         axes[0].plot(rows.layer, rows.ccc_mean, "o-", label=name)
@@ -107,9 +108,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def main() -> int:

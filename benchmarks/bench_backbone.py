@@ -2,7 +2,8 @@
 
 Has ``backbone-synth`` (``wav2small pretrain``, HuBERT-style masked prediction on the built-in
 corpus's unlabelled ``pool`` split) learned something? For every encoder layer, the frozen
-features of a clip are averaged over time and read out linearly (:mod:`wav2small.probe`: ridge
+features of a clip are averaged over time (and, as a second view, their standard deviation
+over time is appended) and read out linearly (:mod:`wav2small.probe`: ridge
 regression → CCC of arousal, dominance, valence; ridge classifier → UAR of the 5 ``emotion``
 classes; penalties by 5-fold cross-validation on the training clips). The same probe on a
 randomly initialised backbone of the same config is the baseline. Training clips: the synthetic
@@ -77,12 +78,14 @@ def random_twin(spec: str, seed: int):
 
 def markdown(table: pd.DataFrame) -> str:
     lines = [
-        "| backbone | layer | CCC arousal | CCC dominance | CCC valence | CCC mean | UAR |",
-        "|---|---|---|---|---|---|---|",
+        "| backbone | pooling | layer | CCC arousal | CCC dominance | CCC valence | CCC mean "
+        "| UAR |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in table.itertuples():
         lines.append(
-            f"| {r.backbone} | {r.layer} | {r.ccc_arousal:.3f} | {r.ccc_dominance:.3f} | "
+            f"| {r.backbone} | {r.pooling} | {r.layer} | {r.ccc_arousal:.3f} | "
+            f"{r.ccc_dominance:.3f} | "
             f"{r.ccc_valence:.3f} | {r.ccc_mean:.3f} | {r.uar:.3f} |"
         )
     return "\n".join(lines)
@@ -97,9 +100,10 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     from wav2small.inputs import atomic_write
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for name, rows in table.groupby("backbone", sort=False):
-        axes[0].plot(rows.layer, rows.ccc_mean, "o-", label=name)
-        axes[1].plot(rows.layer, rows.uar, "o-", label=name)
+    for (name, pooling), rows in table.groupby(["backbone", "pooling"], sort=False):
+        style = "o-" if pooling == "mean" else "s--"
+        axes[0].plot(rows.layer, rows.ccc_mean, style, label=f"{name}, {pooling}")
+        axes[1].plot(rows.layer, rows.uar, style, label=f"{name}, {pooling}")
     axes[0].set_ylabel("CCC, mean of A/D/V (test)")
     axes[1].set_ylabel("UAR, 5 emotion classes (test)")
     axes[1].axhline(0.2, color="grey", linestyle=":", label="chance")
@@ -116,7 +120,7 @@ def main() -> int:
     args = parse_args()
     import torch
 
-    from wav2small.probe import probe_backbone
+    from wav2small.probe import POOLINGS, probe_backbone
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -133,7 +137,7 @@ def main() -> int:
     tables = []
     for name, spec in backbones.items():
         t0 = time.perf_counter()
-        table = probe_backbone(spec, train_csv, test_csv)
+        table = probe_backbone(spec, train_csv, test_csv, poolings=POOLINGS)
         table.insert(0, "backbone", name)
         tables.append(table)
         print(f"{name}: probed in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -148,13 +152,12 @@ def main() -> int:
     plot(table, out / "probe.png")
     print(md)
     print(note)
-    best = table.loc[table.groupby("backbone", sort=False)["ccc_mean"].idxmax()]
-    summary = {
-        r.backbone: {"best_layer_ccc": int(r.layer), "ccc_mean": r.ccc_mean, "uar": r.uar}
-        for r in best.itertuples()
-    }
-    for name, s in summary.items():
-        print(f"best layer of {name}: {s['best_layer_ccc']} (CCC {s['ccc_mean']:.3f})")
+    for key in ("ccc_mean", "uar"):
+        best = table.loc[table.groupby(["backbone", "pooling"], sort=False)[key].idxmax()]
+        for r in best.itertuples():
+            print(
+                f"best {key} of {r.backbone}, {r.pooling}: layer {r.layer}, {getattr(r, key):.3f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"table": table.to_dict("records")}, indent=2))
     print(f"table {out / 'results.md'}, plot {out / 'probe.png'}")

@@ -85,19 +85,27 @@ def test_layer_features_are_the_mean_of_each_hidden_state(labelled):
     torch.manual_seed(0)
     backbone = load_backbone("random:wav2vec2-tiny").eval()
     files = [str(labelled / f"train_{i}.wav") for i in range(4)]
-    feats = layer_features(backbone, files)
-    assert feats.shape == (4, 4, 32) and np.isfinite(feats).all()
+    feats = layer_features(backbone, files, pooling="mean+std")
+    assert feats.shape == (4, 4, 64) and np.isfinite(feats).all()
+    np.testing.assert_allclose(layer_features(backbone, files), feats[..., :32], atol=1e-6)
     wave = torch.from_numpy(read_audio(files[2]))[None]
     with torch.no_grad():
         states = backbone(prenorm(wave), output_hidden_states=True).hidden_states
     for k in range(1, 5):  # batched with padding, one clip alone: the same numbers
-        np.testing.assert_allclose(feats[2, k - 1], states[k][0].mean(0).numpy(), atol=1e-4)
+        np.testing.assert_allclose(feats[2, k - 1, :32], states[k][0].mean(0).numpy(), atol=1e-4)
+        std = states[k][0].std(0, unbiased=False).numpy()
+        np.testing.assert_allclose(feats[2, k - 1, 32:], std, atol=1e-4)
+    with pytest.raises(ValueError, match="pooling"):
+        layer_features(backbone, files, pooling="max")
 
 
 def test_probe_backbone_gives_one_row_per_layer(labelled):
     torch.manual_seed(0)
-    table = probe_backbone(
-        load_backbone("random:wav2vec2-tiny"), labelled / "train.csv", labelled / "test.csv"
-    )
-    assert table["layer"].tolist() == [1, 2, 3, 4]
+    backbone = load_backbone("random:wav2vec2-tiny")
+    train, test = labelled / "train.csv", labelled / "test.csv"
+    table = probe_backbone(backbone, train, test, poolings=("mean", "mean+std"))
+    assert table["layer"].tolist() == [1, 2, 3, 4] * 2
+    assert table["pooling"].tolist() == ["mean"] * 4 + ["mean+std"] * 4
     assert table[["ccc_mean", "uar"]].notna().all().all()
+    alone = probe_backbone(backbone, train, test)  # the mean rows do not depend on the std ones
+    pd.testing.assert_frame_equal(alone, table.iloc[:4], check_exact=False, atol=1e-6)

@@ -31,6 +31,8 @@ from wav2small.config import DEFAULT_LABEL_COLUMN
 #: Ridge penalties tried (on standardised features, relative to the number of clips).
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 FOLDS = 5
+#: Pooling over time of :func:`layer_features`.
+POOLINGS = ("mean", "mean+std")
 #: Most padded audio (seconds) per backbone call when extracting features.
 BATCH_SECONDS = 64.0
 
@@ -40,15 +42,21 @@ def layer_features(
     backbone: str | os.PathLike | nn.Module,
     files: Sequence[str],
     *,
+    pooling: str = "mean",
     progress: bool = False,
 ) -> np.ndarray:
-    """(clips, layers, hidden) mean over time of every encoder layer's output, frozen (eval).
+    """Every encoder layer's output pooled over each clip's frames, frozen (eval mode).
 
     Args:
         backbone: a spec for :func:`wav2small.models.exits.load_backbone` or a module.
         files: audio files (read at 16 kHz mono).
+        pooling: ``"mean"`` → (clips, layers, hidden), what the exits' heads average; or
+            ``"mean+std"`` → (clips, layers, 2 · hidden): the mean, then the standard deviation
+            over time (statistics pooling: how a feature moves within the clip).
         progress: progress bar.
     """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     from tqdm.auto import tqdm
 
     from wav2small.audio import read_audio
@@ -59,7 +67,8 @@ def layer_features(
 
     model = create_exits_model(backbone, task="adv", exits=()).eval()
     waves = [check_wave(read_audio(f), f) for f in files]
-    out = np.zeros((len(files), model.num_layers, int(model.backbone.config.hidden_size)))
+    hidden = int(model.backbone.config.hidden_size)
+    out = np.zeros((len(files), model.num_layers, hidden * (2 if pooling == "mean+std" else 1)))
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     budget = int(BATCH_SECONDS * 16000)
     start = 0
@@ -70,8 +79,12 @@ def layer_features(
                 stop += 1
             idx = order[start:stop]
             wave, lengths = pad_batch([torch.from_numpy(waves[i]) for i in idx])
-            for k, hidden, frames in model.layer_outputs(wave, lengths):
-                out[idx, k - 1] = masked_mean(hidden, frames).double().numpy()
+            for k, states, frames in model.layer_outputs(wave, lengths):
+                mean = masked_mean(states, frames)
+                out[idx, k - 1, :hidden] = mean.double().numpy()
+                if pooling == "mean+std":
+                    var = masked_mean((states - mean[:, None]) ** 2, frames)
+                    out[idx, k - 1, hidden:] = var.clamp(min=0).sqrt().double().numpy()
             bar.update(len(idx))
             start = stop
     if not np.isfinite(out).all():
@@ -207,11 +220,30 @@ def probe_backbone(
     test_csv: str | os.PathLike,
     *,
     label_column: str = DEFAULT_LABEL_COLUMN,
+    poolings: Sequence[str] = ("mean",),
     progress: bool = False,
 ) -> pd.DataFrame:
-    """:func:`probe_layers` of a backbone's frozen features on two labelled manifests."""
+    """:func:`probe_layers` of a backbone's frozen features on two labelled manifests.
+
+    One backbone pass per clip serves every pooling of ``poolings``; the table has a
+    ``pooling`` column.
+    """
     from wav2small.inputs import read_manifest
 
     tables = [read_manifest(p) for p in (train_csv, test_csv)]
-    feats = [layer_features(backbone, t["path"].tolist(), progress=progress) for t in tables]
-    return probe_layers(feats[0], feats[1], *tables, label_column=label_column)
+    both = "mean+std" in poolings
+    feats = [
+        layer_features(
+            backbone, t["path"].tolist(), pooling="mean+std" if both else "mean", progress=progress
+        )
+        for t in tables
+    ]
+    results = []
+    for pooling in poolings:
+        dim = feats[0].shape[2] // (2 if both else 1) * (2 if pooling == "mean+std" else 1)
+        table = probe_layers(
+            feats[0][..., :dim], feats[1][..., :dim], *tables, label_column=label_column
+        )
+        table.insert(1, "pooling", pooling)
+        results.append(table)
+    return pd.concat(results, ignore_index=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,9 +72,36 @@ def random_twin(spec: str, seed: int):
 
     from wav2small.models.exits import load_backbone
 
-    config = load_backbone(spec).config
+    trained = load_backbone(spec)
     torch.manual_seed(seed)
-    return type(load_backbone(spec))(config)
+    return type(trained)(trained.config)
+
+
+def cached_features(spec, manifest: pd.DataFrame, folder: Path):
+    """``layer_features`` (mean+std) of a backbone on a manifest's clips, kept in ``folder``
+    under a fingerprint of the weights and the file list (a rerun reuses them)."""
+    import hashlib
+
+    import numpy as np
+
+    from wav2small.models.exits import load_backbone
+    from wav2small.probe import layer_features
+
+    module = spec if not isinstance(spec, str | os.PathLike) else load_backbone(spec)
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().contiguous().numpy().tobytes())
+    digest.update("\n".join(manifest["path"]).encode())
+    path = folder / f"{digest.hexdigest()[:20]}.npy"
+    if path.is_file():
+        return np.load(path)
+    feats = layer_features(module, manifest["path"].tolist(), pooling="mean+std")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, feats)
+    os.replace(tmp, path)
+    return feats
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -120,7 +148,8 @@ def main() -> int:
     args = parse_args()
     import torch
 
-    from wav2small.probe import POOLINGS, probe_backbone
+    from wav2small.inputs import read_manifest
+    from wav2small.probe import POOLINGS, probe_poolings
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -134,10 +163,12 @@ def main() -> int:
     for item in args.also:
         name, _, spec = item.partition("=")
         backbones[name] = spec
+    manifests = [read_manifest(p) for p in (train_csv, test_csv)]
     tables = []
     for name, spec in backbones.items():
         t0 = time.perf_counter()
-        table = probe_backbone(spec, train_csv, test_csv, poolings=POOLINGS)
+        feats = [cached_features(spec, m, out / "features") for m in manifests]
+        table = probe_poolings(*feats, *manifests, poolings=POOLINGS)
         table.insert(0, "backbone", name)
         tables.append(table)
         print(f"{name}: probed in {time.perf_counter() - t0:.0f} s", flush=True)

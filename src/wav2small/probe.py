@@ -214,6 +214,36 @@ def probe_layers(
     return pd.DataFrame(rows)
 
 
+def probe_poolings(
+    train_features: np.ndarray,
+    test_features: np.ndarray,
+    train_table: pd.DataFrame,
+    test_table: pd.DataFrame,
+    *,
+    poolings: Sequence[str] = ("mean",),
+    label_column: str = DEFAULT_LABEL_COLUMN,
+) -> pd.DataFrame:
+    """:func:`probe_layers` for each pooling, from ``"mean+std"`` features (or ``"mean"`` ones
+    when only the mean is asked); the table has a ``pooling`` column."""
+    results = []
+    for pooling in poolings:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        dim = train_features.shape[2]
+        if pooling == "mean" and "mean+std" in poolings:
+            dim //= 2  # the mean is the first half of mean+std features
+        table = probe_layers(
+            train_features[..., :dim],
+            test_features[..., :dim],
+            train_table,
+            test_table,
+            label_column=label_column,
+        )
+        table.insert(1, "pooling", pooling)
+        results.append(table)
+    return pd.concat(results, ignore_index=True)
+
+
 def probe_backbone(
     backbone: str | os.PathLike | nn.Module,
     train_csv: str | os.PathLike,
@@ -223,27 +253,14 @@ def probe_backbone(
     poolings: Sequence[str] = ("mean",),
     progress: bool = False,
 ) -> pd.DataFrame:
-    """:func:`probe_layers` of a backbone's frozen features on two labelled manifests.
-
-    One backbone pass per clip serves every pooling of ``poolings``; the table has a
-    ``pooling`` column.
-    """
+    """:func:`probe_poolings` of a backbone's frozen features on two labelled manifests (one
+    backbone pass per clip serves every pooling)."""
     from wav2small.inputs import read_manifest
 
     tables = [read_manifest(p) for p in (train_csv, test_csv)]
-    both = "mean+std" in poolings
+    pooling = "mean+std" if "mean+std" in poolings else "mean"
     feats = [
-        layer_features(
-            backbone, t["path"].tolist(), pooling="mean+std" if both else "mean", progress=progress
-        )
+        layer_features(backbone, t["path"].tolist(), pooling=pooling, progress=progress)
         for t in tables
     ]
-    results = []
-    for pooling in poolings:
-        dim = feats[0].shape[2] // (2 if both else 1) * (2 if pooling == "mean+std" else 1)
-        table = probe_layers(
-            feats[0][..., :dim], feats[1][..., :dim], *tables, label_column=label_column
-        )
-        table.insert(1, "pooling", pooling)
-        results.append(table)
-    return pd.concat(results, ignore_index=True)
+    return probe_poolings(*feats, *tables, poolings=poolings, label_column=label_column)

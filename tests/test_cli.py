@@ -21,6 +21,7 @@ from wav2small.cli import build_parser, main, non_negative_int
 from wav2small.config import (
     ON_ERROR,
     CommonOptions,
+    PretrainConfig,
     SelfDistillConfig,
     StudentConfig,
     TeacherConfig,
@@ -208,6 +209,7 @@ TRAINERS = {
     "train": StudentConfig,
     "train-teacher": TeacherConfig,
     "selfdistill": SelfDistillConfig,
+    "pretrain": PretrainConfig,
 }
 #: Subcommands that have each shared option (the trainers included).
 HAVE = {
@@ -284,6 +286,7 @@ def test_trainer_flags_default_to_their_dataclass_and_set_the_same_fields(name):
 
     cls, parser = TRAINERS[name], build_parser()
     needed = {"train": ["--data", "d.csv"], "distill": ["--audio", "a", "--teacher", "t"]}
+    needed["pretrain"] = ["--audio", "a.csv"]
     base = [name, *needed.get(name, ["--data", "d.csv"])]
     cfg = from_cli(cls, parser.parse_args(base))  # unset flags: the dataclass decides
     default = cls(**{k: getattr(cfg, k) for k in ("data", "audio", "teacher") if hasattr(cfg, k)})

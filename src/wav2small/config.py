@@ -456,7 +456,7 @@ class PretrainConfig(RunConfig):
     batch_size: int = 8
     lr: float = 2e-3
     crop_seconds: float | None = 3.0
-    max_steps: int = 4000
+    max_steps: int = 3000
     warmup_steps: float = 0.05
     codebooks: dict[str, int] = field(default_factory=lambda: {"mel": 100, "pitch": 50})
     kmeans_frames: int = 100_000

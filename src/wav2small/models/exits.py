@@ -35,9 +35,10 @@ normalise over time, so with padding the convolutional encoder is run clip by cl
 
 Backbones: a local folder or hub id in Hugging Face layout (``Wav2Vec2Model``/``WavLMModel``,
 also the Dawn checkpoint, whose ``wav2vec2.*`` weights load as the backbone, and the
-WavLM-Odyssey layout via :mod:`wav2small.teachers`), or ``random:<preset>`` for a randomly
-initialised backbone of a known shape (:data:`RANDOM_BACKBONES`; no pretrained weights are
-available offline).
+WavLM-Odyssey layout via :mod:`wav2small.teachers`), ``backbone-synth`` (our own backbone
+pretrained on the built-in corpus, :mod:`wav2small.pretrain`; no third-party pretrained weights
+are available offline), or ``random:<preset>`` for a randomly initialised backbone of a known
+shape (:data:`RANDOM_BACKBONES`).
 """
 
 from __future__ import annotations

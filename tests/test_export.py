@@ -245,3 +245,24 @@ def test_a_true_8_bit_export_keeps_the_plain_name_and_card(tiny, tmp_path, monke
     assert report.int8_path == str(tmp_path / "model.int8.onnx")
     assert not (tmp_path / "model.int8-a16.onnx").exists()
     assert A16_NOTE not in (tmp_path / CARD_NAME).read_text()
+
+
+def test_card_files_are_rewritten_with_the_exported_files_scores(tiny, tmp_path):
+    """`make demo` exports first, scores the shipped file, then rewrites the card and the hub
+    README with those scores (write_card_files, the tail of export)."""
+    from wav2small.card import CARD_NAME
+    from wav2small.export import write_card_files
+    from wav2small.hub import README_FILE
+
+    report = export(tiny, tmp_path, card={"data": "four clips"})
+    before = (tmp_path / CARD_NAME).read_text()
+    assert "Not evaluated at export time" in before and "four clips" in before
+    metrics = {"test (4 clips) · gold": {"arousal": 0.123, "dominance": 0.456, "valence": 0.789}}
+    text = write_card_files(
+        tiny, tmp_path, report=report, card={"data": "four clips", "metrics": metrics}
+    )
+    for name in (CARD_NAME, README_FILE):
+        written = (tmp_path / name).read_text()
+        assert "| test (4 clips) · gold | 0.123 | 0.456 | 0.789 |" in written, name
+        assert "Not evaluated at export time" not in written and "four clips" in written
+    assert (tmp_path / CARD_NAME).read_text() == text

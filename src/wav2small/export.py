@@ -671,16 +671,44 @@ def export(
 
     write_audonnx_folders(out_dir)  # audonnx/ (+ audonnx-int8/): audonnx.load(folder) as is
     write_text(out_dir / "export_report.json", json.dumps(asdict(report), indent=2))
+    write_card_files(model, out_dir, report=report, metadata=metadata, card=card)
+    return report
+
+
+def write_card_files(
+    model,
+    out_dir: str | Path,
+    *,
+    report: ExportReport,
+    metadata: dict[str, str] | None = None,
+    card: dict | None = None,
+) -> str:
+    """Write (or rewrite) an export folder's model card and hub files (README.md, config.json,
+    model.safetensors) for ``model`` and its export ``report``.
+
+    :func:`export` calls it; call it again with the exported file's scores in ``card["metrics"]``
+    once they are measured (``make demo`` scores the shipped ONNX file after the export).
+
+    Args:
+        model: the exported torch model.
+        out_dir: the export folder.
+        report: what :func:`export` wrote and measured.
+        metadata: the extra ONNX metadata given to :func:`export`.
+        card: keyword arguments of :func:`wav2small.card.model_card` (``facts``, ``metrics``,
+            ``data``, ``untrained``).
+
+    Returns:
+        The card's text.
+    """
+    from wav2small.hub import write_hub_files
     from wav2small.models import model_info
 
     info = {**model_info(model), **(metadata or {})}
     text = model_card(info=info, report=report, **(card or {}))
     write_model_card(out_dir, text)
-    from wav2small.hub import write_hub_files
-
     untrained = bool((card or {}).get("untrained"))
     write_hub_files(model, out_dir, info=info, report=report, card=text, untrained=untrained)
-    return report
+    return text
 
 
 def reject_failed(report: ExportReport, *, parity_ok: bool, int8_ok: bool = True) -> None:

@@ -9,13 +9,14 @@ and against the teacher, and times each fp32 and int8 ONNX export in ONNX Runtim
 runs under ``--out`` are reused (a rerun resumes each run from its last checkpoint). Not part
 of ``make bench``: the default runs are ≈ 50 min of one-thread training (two at a time).
 
-    python benchmarks/bench_frontend.py [--runs dil27:1000 long:1000:3 ...]
+    python benchmarks/bench_frontend.py [--runs dil27:1000 long:1000:3 trend:1000:whole ...]
     python benchmarks/bench_frontend.py --variants dil27 salience --steps 1000 2000
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=DEFAULT_RUNS,
         metavar="VARIANT:STEPS[:CROP]",
-        help=f"runs to train and score (default: the study's, {' '.join(DEFAULT_RUNS)})",
+        help="runs to train and score; CROP: seconds, or 'whole' for whole clips (each batch "
+        f"padded to its longest) (default: the study's, {' '.join(DEFAULT_RUNS)})",
     )
     ap.add_argument(
         "--variants",
@@ -169,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=FULL.n_test)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the corpus (and of the runs)")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", help="train every run with each of these (default: --seed)"
+    )
+    ap.add_argument("--no-ms", action="store_true", help="skip the ONNX export and timing")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/DISTILL.md")
     args = ap.parse_args(argv)
 
@@ -181,16 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = [_parse_run(r, ap, args.crop_seconds) for r in args.runs]
     jobs, names = [], []
-    for variant, steps, crop in runs:
-        name = f"{variant} · {steps} steps · {crop:g} s"
-        run = args.out / "runs" / f"{variant}-{steps}-{crop:g}s"
+    for (variant, steps, crop), seed in itertools.product(runs, args.seeds or [args.seed]):
+        cut = "whole" if crop is None else f"{crop:g}s"
+        name = f"{variant} · {steps} steps · {'whole clips' if crop is None else f'{crop:g} s'}"
+        name += f" · seed {seed}" if seed else ""
+        # seed 0 keeps the study's former folder names (finished runs are reused)
+        run = args.out / "runs" / (f"{variant}-{steps}-{cut}" + (f"-seed{seed}" if seed else ""))
         jobs.append(
             {
                 "mode": "distill",
                 "csv": data["pool"],
                 "out": run,
                 "plan": replace(plan, distill_steps=steps, crop_seconds=crop),
-                "seed": args.seed,
+                "seed": seed,
                 "teacher": "synth",
                 "student": f"wav2small-study-{variant}",
                 "labels": data["pool_labels"],
@@ -202,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
     weights = {n: Path(j["out"]) / "best.safetensors" for n, j in zip(names, jobs, strict=True)}
     ev = evaluate(weights, data["test"], teacher=data["test_labels"])
-    ms = _ms_per_5s({n: w for n, w in weights.items()}, args.out, args.repeats)
+    nan = float("nan")
+    ms = (
+        {f"{n} {k}": nan for n in names for k in ("fp32", "int8", "int8 KB")}
+        if args.no_ms
+        else _ms_per_5s(weights, args.out, args.repeats)
+    )
     rows = []
     for n in names:
         gold, vs_t = ev.ccc(n, "gold"), ev.ccc(n, "teacher")
@@ -229,18 +243,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _parse_run(text: str, ap: argparse.ArgumentParser, crop: float) -> tuple[str, int, float]:
-    """``"variant:steps[:crop seconds]"`` → (variant, steps, crop), or a one-line usage error."""
+def _parse_run(
+    text: str, ap: argparse.ArgumentParser, crop: float
+) -> tuple[str, int, float | None]:
+    """``"variant:steps[:crop seconds | whole]"`` → (variant, steps, crop; None: whole clips),
+    or a one-line usage error."""
     parts = text.split(":")
     try:
         variant, steps = parts[0], int(parts[1])
-        crop = float(parts[2]) if len(parts) == 3 else crop
-        ok = variant in VARIANTS and steps >= 1 and crop > 0 and len(parts) <= 3
+        whole = len(parts) == 3 and parts[2] == "whole"
+        crop = None if whole else float(parts[2]) if len(parts) == 3 else crop
+        ok = variant in VARIANTS and steps >= 1 and (whole or crop > 0) and len(parts) <= 3
     except (IndexError, ValueError):
         ok = False
     if not ok:
         ap.error(
-            f"--runs {text!r}: expected VARIANT:STEPS[:CROP] with VARIANT one of {list(VARIANTS)}"
+            f"--runs {text!r}: expected VARIANT:STEPS[:CROP] (CROP seconds or 'whole') with "
+            f"VARIANT one of {list(VARIANTS)}"
         )
     return variant, steps, crop
 

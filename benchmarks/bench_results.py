@@ -32,6 +32,7 @@ import torch
 
 from wav2small import LABELS
 from wav2small.bench import onnx_ms_per_clip, rss_increase_mb
+from wav2small.data import crops_text
 from wav2small.export import export
 from wav2small.models import count_parameters, create_model, list_models
 
@@ -533,7 +534,7 @@ def main() -> int:
         "## Rater noise × pool size",
         "",
         f"`wav2small-paper`, the demo's recipe ({plan.distill_steps} steps of "
-        f"{plan.batch_size} × {plan.crop_seconds:g} s crops); {plan.n_train:,} labelled clips; "
+        f"{plan.batch_size} × {crops_text(plan.crop_seconds)}); {plan.n_train:,} labelled clips; "
         "pools of unlabelled clips 1×, 2× (the demo's) and 4× that; CCC on the "
         f"{plan.n_test}-clip test split, A / D / V. The distilled students never see a label "
         "(the shipped teacher learned from labels with the default rater noise), so only the "

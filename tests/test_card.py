@@ -97,3 +97,15 @@ def test_card_metrics_table_and_synthetic_warning(tiny):
     assert "must NOT be used on real speech" in text
     real = model_card(info=model_info(tiny), report=report, data="MSP-Podcast train")
     assert "must NOT be used on real speech" not in real
+
+
+def test_card_recipe_names_crops_or_whole_clips(tiny):
+    report = ExportReport("model.onnx", 2048, max_abs_diff={"1 s": 1e-7})
+    recipe = {"mode": "distill", "max_steps": 10, "batch_size": 8, "lr": 0.002, "seed": 0}
+
+    def card(crop):
+        facts = {"config": recipe | {"crop_seconds": crop}}
+        return model_card(info=model_info(tiny), report=report, facts=facts)
+
+    assert "10 steps of 8 × ≤ 2 s crops" in card(2.0)
+    assert "10 steps of 8 × whole clips" in card(None)

@@ -228,3 +228,18 @@ def test_utterance_dataset_reads_whole_clips(corpus):
     item = UtteranceDataset(manifest, targets)[2]
     assert len(item["wave"]) == round(1.2 * SAMPLE_RATE)
     assert item["target"] == pytest.approx(targets[2])
+
+
+def test_whole_clip_batches_are_padded_to_the_longest_never_cut():
+    """crop_seconds=None: each clip is whole (its label describes it); crops are cut."""
+    from wav2small.data import train_collate
+
+    items = [
+        {"wave": np.full(n, 1.0, np.float32), "target": None, "index": k, "u": 0.9}
+        for k, n in enumerate([40000, 91000, 64000])
+    ]
+    whole = train_collate(None, min_seconds=1.0)(items)
+    assert whole["wave"].shape == (3, 91000) and whole["lengths"].tolist() == [40000, 91000, 64000]
+    assert whole["wave"][0, :40000].min() == 1 and whole["wave"][0, 40000:].abs().sum() == 0
+    cropped = train_collate(4.0, min_seconds=1.0)(items)
+    assert cropped["wave"].shape == (3, 40000) and cropped["lengths"].tolist() == [40000] * 3

@@ -89,9 +89,12 @@ def _training_lines(facts: dict[str, Any]) -> list[str]:
             f"* Data: `{config.get('data') or 'unknown'}`.",
         ]
     if config:
+        from wav2small.data import crops_text
+
+        crops = crops_text(config.get("crop_seconds"))
         lines.append(
             f"* Recipe: {config.get('max_steps')} steps of {config.get('batch_size')} × "
-            f"≤ {config.get('crop_seconds')} s crops, lr {config.get('lr')}, seed "
+            f"{'≤ ' if crops.endswith('crops') else ''}{crops}, lr {config.get('lr')}, seed "
             f"{config.get('seed')}."
         )
     if "best_val_ccc_mean" in summary:

@@ -142,7 +142,8 @@ class RunConfig:
         val_fraction: share of the training clips held out when ``val`` is not given.
         batch_size: clips per optimiser step.
         lr: peak learning rate.
-        crop_seconds: longest random training crop (``None``: whole clips).
+        crop_seconds: longest random training crop (``None``: whole clips, each batch
+            zero-padded to its longest clip, never cut).
         on_error: ``raise`` at the first unusable training file (unreadable, too short for the
             model, non-finite or absurd samples or labels), or ``skip`` it and list it in the
             run's ``skipped.csv`` and log.

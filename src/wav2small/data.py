@@ -11,7 +11,9 @@
   random gain and time shift (circular roll).
 * **Batches** (:func:`collate`): every crop of a batch is cut to the shortest crop in it (but
   not below ``min_seconds``, padding with zeros and reporting ``lengths`` below that), so batches
-  are normally unpadded and every student family sees exactly what it would see alone.
+  are normally unpadded and every student family sees exactly what it would see alone. Whole
+  clips (``crop_seconds=None``) are never cut: :func:`train_collate` pads them to the batch's
+  longest (:func:`pad_collate`), since a whole-clip target describes the whole clip.
 * **Reproducibility**: the :class:`SeededSampler` draws the order and one seed per item from
   ``(seed, epoch)``; all randomness of an item (crop offsets, augmentation) comes from that
   seed, so a run is the same whatever the number of data-loader workers.
@@ -507,3 +509,23 @@ class UtteranceDataset:
 def pad_collate(items: Sequence[dict]) -> dict:
     """Zero-pad whole clips to the longest (no cropping), with ``lengths``."""
     return _collate(items, max(len(it["wave"]) for it in items))
+
+
+def crops_text(crop_seconds: float | None) -> str:
+    """How a recipe cuts its training clips, for reports: ``"4 s crops"`` or ``"whole clips"``."""
+    return "whole clips" if crop_seconds is None else f"{crop_seconds:g} s crops"
+
+
+def train_collate(crop_seconds: float | None, min_seconds: float = DEFAULT_MIN_SECONDS):
+    """The collate of training batches of :class:`CropDataset` items.
+
+    Random crops (``crop_seconds`` set) are cut to the batch's shortest (:func:`collate`, not
+    below ``min_seconds``). Whole clips (``crop_seconds=None``) are zero-padded to the batch's
+    longest and never cut (:func:`pad_collate`): a whole-clip target (gold, or a cached teacher
+    label) describes the whole clip, and the models ignore the padding given ``lengths``.
+    """
+    if crop_seconds is None:
+        return pad_collate
+    from functools import partial
+
+    return partial(collate, min_seconds=min_seconds)

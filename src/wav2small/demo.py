@@ -48,7 +48,7 @@ class DemoPlan:
     distill_steps: int
     train_steps: int
     batch_size: int
-    crop_seconds: float
+    crop_seconds: float | None  # None: whole clips, each batch padded to its longest
     lr: float
     long_file_clips: int
     mse_weight: float = 1.0  # CCC loss + MSE: without it a student's outputs can blow up early
@@ -515,6 +515,8 @@ def _write_report(
     rows: list,
     minutes: float,
 ) -> None:
+    from wav2small.data import crops_text
+
     command = {FULL: "make demo", QUICK: "make demo QUICK=1"}.get(plan, f"run_demo(plan={plan})")
     parts = [
         "# wav2small demo report",
@@ -526,7 +528,7 @@ def _write_report(
         f"Students: `{STUDENT}`; distilled for {plan.distill_steps} steps on the teacher's "
         f"outputs for the pool (labelled once, `pool_labels.parquet`), labelled-only for "
         f"{plan.train_steps} steps on rater-mean labels; batch {plan.batch_size} × "
-        f"{plan.crop_seconds:g} s crops (half of them mixed with noise at 5–30 dB SNR), AdamW "
+        f"{crops_text(plan.crop_seconds)} (half of them mixed with noise at 5–30 dB SNR), AdamW "
         f"lr {plan.lr:g}, loss (1 − CCC) + {plan.mse_weight:g} · MSE; seed {seed}.",
         "",
         "## Test split",

@@ -322,11 +322,15 @@ class _Targets:
 
 
 def _loaders(cfg: SelfDistillConfig, data: RunData):
-    from functools import partial
-
     from torch.utils.data import DataLoader
 
-    from wav2small.data import CropDataset, SeededSampler, UtteranceDataset, collate, pad_collate
+    from wav2small.data import (
+        CropDataset,
+        SeededSampler,
+        UtteranceDataset,
+        pad_collate,
+        train_collate,
+    )
 
     train_set = CropDataset(data.train, crop_seconds=cfg.crop_seconds)
     if len(train_set) < cfg.batch_size:
@@ -340,7 +344,9 @@ def _loaders(cfg: SelfDistillConfig, data: RunData):
         batch_size=cfg.batch_size,
         drop_last=True,
         sampler=SeededSampler(len(train_set), seed=cfg.seed),
-        collate_fn=_Targets(partial(collate, min_seconds=cfg.min_crop_seconds), data.train_targets),
+        collate_fn=_Targets(
+            train_collate(cfg.crop_seconds, cfg.min_crop_seconds), data.train_targets
+        ),
         num_workers=workers,
         persistent_workers=workers > 0,
     )

@@ -328,11 +328,15 @@ def lr_lambda(cfg: TrainConfig):
 
 # --- running ----------------------------------------------------------------------------------
 def _loaders(cfg: TrainConfig, data: RunData):
-    from functools import partial
-
     from torch.utils.data import DataLoader
 
-    from wav2small.data import CropDataset, SeededSampler, UtteranceDataset, collate, pad_collate
+    from wav2small.data import (
+        CropDataset,
+        SeededSampler,
+        UtteranceDataset,
+        pad_collate,
+        train_collate,
+    )
     from wav2small.errors import UserError
 
     train_set = CropDataset(
@@ -354,7 +358,7 @@ def _loaders(cfg: TrainConfig, data: RunData):
         batch_size=cfg.batch_size,
         drop_last=True,
         sampler=SeededSampler(len(train_set), seed=cfg.seed),
-        collate_fn=partial(collate, min_seconds=cfg.min_crop_seconds),
+        collate_fn=train_collate(cfg.crop_seconds, cfg.min_crop_seconds),
         num_workers=workers,
         persistent_workers=workers > 0,
     )

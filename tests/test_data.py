@@ -243,3 +243,28 @@ def test_whole_clip_batches_are_padded_to_the_longest_never_cut():
     assert whole["wave"][0, :40000].min() == 1 and whole["wave"][0, 40000:].abs().sum() == 0
     cropped = train_collate(4.0, min_seconds=1.0)(items)
     assert cropped["wave"].shape == (3, 40000) and cropped["lengths"].tolist() == [40000] * 3
+
+
+def test_whole_clip_sampler_batches_similar_lengths_and_draws_each_clip_once():
+    from wav2small.data import BUCKET_BATCHES, train_sampler
+
+    rng = np.random.default_rng(0)
+    n, batch = 8 * BUCKET_BATCHES * 3 + 5, 8
+    durations = rng.uniform(2.4, 5.7, n)
+    manifest = pd.DataFrame({"path": [f"{i}.wav" for i in range(n)], "duration": durations})
+    whole = train_sampler(CropDataset(manifest, crop_seconds=None), seed=1, batch_size=batch)
+    crops = train_sampler(CropDataset(manifest, crop_seconds=4.0), seed=1, batch_size=batch)
+    for sampler in (whole, crops):
+        sampler.set_epoch(0)
+        pairs = list(sampler)
+        assert sorted(i for i, _ in pairs) == list(range(n))  # each clip once per epoch
+    assert list(crops) == list(SeededSampler(n, seed=1))  # crops: the plain shuffled order
+    order = np.array([i for i, _ in whole])
+    assert order.tolist() == [i for i, _ in whole]  # reproducible
+    full = order[: n // batch * batch].reshape(-1, batch)
+    padded = durations[full].max(1).sum() * batch / durations[full].sum()
+    shuffled = np.array([i for i, _ in crops])[: n // batch * batch].reshape(-1, batch)
+    padded_random = durations[shuffled].max(1).sum() * batch / durations[shuffled].sum()
+    assert padded < 1.1 < padded_random  # ≤ 10 % padding instead of ≈ 25 %
+    whole.set_epoch(1)
+    assert [i for i, _ in whole] != order.tolist()  # another epoch, other batches

@@ -13,7 +13,8 @@
   not below ``min_seconds``, padding with zeros and reporting ``lengths`` below that), so batches
   are normally unpadded and every student family sees exactly what it would see alone. Whole
   clips (``crop_seconds=None``) are never cut: :func:`train_collate` pads them to the batch's
-  longest (:func:`pad_collate`), since a whole-clip target describes the whole clip.
+  longest (:func:`pad_collate`), since a whole-clip target describes the whole clip; their
+  sampler (:func:`train_sampler`) batches clips of similar length, so little is padding.
 * **Reproducibility**: the :class:`SeededSampler` draws the order and one seed per item from
   ``(seed, epoch)``; all randomness of an item (crop offsets, augmentation) comes from that
   seed, so a run is the same whatever the number of data-loader workers.
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CROP_SECONDS = 4.0
 #: Batches are cut to their shortest crop, but never below this (shorter clips are padded).
 DEFAULT_MIN_SECONDS = 1.0
+#: Whole-clip batches are drawn by length from runs of this many batches (SeededSampler).
+BUCKET_BATCHES = 16
 NOISE_COLOURS = ("white", "pink", "brown")
 #: Spectral slope (power ∝ f^-slope) of each noise colour.
 _NOISE_SLOPE = {"white": 0.0, "pink": 1.0, "brown": 2.0}
@@ -415,13 +418,30 @@ class SeededSampler:
     not on the rank: together the ranks draw the same crops as one process would.
 
     :meth:`resume_at` continues a stream inside an epoch (exact resume from a mid-epoch step).
+
+    With ``durations`` (whole-clip batches, padded to their longest) and ``batch_size``, each
+    run of :data:`BUCKET_BATCHES` batches of the shuffled order is sorted by duration, cut into
+    batches and those batches shuffled: a batch holds clips of similar length, so little of it
+    is padding, and every clip is still drawn once per epoch.
     """
 
     def __init__(
-        self, n: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
+        self,
+        n: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        durations: Sequence[float] | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.rank, self.world_size = rank, world_size
+        self.durations = None if durations is None else np.asarray(durations, np.float64)
+        if self.durations is not None and len(self.durations) != n:
+            raise ValueError(f"{len(self.durations)} durations for {n} clips")
+        self.batch_size = batch_size
         self.epoch = 0
         self._offset = 0  # our epoch − the caller's epoch number (after a resume)
         self._skip = 0  # pairs of this rank to skip in the next pass (after a resume)
@@ -449,9 +469,37 @@ class SeededSampler:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         seeds = rng.integers(0, 2**62, size=self.n)
+        if self.durations is not None:
+            order = self._bucketed(order, rng)
         first = self.rank + skip * self.world_size
         for i in range(first, len(self) * self.world_size, self.world_size):
             yield int(order[i]), int(seeds[i])
+
+    def _bucketed(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``order`` with each run of :data:`BUCKET_BATCHES` batches sorted by duration into
+        batches, those batches in random order (the tail of a run stays its last batch)."""
+        size = self.batch_size * self.world_size
+        out = []
+        for start in range(0, len(order), size * BUCKET_BATCHES):
+            run = order[start : start + size * BUCKET_BATCHES]
+            run = run[np.argsort(self.durations[run], kind="stable")]
+            batches = [run[i : i + size] for i in range(0, len(run), size)]
+            full = [b for b in batches if len(b) == size]
+            out += [full[i] for i in rng.permutation(len(full))]
+            out += [b for b in batches if len(b) != size]
+        return np.concatenate(out) if out else order
+
+
+def train_sampler(dataset: CropDataset, *, seed: int, batch_size: int) -> SeededSampler:
+    """The sampler of a training run: whole clips (``dataset.crop_seconds is None``) are
+    batched by length (see :class:`SeededSampler`), crops in plain shuffled order."""
+    whole = dataset.crop_seconds is None
+    return SeededSampler(
+        len(dataset),
+        seed=seed,
+        durations=dataset.durations if whole else None,
+        batch_size=batch_size,
+    )
 
 
 def collate(items: Sequence[dict], *, min_seconds: float = DEFAULT_MIN_SECONDS) -> dict:

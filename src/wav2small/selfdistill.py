@@ -326,10 +326,10 @@ def _loaders(cfg: SelfDistillConfig, data: RunData):
 
     from wav2small.data import (
         CropDataset,
-        SeededSampler,
         UtteranceDataset,
         pad_collate,
         train_collate,
+        train_sampler,
     )
 
     train_set = CropDataset(data.train, crop_seconds=cfg.crop_seconds)
@@ -343,7 +343,7 @@ def _loaders(cfg: SelfDistillConfig, data: RunData):
         train_set,
         batch_size=cfg.batch_size,
         drop_last=True,
-        sampler=SeededSampler(len(train_set), seed=cfg.seed),
+        sampler=train_sampler(train_set, seed=cfg.seed, batch_size=cfg.batch_size),
         collate_fn=_Targets(
             train_collate(cfg.crop_seconds, cfg.min_crop_seconds), data.train_targets
         ),

@@ -332,10 +332,10 @@ def _loaders(cfg: TrainConfig, data: RunData):
 
     from wav2small.data import (
         CropDataset,
-        SeededSampler,
         UtteranceDataset,
         pad_collate,
         train_collate,
+        train_sampler,
     )
     from wav2small.errors import UserError
 
@@ -357,7 +357,7 @@ def _loaders(cfg: TrainConfig, data: RunData):
         train_set,
         batch_size=cfg.batch_size,
         drop_last=True,
-        sampler=SeededSampler(len(train_set), seed=cfg.seed),
+        sampler=train_sampler(train_set, seed=cfg.seed, batch_size=cfg.batch_size),
         collate_fn=train_collate(cfg.crop_seconds, cfg.min_crop_seconds),
         num_workers=workers,
         persistent_workers=workers > 0,

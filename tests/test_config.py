@@ -114,3 +114,17 @@ def test_saved_config_round_trips(tmp_path):
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["exits"] == [1, 3] and resolve(SelfDistillConfig, saved) == cfg
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_crop_seconds_zero_means_whole_clips_and_negative_is_an_error():
+    from wav2small.train import resolve_config
+
+    settings = {"mode": "distill", "teacher": "synth", "audio": "pool.csv"}
+    whole = resolve_config(settings, {"crop_seconds": 0})
+    whole.validate()
+    assert whole.crop_seconds is None  # None in a layer means "not set": 0 says whole clips
+    default = resolve_config(settings, {"crop_seconds": None})
+    default.validate()
+    assert default.crop_seconds == 4.0
+    with pytest.raises(UserError, match="crop_seconds must be > 0"):
+        resolve_config(settings, {"crop_seconds": -1}).validate()

@@ -142,7 +142,7 @@ class RunConfig:
         val_fraction: share of the training clips held out when ``val`` is not given.
         batch_size: clips per optimiser step.
         lr: peak learning rate.
-        crop_seconds: longest random training crop (``None``: whole clips, each batch
+        crop_seconds: longest random training crop (``None`` or 0: whole clips, each batch
             zero-padded to its longest clip, never cut).
         on_error: ``raise`` at the first unusable training file (unreadable, too short for the
             model, non-finite or absurd samples or labels), or ``skip`` it and list it in the
@@ -185,8 +185,10 @@ class RunConfig:
             raise UserError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.crop_seconds == 0:  # 0: whole clips (None is "not set" in a settings layer)
+            self.crop_seconds = None
         if self.crop_seconds is not None and not self.crop_seconds > 0:
-            raise UserError(f"crop_seconds must be > 0, got {self.crop_seconds}")
+            raise UserError(f"crop_seconds must be > 0 (0: whole clips), got {self.crop_seconds}")
         if self.threads is not None and self.threads < 0:
             raise UserError(f"threads must be >= 0, got {self.threads}")
 

@@ -152,7 +152,7 @@ def train_student(
         "seed": seed,
         "max_steps": steps,
         "batch_size": plan.batch_size,
-        "crop_seconds": plan.crop_seconds,
+        "crop_seconds": plan.crop_seconds or 0,  # 0: whole clips (None would mean "default")
         "lr": plan.lr,
         "mse_weight": plan.mse_weight,
         "num_workers": 0,

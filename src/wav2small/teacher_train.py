@@ -502,9 +502,7 @@ def train_teacher_cli(args) -> int:
     """``wav2small train-teacher`` entry point (defaults ← ``--config`` ← flags ← ``--set``)."""
     from wav2small.config import from_cli
 
-    cfg = from_cli(TrainConfig, args)
-    if cfg.crop_seconds == 0:  # --crop-seconds 0: whole clips
-        cfg.crop_seconds = None
+    cfg = from_cli(TrainConfig, args)  # --crop-seconds 0: whole clips (RunConfig.check_common)
     with run_lock(cfg.out):
         result = train_teacher(cfg)
     print(

@@ -89,6 +89,7 @@ DEFAULT_RUNS = [
     "trend:2000",
     "dil27:1000:4",
     "trend:1000:4",
+    "trend:1000:whole",
 ]
 for _name, (_cfg, _) in VARIANTS.items():
     register_model(f"wav2small-study-{_name}", lambda c=_cfg: Wav2Small(c))

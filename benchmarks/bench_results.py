@@ -391,7 +391,8 @@ def timings_section(timings: dict | None) -> list[str]:
     if not timings:
         return ["Not recorded: run through `make bench` (benchmarks/run_all.py)."]
     rows = [
-        f"| {name} | {' '.join(t['args']) or '(defaults)'} | {t['seconds'] / 60:.1f} |"
+        f"| {name} | {' '.join(t['args']) or '(defaults)'} | {t['seconds'] / 60:.1f}"
+        + (" (earlier run) |" if t.get("earlier run") else " |")
         for name, t in timings["scripts"].items()
     ]
     return [
@@ -492,7 +493,16 @@ def main() -> int:
         f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; this script "
         f"{(time.perf_counter() - t0) / 60:.1f} minutes. Timings: 1 thread, medians, one run: "
         "read ratios measured interleaved, not absolute values. Everything below is printed by "
-        "the same `make bench` run.",
+        "the same `make bench` run"
+        + (
+            ", except the figures of the scripts marked (earlier run) in the last table "
+            "(`run_all.py --only` re-ran the others; those figures are from the run before)."
+            if any(
+                t.get("earlier run")
+                for t in (figures.get("timings") or {}).get("scripts", {}).values()
+            )
+            else "."
+        ),
         "",
         "## Targets",
         "",

@@ -67,8 +67,15 @@ def main() -> int:
         for flag in BUDGET.get(script.stem, []):
             if flag.startswith(str(FIGURES)):
                 Path(flag).unlink(missing_ok=True)
-    (FIGURES / "timings.json").unlink(missing_ok=True)
     failed, timings = [], {}
+    # --only re-runs some scripts: the others' times from the earlier run stay in timings.json
+    # (marked "earlier run"), so docs/RESULTS.md still lists every script's time.
+    earlier = FIGURES / "timings.json"
+    if args.only and earlier.is_file():
+        for name, t in json.loads(earlier.read_text())["scripts"].items():
+            if name not in {s.stem for s in todo} | {"bench_results"}:
+                timings[name] = t | {"earlier run": True}
+    earlier.unlink(missing_ok=True)
     start = time.perf_counter()
     for script in todo:
         extra = BUDGET.get(script.stem, [])
@@ -87,6 +94,8 @@ def main() -> int:
             failed.append(script.name)
     print("\n## wall time of each script\n")
     for name, t in timings.items():
+        if t.get("earlier run"):
+            continue
         print(f"{name:<22} {t['seconds'] / 60:6.1f} min  exit {t['exit']}  {' '.join(t['args'])}")
     print(f"{'total':<22} {(time.perf_counter() - start) / 60:6.1f} min")
     for name, how in SEPARATE.items():

@@ -55,3 +55,25 @@ def test_make_bench_places_every_benchmark_script():
         "bench_models",
         "bench_results",
     ]
+
+
+def test_results_page_marks_times_of_an_earlier_run():
+    """After ``run_all.py --only``, the scripts not re-run are listed as from the earlier run."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_results.py"
+    spec = importlib.util.spec_from_file_location("bench_results", path)
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    timings = {
+        "scripts": {
+            "bench_models": {"args": [], "seconds": 90, "exit": 0, "earlier run": True},
+            "bench_predict": {"args": ["--json", "p.json"], "seconds": 60, "exit": 0},
+        }
+    }
+    rows = [r for r in results.timings_section(timings) if r.startswith("| bench_")]
+    assert rows == [
+        "| bench_models | (defaults) | 1.5 (earlier run) |",
+        "| bench_predict | --json p.json | 1.0 |",
+    ]

@@ -623,7 +623,9 @@ def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
         help=f"warm-up steps, or a fraction of the run if < 1 (default {d('warmup_steps')})",
     )
     p.add_argument(
-        "--crop-seconds", type=float, help=f"longest training crop (default {d('crop_seconds')})"
+        "--crop-seconds",
+        type=float,
+        help=f"longest training crop; 0: whole clips (default {d('crop_seconds')})",
     )
     p.add_argument("--temperature", type=float, help=f"KL temperature (default {d('temperature')})")
     for term in ("deepest", "exit", "kd", "feature"):

@@ -383,3 +383,17 @@ def test_head_without_the_gram_features_equals_the_linear_on_them(hidden, trend)
     with torch.no_grad():
         torch.testing.assert_close(model.head(pooled, t), ref.detach(), atol=1e-5, rtol=1e-5)
         assert model.head(pooled, t).shape == (5, 3)
+
+
+def test_time_conv_trains_as_a_conv1d_and_exports_as_the_same_conv2d(monkeypatch):
+    from wav2small.models.wav2small import TimeConv
+
+    torch.manual_seed(0)
+    layer = TimeConv(5, 7, dilation=3).eval()
+    x = torch.randn(2, 5, 40, 1)
+    fast = layer(x)  # the Conv1d path (training, torch inference)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    as_exported = layer(x)  # the 4-D Conv that ONNX export writes
+    assert fast.shape == as_exported.shape == (2, 7, 40, 1)
+    torch.testing.assert_close(fast, as_exported, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(fast, torch.zeros_like(fast))

@@ -71,6 +71,11 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         "8-channel 1×1 map: order-aware, utterance-level; the corpus's valence is an "
         "utterance-scale F0 ramp)",
     ),
+    "long64": (
+        replace(PAPER_CONFIG, n_fft=1024, width=65),
+        "the preset with a 64 ms low-band window (61 DFT bins 15.6 Hz apart, 62–1000 Hz: a "
+        "period-doubled, 'rough' voice's subharmonics resolved); width 65, 72,890 parameters",
+    ),
     "salience-trend": (
         Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=125, trend=PAPER_CONFIG.trend),
         "salience + trend pooling (8 channels); width 63",
@@ -167,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of --runs: every variant × every --steps",
     )
     ap.add_argument("--steps", type=int, nargs="+", default=[FULL.distill_steps])
-    ap.add_argument("--crop-seconds", type=float, default=FULL.crop_seconds)
+    ap.add_argument(
+        "--crop-seconds",
+        type=float,
+        default=2.0,
+        help="crop of runs that name none (default 2 s, the study's; the demo now trains on "
+        "whole clips: 'VARIANT:STEPS:whole')",
+    )
     ap.add_argument("--n-pool", type=int, default=FULL.n_pool)
     ap.add_argument("--n-test", type=int, default=FULL.n_test)
     ap.add_argument("--workers", type=int, default=2)

@@ -56,11 +56,10 @@ class DemoPlan:
 
 # Budgets: FULL ≤ 15 min and QUICK ≤ 3 min on 2 cores. Training runs on ONE thread: on a shared
 # 2-core machine a second torch thread makes steps 3-14× slower whenever another job runs.
-# wav2small-paper's step (trunk at 250 frames/s) costs about half the released design's (500
-# frames/s 2-D stem), so FULL affords 2,000 steps of 8 × 2 s crops in the former 1,000 steps' time.
-# Measured and not adopted (docs/DISTILL.md): 1,400 steps of "4 s" crops raise valence (test
-# 0.145 → 0.203) but lose arousal/dominance, no longer beat labelled-only on arousal, and took
-# 14.4 min with the corpus and labels cached.
+# FULL trains on whole clips (each batch padded to its longest, clips batched by length): the
+# corpus's valence is an utterance-scale F0 ramp, and a crop cannot show what its whole-clip
+# label describes. TimeConv's Conv1d path halved the step, which pays for whole clips at the
+# former 2,000 × 2 s steps' time; measured (docs/DISTILL.md): test valence 0.145 → 0.307.
 FULL = DemoPlan(
     n_train=1000,
     n_pool=2000,
@@ -69,7 +68,7 @@ FULL = DemoPlan(
     distill_steps=2000,
     train_steps=2000,
     batch_size=8,
-    crop_seconds=2.0,
+    crop_seconds=None,
     lr=2e-3,
     long_file_clips=16,
 )

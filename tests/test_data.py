@@ -268,3 +268,18 @@ def test_whole_clip_sampler_batches_similar_lengths_and_draws_each_clip_once():
     assert padded < 1.1 < padded_random  # ≤ 10 % padding instead of ≈ 25 %
     whole.set_epoch(1)
     assert [i for i, _ in whole] != order.tolist()  # another epoch, other batches
+
+
+def test_fast_fft_length_is_the_smallest_5_smooth_length_not_below_n():
+    from wav2small.data import fast_fft_length
+
+    def smooth(m: int) -> bool:
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in (1, 2, 7, 97, 1000, 63_001, 96_017):
+        m = fast_fft_length(n)
+        assert m >= n and smooth(m)
+        assert not any(smooth(k) for k in range(n, m))

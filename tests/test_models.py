@@ -386,7 +386,7 @@ def test_head_without_the_gram_features_equals_the_linear_on_them(hidden, trend)
 
 
 def test_time_conv_trains_as_a_conv1d_and_exports_as_the_same_conv2d(monkeypatch):
-    from wav2small.models.wav2small import TimeConv
+    from wav2small.models.wav2small import TimeConv, conv_time
 
     torch.manual_seed(0)
     layer = TimeConv(5, 7, dilation=3).eval()
@@ -397,3 +397,6 @@ def test_time_conv_trains_as_a_conv1d_and_exports_as_the_same_conv2d(monkeypatch
     assert fast.shape == as_exported.shape == (2, 7, 40, 1)
     torch.testing.assert_close(fast, as_exported, atol=1e-6, rtol=1e-5)
     assert not torch.equal(fast, torch.zeros_like(fast))
+    pointwise = torch.nn.Conv2d(7, 4, 1)  # lin / sof / trd: 1×1 with a bias
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: False)
+    torch.testing.assert_close(conv_time(pointwise, fast), pointwise(fast), atol=1e-6, rtol=1e-5)

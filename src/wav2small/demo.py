@@ -59,7 +59,7 @@ class DemoPlan:
 # FULL trains on whole clips (each batch padded to its longest, clips batched by length): the
 # corpus's valence is an utterance-scale F0 ramp, and a crop cannot show what its whole-clip
 # label describes. TimeConv's Conv1d path halved the step, which pays for whole clips at the
-# former 2,000 × 2 s steps' time; measured (docs/DISTILL.md): test valence 0.145 → 0.307.
+# former 2,000 × 2 s steps' time; measured (docs/DISTILL.md): test valence 0.145 → 0.327.
 FULL = DemoPlan(
     n_train=1000,
     n_pool=2000,

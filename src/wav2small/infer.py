@@ -515,7 +515,8 @@ class Predictor:
         for _, *maps in runner.finish():
             pool.add(*maps)
         trend = pool.trend()  # a trend model's (K,), else None
-        values = self.staged.head(pool.pooled()[None], None if trend is None else trend[None])
+        # one row: the graph's own head (StagedModel.head would first read its numpy form)
+        values = self.staged.onnx_head(pool.pooled()[None], None if trend is None else trend[None])
         return [(item.name, 0.0, _seconds(n), values[0])]
 
     def _file_rows(self, item: _Item) -> list[Row]:

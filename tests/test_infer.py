@@ -755,8 +755,9 @@ def test_stream_of_20ms_pushes_equals_the_timeline_and_keeps_its_stated_latency(
 
 
 def test_token_stream_push_array_checks_every_push(trend_models):
-    """The live path of a token stream (float32 mono pushes) still rejects bad samples, naming
-    the stream, and refuses pushes after close; other input goes through the general path."""
+    """A token stream's push_array (most pushes complete no trunk call and return at once)
+    still rejects bad samples, naming the stream, converts other dtypes and refuses pushes after
+    close."""
     p = Predictor(trend_models["onnx"])
     stream = p.stream(step=0.004, context=1.0, name="mic")
     bounds, values = stream.push_array(np.zeros(320, np.float32))

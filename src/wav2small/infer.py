@@ -898,24 +898,6 @@ class TokenTimelineStream(TimelineStream):
         s = self.staged.token_samples
         return (self._runner.chunk_tokens * s + self.staged.right - s) / SAMPLE_RATE
 
-    def push_array(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`TimelineStream.push_array` (a live stream's 20 ms push, 50 a second, most
-        only checked and kept, costs a few µs)."""
-        if (
-            type(chunk) is not np.ndarray
-            or chunk.dtype != np.float32
-            or chunk.ndim != 1
-            or self._resampler is not None
-            or self.closed
-        ):
-            return super().push_array(chunk)
-        if chunk.size:
-            self._feed(validate(chunk, self.name))
-        if not self._blocks:
-            return _NO_BOUNDS, _NO_VALUES
-        bounds, values = self._take_arrays()
-        return bounds, np.clip(values, 0.0, 1.0) if self.clip else values
-
     def _feed(self, x: np.ndarray) -> None:
         self._total += len(x)
         for _, *maps in self._runner.push(x):

@@ -6,14 +6,15 @@ the head) and the per-token attention maps ``lin``/``sof`` as extra outputs; its
 the token geometry (``token_samples``, ``receptive_field``) and the normalisation (``norm``).
 This module (numpy + onnxruntime, no torch) builds on that:
 
-* :class:`StagedModel` — run the token stages on a chunk, or the head on pooled maps;
+* :class:`StagedModel` — run the token stages on a chunk, or the head on pooled maps (an F' = 1
+  head in numpy: :class:`QuadraticHead`);
 * :class:`TokenRunner` — feed samples in blocks of any size; it runs the trunk chunk by chunk
   with the receptive field as overlap and yields each token once, exactly as one pass over the
   whole signal computes it (given the same normalisation statistics);
 * :class:`OnlinePool` — the attention pooling ``Σ_t lin·softmax_t(sof)`` accumulated over
   chunks (running max and sums in float64): the whole-file A/D/V in bounded memory;
-* :class:`WindowPool` — the same pooling over sliding windows of tokens (prefix sums), for
-  timelines and streams that compute every token once;
+* :class:`WindowPool` — the same pooling over sliding windows of tokens (prefix sums,
+  :func:`prefix_sums`), for timelines and streams that compute every token once;
 * :func:`signal_stats` / :class:`StatsAccumulator` — the per-utterance mean and scale from
   blocks (the first pass of a file when ``norm == "utterance"``).
 

@@ -117,9 +117,9 @@ READ_BLOCK_SECONDS = 1.0
 #: so the overlap each call recomputes costs what it costs one whole-file pass. Latency vs CPU
 #: (see TokenTimelineStream.latency; bench_predict.py prints the trade-off): wav2small-paper
 #: (341-token field), 60 s at a 4 ms step in 20 ms pushes, stream ÷ one whole-file pass, measured
-#: interleaved: on a quiet machine 682 tokens 1.41× (latency 3.4 s), 1364 (the default) 1.16×
-#: (6.2 s); with other jobs loading both cores (load 4–6) 682 tokens 1.7–2.0×, 1364 1.45–1.6×,
-#: 2046 1.4–1.5× (8.9 s), 2728 ≈ 1.5× (11.6 s).
+#: interleaved while other jobs loaded both cores (it varies with the load): 682 tokens 1.41×
+#: (load ≈ 3) to 1.7–2.0× (load 4–6) (latency 3.4 s), 1364 (the default) 1.16× to 1.45–1.6×
+#: (6.2 s), 2046 1.35–1.5× (8.9 s), 2728 ≈ 1.5× (11.6 s).
 STREAM_CHUNK_TOKENS = 50
 TIME_DECIMALS = 6
 

@@ -77,3 +77,15 @@ def test_results_page_marks_times_of_an_earlier_run():
         "| bench_models | (defaults) | 1.5 (earlier run) |",
         "| bench_predict | --json p.json | 1.0 |",
     ]
+
+
+def test_stream_ratio_is_the_median_of_rounds_or_the_ratio_of_medians():
+    from wav2small.bench import stream_ratio
+
+    new = {"stream": 0.2, "one pass": 0.1, "stream ÷ one pass": 1.3}
+    new["trade-off"] = [{"chunk tokens": 682, "stream": 0.3, "÷ one pass": 2.5}]
+    assert stream_ratio(new) == 1.3  # the rounds' ratios, not 0.2 / 0.1
+    assert stream_ratio(new, new["trade-off"][0]) == 2.5
+    old = {"stream": 0.2, "one pass": 0.1, "trade-off": [{"chunk tokens": 682, "stream": 0.3}]}
+    assert stream_ratio(old) == pytest.approx(2.0)
+    assert stream_ratio(old, old["trade-off"][0]) == pytest.approx(3.0)

@@ -754,6 +754,27 @@ def test_stream_of_20ms_pushes_equals_the_timeline_and_keeps_its_stated_latency(
         assert max(delays) >= stream.latency - push / SR
 
 
+def test_token_stream_push_array_checks_every_push(trend_models):
+    """A token stream's push_array (most pushes complete no trunk call and return at once)
+    still rejects bad samples, naming the stream, converts other dtypes and refuses pushes after
+    close."""
+    p = Predictor(trend_models["onnx"])
+    stream = p.stream(step=0.004, context=1.0, name="mic")
+    bounds, values = stream.push_array(np.zeros(320, np.float32))
+    assert bounds.shape == (0, 2) and values.shape == (0, 3)
+    with pytest.raises(AudioError, match="mic: contains NaN or Inf"):
+        stream.push_array(np.array([0.0, np.nan], np.float32))
+    with pytest.raises(AudioError, match="mic: samples up to 2e\\+04"):
+        stream.push_array(np.full(10, 2e4, np.float32))
+    x = speechy(3.0, 8)
+    for i in range(0, len(x), 320):  # float64 pushes: the general path converts them
+        stream.push_array(x[i : i + 320].astype(np.float64))
+    assert stream.seconds == pytest.approx(3.02)
+    stream.close()
+    with pytest.raises(RuntimeError, match="mic: push\\(\\) after close\\(\\)"):
+        stream.push_array(np.zeros(10, np.float32))
+
+
 def test_seconds_array_equals_seconds():
     n = np.concatenate([np.arange(0, 5000), np.arange(10**9, 10**9 + 3001), [2**40 + 1]])
     assert _seconds_array(n).tolist() == [_seconds(int(v)) for v in n]

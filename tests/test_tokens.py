@@ -7,12 +7,14 @@ import pytest
 
 from wav2small.tokens import (
     OnlinePool,
+    QuadraticHead,
     SampleBuffer,
     StagedModel,
     StatsAccumulator,
     TokenRunner,
     WindowPool,
     iter_tokens,
+    prefix_sums,
     signal_stats,
 )
 
@@ -169,6 +171,91 @@ def test_online_and_window_trend_equal_the_model_s_trend_pooling():
     with pytest.raises(ValueError, match="with every chunk or with none"):
         window.add(lin[:, :5], sof[:, :5])
     assert WindowPool().trend([(0, 1)]) is None
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 1364])
+def test_prefix_sums_equal_a_sequential_cumulative_sum(n):
+    """Blocked prefix sums (whole blocks, a remainder, or only a remainder) with a carry."""
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 7)) * np.exp(rng.normal(size=(n, 1)) * 3)
+    carry = rng.normal(size=7) * 100
+    got = x.copy()
+    prefix_sums(got, carry)
+    want = carry + np.cumsum(x, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    got = x.copy()
+    prefix_sums(got)  # carry 0
+    np.testing.assert_allclose(got, np.cumsum(x, 0), rtol=1e-12, atol=1e-12 * np.abs(x).sum())
+
+
+@pytest.fixture(scope="module")
+def pitch_staged(tmp_path_factory):
+    """A small pitch-trunk export with trend pooling (F' = 1, C = 6, K = 3; amplified head)."""
+    import torch
+
+    from wav2small.backends import onnx_metadata, onnx_session
+    from wav2small.export import export_onnx
+    from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
+
+    torch.manual_seed(1)
+    cfg = Wav2SmallConfig(
+        frontend="pitch", norm="local", width=8, pool=6, dilations=(1, 3), trend=3
+    )
+    model = Wav2Small(cfg).eval()
+    with torch.no_grad():
+        model.adv.weight.mul_(HEAD_GAIN)
+    path = export_onnx(model, tmp_path_factory.mktemp("pitch") / "pitch.onnx")
+    session = onnx_session(path)
+    return StagedModel(session, onnx_metadata(session))
+
+
+def test_quadratic_head_equals_the_onnx_head(pitch_staged):
+    """The F' = 1 head runs in numpy (coefficients read off the model) and equals ONNX Runtime's
+    to float32 rounding."""
+    model, rng = pitch_staged, np.random.default_rng(3)
+    for scale, rows in [(0.1, 1), (1.0, 300), (5.0, 7)]:
+        pooled = (rng.normal(size=(rows, 6, 1)) * scale).astype(np.float32)
+        t = (rng.normal(size=(rows, 3)) * scale).astype(np.float32)
+        got, want = model.head(pooled, t), model.onnx_head(pooled, t)
+        assert got.shape == want.shape == (rows, 3) and got.dtype == np.float32
+        assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+        assert np.abs(want).max() > 10 * scale**2  # the head is not trivially small
+    assert isinstance(model._quadratic, QuadraticHead)
+
+
+class _FakeHead:
+    """A stand-in for StagedModel's ONNX head: y = b + L·p + pᵀ·A·p (A not symmetric), or the
+    same through a ReLU hidden layer."""
+
+    trend_name = None
+
+    def __init__(self, hidden: bool) -> None:
+        rng = np.random.default_rng(5)
+        self.b, self.L = rng.normal(size=3), rng.normal(size=(3, 5))
+        self.A, self.hidden = rng.normal(size=(3, 5, 5)), hidden
+
+    def onnx_head(self, pooled: np.ndarray, trend=None) -> np.ndarray:
+        p = pooled[:, :, 0].astype(np.float64)
+        y = self.b + p @ self.L.T + np.einsum("rc,ocd,rd->ro", p, self.A, p)
+        return (np.maximum(y, 0) if self.hidden else y).astype(np.float32)
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_quadratic_head_reads_a_quadratic_form_and_refuses_anything_else(hidden):
+    fake = _FakeHead(hidden)
+    head = QuadraticHead.fit(fake, 5)
+    if hidden:  # not a quadratic form: ONNX Runtime keeps running it
+        assert head is None
+        return
+    p = np.random.default_rng(6).normal(size=(50, 5)).astype(np.float32)
+    want = fake.onnx_head(p[:, :, None])
+    assert np.abs(head(p) - want).max() <= 1e-5 * np.abs(want).max()
+    sym = (fake.A + fake.A.transpose(0, 2, 1)) / 2  # only the symmetric part is visible
+    np.testing.assert_allclose(head.bias, fake.b, atol=1e-5)
+    np.testing.assert_allclose(head.weights[:, 15:], fake.L.T, atol=1e-5)
+    np.testing.assert_allclose(
+        head.weights[:, :15].reshape(5, 3, 5).transpose(1, 2, 0), sym, atol=1e-5
+    )
 
 
 def test_sample_buffer_keeps_what_is_not_forgotten_in_bounded_memory():

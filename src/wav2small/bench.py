@@ -133,3 +133,13 @@ def rss_increase_mb(
         "session": (rss["loaded_kb"] - rss["before_kb"]) / 1024,
         "total": (rss["after_kb"] - rss["before_kb"]) / 1024,
     }
+
+
+def stream_ratio(figures: dict, row: dict | None = None) -> float:
+    """A stream's CPU ÷ one whole-file pass, from bench_predict.py's ``stream`` figures (or one
+    of their ``trade-off`` rows): the median of the interleaved rounds' ratios (figures of older
+    runs: the ratio of the medians)."""
+    row = figures if row is None else row
+    if "stream ÷ one pass" in row or "÷ one pass" in row:
+        return row.get("stream ÷ one pass", row.get("÷ one pass"))
+    return row["stream"] / figures["one pass"]

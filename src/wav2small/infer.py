@@ -117,8 +117,9 @@ READ_BLOCK_SECONDS = 1.0
 #: so the overlap each call recomputes costs what it costs one whole-file pass. Latency vs CPU
 #: (see TokenTimelineStream.latency; bench_predict.py prints the trade-off): wav2small-paper
 #: (341-token field), 60 s at a 4 ms step in 20 ms pushes, stream ÷ one whole-file pass, measured
-#: interleaved on a loaded machine (6 runs): 682 tokens 1.9–2.2× (latency 3.4 s), 1364 (the
-#: default) 1.5–1.7× (6.2 s), 2046 1.4–1.5× (8.9 s), 2728 1.3–1.5× (11.6 s; once 1.7×).
+#: interleaved while other jobs loaded both cores (it varies with the load): 682 tokens 1.41×
+#: (load ≈ 3) to 1.7–2.0× (load 4–6) (latency 3.4 s), 1364 (the default) 1.16× to 1.45–1.6×
+#: (6.2 s), 2046 1.35–1.5× (8.9 s), 2728 ≈ 1.5× (11.6 s).
 STREAM_CHUNK_TOKENS = 50
 TIME_DECIMALS = 6
 
@@ -515,7 +516,8 @@ class Predictor:
         for _, *maps in runner.finish():
             pool.add(*maps)
         trend = pool.trend()  # a trend model's (K,), else None
-        values = self.staged.head(pool.pooled()[None], None if trend is None else trend[None])
+        # one row: the graph's own head (StagedModel.head would first read its numpy form)
+        values = self.staged.onnx_head(pool.pooled()[None], None if trend is None else trend[None])
         return [(item.name, 0.0, _seconds(n), values[0])]
 
     def _file_rows(self, item: _Item) -> list[Row]:
@@ -929,7 +931,7 @@ class TokenTimelineStream(TimelineStream):
             starts = np.maximum(0, ends - self.context_n)
             j0 = np.maximum(np.minimum(-(-starts // s), j1 - 1), 0)
             windows = np.stack([j0, j1], 1)
-            values = self.staged.head(self._pool.pool(windows), self._pool.trend(windows))
+            values = self.staged.head(*self._pool.pools(windows))
             bounds = np.stack([_seconds_array(starts), _seconds_array(ends)], 1)
             self._blocks.append((bounds, values))
             self._last_end = int(ends[-1])

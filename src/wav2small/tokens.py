@@ -6,14 +6,15 @@ the head) and the per-token attention maps ``lin``/``sof`` as extra outputs; its
 the token geometry (``token_samples``, ``receptive_field``) and the normalisation (``norm``).
 This module (numpy + onnxruntime, no torch) builds on that:
 
-* :class:`StagedModel` — run the token stages on a chunk, or the head on pooled maps;
+* :class:`StagedModel` — run the token stages on a chunk, or the head on pooled maps (an F' = 1
+  head in numpy: :class:`QuadraticHead`);
 * :class:`TokenRunner` — feed samples in blocks of any size; it runs the trunk chunk by chunk
   with the receptive field as overlap and yields each token once, exactly as one pass over the
   whole signal computes it (given the same normalisation statistics);
 * :class:`OnlinePool` — the attention pooling ``Σ_t lin·softmax_t(sof)`` accumulated over
   chunks (running max and sums in float64): the whole-file A/D/V in bounded memory;
-* :class:`WindowPool` — the same pooling over sliding windows of tokens (prefix sums), for
-  timelines and streams that compute every token once;
+* :class:`WindowPool` — the same pooling over sliding windows of tokens (prefix sums,
+  :func:`prefix_sums`), for timelines and streams that compute every token once;
 * :func:`signal_stats` / :class:`StatsAccumulator` — the per-utterance mean and scale from
   blocks (the first pass of a file when ``norm == "utterance"``).
 
@@ -84,6 +85,7 @@ class StagedModel:
         self.min_samples = int(metadata.get("min_samples", self.token_samples))
         self.norm = metadata.get("norm", "utterance")
         self._dummy = np.zeros((1, self.min_samples), np.float32)
+        self._quadratic: QuadraticHead | bool | None = None  # head()'s numpy form, once read
 
     @property
     def context_tokens(self) -> int:
@@ -110,21 +112,127 @@ class StagedModel:
 
     def head(self, pooled: np.ndarray, trend: np.ndarray | None = None) -> np.ndarray:
         """A/D/V (P, 3) in LABELS order of pooled maps (P, C, F') and, for a trend model, their
-        trend poolings (P, K)."""
-        feeds = {
-            self.input_name: self._dummy,
-            self.pooled_name: np.ascontiguousarray(pooled, np.float32),
-        }
+        trend poolings (P, K).
+
+        A head that is a quadratic form of the pooled vector (F' = 1, no hidden layer: see
+        :class:`QuadraticHead`) runs in numpy, other heads in ONNX Runtime (:meth:`onnx_head`).
+        """
         if (trend is None) != (self.trend_name is None):
             raise ValueError(
                 "a trend model's head needs the trend poolings"
                 if trend is None
                 else "this model has no trend input"
             )
+        if pooled.shape[2] == 1:
+            if self._quadratic is None:  # first call: read the head's form off the model
+                n_trend = 0 if trend is None else trend.shape[1]
+                self._quadratic = QuadraticHead.fit(self, pooled.shape[1], n_trend) or False
+            if self._quadratic:
+                return self._quadratic(pooled[:, :, 0], trend)
+        return self.onnx_head(pooled, trend)
+
+    def onnx_head(self, pooled: np.ndarray, trend: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`head` run by ONNX Runtime: the graph on a dummy signal plus ``pooled`` (and
+        ``trend``) as extra rows."""
+        feeds = {
+            self.input_name: self._dummy,
+            self.pooled_name: np.ascontiguousarray(pooled, np.float32),
+        }
         if trend is not None:
             feeds[self.trend_name] = np.ascontiguousarray(trend, np.float32)
         out = self.session.run([self.output_name], feeds)[0]
         return out[1:, self.order]  # row 0 is the dummy signal's
+
+
+class QuadraticHead:
+    """A Wav2Small head of F' = 1 maps evaluated in numpy: ``b + L·p + pᵀ·S·p + V·t``.
+
+    The head of a pitch-trunk export (``models.wav2small.pooled_linear``: one Linear on
+    ``[p ; p·pᵀ ; t]``, no hidden layer) is, per output, a quadratic form of the pooled vector
+    ``p`` (C,) plus a linear form of the trend poolings ``t`` (K,). :meth:`fit` reads its
+    coefficients off the model itself — one ONNX Runtime call on probe inputs (0, ±e_c,
+    ±(e_c ± e_d), e_k), so they are the weights the graph uses, fp32 or int8 — and checks the form
+    on random inputs. A timeline then runs its head for every row as two small matrix products
+    instead of an ONNX Runtime call (its per-call cost runs the graph on a dummy signal).
+
+    Args:
+        bias: (O,) ``b``.
+        linear: (O, C) ``L``.
+        quad: (O, C, C) symmetric ``S``.
+        trend: (O, K) ``V``, or None (no trend input).
+    """
+
+    #: Largest |numpy − ONNX Runtime| accepted by :meth:`fit`'s check, relative to the largest
+    #: |output| (at least 1), on random inputs: float32 rounding is ≈ 1e-7.
+    CHECK_TOL = 1e-5
+    #: Random inputs of that check.
+    CHECK_ROWS = 64
+
+    def __init__(
+        self,
+        bias: np.ndarray,
+        linear: np.ndarray,
+        quad: np.ndarray,
+        trend: np.ndarray | None = None,
+    ) -> None:
+        n_out, c = linear.shape
+        k = 0 if trend is None else trend.shape[1]
+        self.bias = np.asarray(bias, np.float32)
+        self.has_trend = trend is not None
+        # z = [p, t] @ weights: z[:, o·C + c] = Σ_d S[o, c, d]·p_d, then L·p + V·t in O columns
+        self.weights = np.zeros((c + k, n_out * c + n_out), np.float32)
+        self.weights[:c, : n_out * c] = np.asarray(quad).transpose(2, 0, 1).reshape(c, n_out * c)
+        self.weights[:c, n_out * c :] = np.asarray(linear).T
+        if trend is not None:
+            self.weights[c:, n_out * c :] = np.asarray(trend).T
+
+    #: Rows per matrix product: OpenBLAS runs a larger single product on every core, which on a
+    #: busy 2-core machine cost 40× the CPU time of 1,364 rows (measured: 6 ms instead of 0.15).
+    BLOCK_ROWS = 128
+
+    def __call__(self, p: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        """Outputs (R, O) of pooled vectors ``p`` (R, C) and trend poolings ``t`` (R, K)."""
+        rows, c = p.shape
+        n_out, b = len(self.bias), self.BLOCK_ROWS
+        x = np.zeros((-(-rows // b) * b, len(self.weights)), np.float32)
+        x[:rows, :c] = p
+        if self.has_trend:
+            x[:rows, c:] = t
+        # one small product per block of rows (numpy's matmul loops over the stacked blocks)
+        z = np.matmul(x.reshape(-1, b, x.shape[1]), self.weights).reshape(len(x), -1)[:rows]
+        out = np.einsum("roc,rc->ro", z[:, : n_out * c].reshape(rows, n_out, c), x[:rows, :c])
+        out += z[:, n_out * c :]
+        out += self.bias
+        return out
+
+    @classmethod
+    def fit(cls, model: StagedModel, n_channels: int, n_trend: int = 0) -> QuadraticHead | None:
+        """The numpy form of ``model``'s head (``model.onnx_head``) for C = ``n_channels``, F' = 1
+        and K = ``n_trend``, or None when the head is not of this form (a hidden layer)."""
+        c, k = n_channels, n_trend
+        eye = np.eye(c)
+        iu, ju = np.triu_indices(c, 1)
+        plus, minus = eye[iu] + eye[ju], eye[iu] - eye[ju]
+        zeros = np.zeros((1, c))
+        p = np.concatenate([zeros, eye, -eye, plus, -plus, minus, -minus, zeros.repeat(k, 0)])
+        t = np.zeros((len(p), k))
+        t[len(p) - k :] = np.eye(k)
+        f = model.onnx_head(p[:, :, None], t if model.trend_name else None).astype(np.float64)
+        b, (fp, fm) = f[0], f[1 : 1 + 2 * c].reshape(2, c, -1)
+        m = len(iu)
+        cross = f[1 + 2 * c : 1 + 2 * c + 4 * m].reshape(4, m, -1)
+        quad = np.zeros((f.shape[1], c, c))
+        quad[:, np.arange(c), np.arange(c)] = ((fp + fm) / 2 - b).T
+        quad[:, iu, ju] = quad[:, ju, iu] = ((cross[0] + cross[1] - cross[2] - cross[3]) / 8).T
+        trend = (f[len(f) - k :] - b).T if model.trend_name else None
+        head = cls(b, ((fp - fm) / 2).T, quad, trend)
+        rng = np.random.default_rng(0)
+        p, t = rng.standard_normal((cls.CHECK_ROWS, c)), rng.standard_normal((cls.CHECK_ROWS, k))
+        t = t if model.trend_name else None
+        ref = model.onnx_head(p[:, :, None], t)
+        if not np.abs(head(p, t) - ref).max() <= cls.CHECK_TOL * max(1.0, np.abs(ref).max()):
+            return None
+        return head
 
 
 # --- normalisation statistics ------------------------------------------------------------------
@@ -250,6 +358,8 @@ class TokenRunner:
         if len(block):
             self._buf.append(block)
             self.samples += len(block)
+        if self.samples < self._due:  # most pushes of a live stream
+            return []
         out = []
         while self.samples >= self._due:  # the chunk's last token is computable
             out.append(self._run(self.next_token + self.chunk_tokens, end=None))
@@ -335,10 +445,41 @@ class OnlinePool:
         return trend_of_sums(self.tokens, self.sx, self.sxt, 0).astype(np.float32)
 
 
+def prefix_sums(out: np.ndarray, carry: np.ndarray | float = 0.0) -> None:
+    """In place along axis 0 of a C-contiguous (n, W) float64 array: ``out[i] ← carry + out[0] +
+    … + out[i]``.
+
+    ``np.cumsum`` runs one scalar dependency chain per column (≈ 4 ns an element here). This adds
+    whole rows instead: the running sum inside blocks of :data:`SCAN_BLOCK` rows (one vectorised
+    add per row of a block, over all blocks at once), then the blocks' offsets: ≈ 4× faster on a
+    chunk of tokens. Float64; the order of the additions differs from a sequential sum only by
+    rounding.
+    """
+    n, b = len(out), SCAN_BLOCK
+    m = n - n % b
+    if m:
+        v = out[:m].reshape(m // b, b, -1)
+        for j in range(1, b):
+            v[:, j] += v[:, j - 1]
+        offsets = np.empty_like(v[:, -1])
+        offsets[0] = carry
+        np.cumsum(v[:-1, -1], 0, out=offsets[1:])
+        offsets[1:] += carry
+        v += offsets[:, None, :]
+    if m < n:
+        tail = out[m:]
+        np.cumsum(tail, 0, out=tail)
+        tail += out[m - 1] if m else carry
+
+
+#: Rows per block of :func:`prefix_sums` (16–32 measured best on a chunk of 1,364 tokens).
+SCAN_BLOCK = 16
+
+
 class WindowPool:
     """Attention pooling over windows of consecutive tokens, each token added once.
 
-    Tokens are appended in order (:meth:`add`); :meth:`pool` gives the pooled maps of windows
+    Tokens are appended in order (:meth:`add`); :meth:`pools` gives the pooled maps of windows
     ``[j0, j1)`` of absolute token indices as differences of running prefix sums of
     ``exp(sof − M)`` and ``lin·exp(sof − M)`` (float64; ``M`` a per-channel/band reference,
     raised with the sums rescaled when a ``sof`` exceeds it by :attr:`HEADROOM`), so adding a
@@ -346,9 +487,11 @@ class WindowPool:
     sum is so small against the prefix sums that their difference would lose precision is
     pooled directly from the kept tokens. :meth:`trim` forgets tokens before an index.
 
-    For a trend model (``trd`` maps given to :meth:`add`), :meth:`trend` gives each window's
+    For a trend model (``trd`` maps given to :meth:`add`), :meth:`pools` also gives each window's
     trend pooling from prefix sums of ``x`` and ``x·r`` (float64; ``r`` the buffer row, an origin
-    that moves with the kept tokens, so the sums stay small however long the stream).
+    that moves with the kept tokens, so the sums stay small however long the stream). All four
+    prefix sums are the columns of one array, computed in one :func:`prefix_sums` pass and read
+    with one gather per window end.
     """
 
     #: A window whose exp-sum is below this fraction of the prefix sum is pooled directly.
@@ -364,11 +507,14 @@ class WindowPool:
 
     def __init__(self) -> None:
         self.first = 0  # absolute index of the first kept token
-        self.ref = None  # (C, F') reference M
+        self.ref = None  # (C·F',) float64 reference M
+        self._shape = None  # (C, F')
         self._lo = self._hi = 0  # kept tokens are rows [_lo, _hi) of the buffers
-        self._lin = self._sof = None  # (capacity, C, F') float32
-        self._ps = self._pa = None  # (capacity + 1, C, F') float64 prefix sums
-        self._trd = self._px = self._pxr = None  # (capacity, K) float32, (capacity + 1, K) sums
+        self._lin = self._sof = None  # (capacity, C·F') float32
+        self._trd = None  # (capacity, K) float32, or None
+        # (capacity + 1, 2·C·F' + 2·K) float64 prefix sums, by columns:
+        # exp(sof − M) | lin·exp(sof − M) | x | x·r
+        self._sums = None
 
     @property
     def end(self) -> int:
@@ -381,57 +527,53 @@ class WindowPool:
         n = sof.shape[1]
         if not n:
             return
-        lin, sof = np.moveaxis(lin, 1, 0), np.moveaxis(sof, 1, 0)
-        top = sof.max(0).astype(np.float64)
+        top = sof.max(1).ravel().astype(np.float64)
         if self.ref is None:
-            self.ref = top
-            self._alloc(2 * n, top.shape, None if trd is None else trd.shape[0])
+            self.ref, self._shape = top, (sof.shape[0], sof.shape[2])
+            self._alloc(2 * n, None if trd is None else trd.shape[0])
         if (trd is None) != (self._trd is None):
             raise ValueError("trd maps must be given with every chunk or with none")
         elif (top > self.ref + self.HEADROOM).any():  # rare: exp(sof - ref) stays ≤ e^HEADROOM
             new = np.maximum(self.ref, top)
             r = np.exp(self.ref - new)
-            self._ps[self._lo : self._hi + 1] *= r
-            self._pa[self._lo : self._hi + 1] *= r
+            k = len(r)
+            self._sums[self._lo : self._hi + 1, :k] *= r
+            self._sums[self._lo : self._hi + 1, k : 2 * k] *= r
             self.ref = new
         if self._hi + n > len(self._lin):
             self._compact(n)
         lo, hi = self._hi, self._hi + n
-        self._lin[lo:hi], self._sof[lo:hi] = lin, sof
-        self._sums(lo, hi)
+        shape = (n, *self._shape)
+        self._lin[lo:hi].reshape(shape)[:] = np.moveaxis(lin, 1, 0)
+        self._sof[lo:hi].reshape(shape)[:] = np.moveaxis(sof, 1, 0)
         if trd is not None:
             self._trd[lo:hi] = trd[..., 0].T
-            self._trend_sums(lo, hi)
+        self._add_sums(lo, hi)
         self._hi = hi
 
-    def _sums(self, lo: int, hi: int) -> None:
-        """Prefix sums of exp(sof − M) and lin·exp(sof − M) over buffer rows [lo, hi), continuing
-        those up to ``lo``. The terms are float32 (each to float32 precision, as the maps they
-        come from; numpy's float32 exp is vectorised, its float64 exp ≈ 3× slower) and summed in
-        float64, so the difference of two prefix sums keeps that precision."""
+    def _add_sums(self, lo: int, hi: int) -> None:
+        """Prefix sums over buffer rows [lo, hi), continuing those up to ``lo``. The attention
+        terms are float32 (each to float32 precision, as the maps they come from; numpy's float32
+        exp is vectorised, its float64 exp ≈ 3× slower) and summed in float64, so the difference
+        of two prefix sums keeps that precision."""
+        k = len(self.ref)
+        out = self._sums[lo + 1 : hi + 1]
         e = np.exp(self._sof[lo:hi] - self.ref.astype(np.float32))
-        for sums, terms in ((self._ps, e), (self._pa, e * self._lin[lo:hi])):
-            np.cumsum(terms, 0, dtype=np.float64, out=sums[lo + 1 : hi + 1])
-            sums[lo + 1 : hi + 1] += sums[lo]
+        out[:, :k] = e
+        np.multiply(e, self._lin[lo:hi], out=out[:, k : 2 * k])
+        if self._trd is not None:
+            x, n_trend = self._trd[lo:hi], self._trd.shape[1]
+            out[:, 2 * k : 2 * k + n_trend] = x
+            rows = np.arange(lo, hi, dtype=np.float64)[:, None]
+            np.multiply(x, rows, out=out[:, 2 * k + n_trend :])
+        prefix_sums(out, self._sums[lo])
 
-    def _trend_sums(self, lo: int, hi: int) -> None:
-        """Prefix sums of x and x·r over buffer rows [lo, hi), continuing those up to ``lo``."""
-        x = self._trd[lo:hi].astype(np.float64)
-        xr = x * np.arange(lo, hi, dtype=np.float64)[:, None]
-        x[0] += self._px[lo]
-        xr[0] += self._pxr[lo]
-        np.cumsum(x, 0, out=self._px[lo + 1 : hi + 1])
-        np.cumsum(xr, 0, out=self._pxr[lo + 1 : hi + 1])
-
-    def _alloc(self, capacity: int, shape: tuple, n_trend: int | None = None) -> None:
-        self._lin = np.zeros((capacity, *shape), np.float32)
-        self._sof = np.zeros((capacity, *shape), np.float32)
-        self._ps = np.zeros((capacity + 1, *shape))
-        self._pa = np.zeros((capacity + 1, *shape))
-        if n_trend is not None:
-            self._trd = np.zeros((capacity, n_trend), np.float32)
-            self._px = np.zeros((capacity + 1, n_trend))
-            self._pxr = np.zeros((capacity + 1, n_trend))
+    def _alloc(self, capacity: int, n_trend: int | None = None) -> None:
+        k = math.prod(self._shape)
+        self._lin = np.zeros((capacity, k), np.float32)
+        self._sof = np.zeros((capacity, k), np.float32)
+        self._trd = None if n_trend is None else np.zeros((capacity, n_trend), np.float32)
+        self._sums = np.zeros((capacity + 1, 2 * k + 2 * (n_trend or 0)))
 
     def _compact(self, n: int) -> None:
         """Move the kept tokens to the front, growing the buffers if needed, and recompute their
@@ -442,18 +584,15 @@ class WindowPool:
         trd = None if self._trd is None else self._trd[self._lo : self._hi]
         if kept + n > len(self._lin) // self.GROWTH:
             old = (lin, sof, trd)
-            self._alloc(
-                self.GROWTH * (kept + n), self.ref.shape, None if trd is None else trd.shape[1]
-            )
+            self._alloc(self.GROWTH * (kept + n), None if trd is None else trd.shape[1])
             lin, sof, trd = old
         self._lin[:kept], self._sof[:kept] = lin.copy(), sof.copy()
         if trd is not None:
             self._trd[:kept] = trd.copy()
-            self._trend_sums(0, kept)
         self._lo, self._hi = 0, kept
         if kept:
             self.ref = self._sof[:kept].max(0).astype(np.float64)
-            self._sums(0, kept)
+            self._add_sums(0, kept)
 
     def trim(self, first: int) -> None:
         """Forget the tokens before absolute index ``first``."""
@@ -469,26 +608,34 @@ class WindowPool:
             raise ValueError("window outside the kept tokens")
         return i0, i1
 
-    def pool(self, windows) -> np.ndarray:
-        """Pooled maps (len(windows), C, F') of token windows ``[j0, j1)`` (absolute, non-empty;
-        pairs or an (n, 2) integer array)."""
+    def pools(self, windows) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pooled maps (len(windows), C, F') and, for a trend model, trend poolings
+        (len(windows), K) (else None) of token windows ``[j0, j1)`` (absolute, non-empty; pairs
+        or an (n, 2) integer array)."""
         i0, i1 = self._rows(windows)
-        top = self._ps[i1]  # ≥ 0: sums of exponentials
-        s, a = top - self._ps[i0], self._pa[i1] - self._pa[i0]
-        bad = (s <= self.MIN_RELATIVE * top).any(axis=(1, 2))  # also every s <= 0
+        k = len(self.ref)
+        top = self._sums.take(i1, 0)
+        d = top - self._sums.take(i0, 0)
+        s = d[:, :k]  # ≥ 0: sums of exponentials
         with np.errstate(divide="ignore", invalid="ignore"):  # only in bad rows, redone below
-            out = a / s
-        for r in np.flatnonzero(bad):  # precision fallback: this window on its own
-            sof = self._sof[i0[r] : i1[r]].astype(np.float64)
-            e = np.exp(sof - sof.max(0))
-            out[r] = (e * self._lin[i0[r] : i1[r]]).sum(0) / e.sum(0)
-        return out.astype(np.float32)
+            out = d[:, k : 2 * k] / s
+        bad = s <= self.MIN_RELATIVE * top[:, :k]  # also every s <= 0
+        if bad.any():
+            for r in np.flatnonzero(bad.any(1)):  # precision fallback: this window on its own
+                sof = self._sof[i0[r] : i1[r]].astype(np.float64)
+                e = np.exp(sof - sof.max(0))
+                out[r] = (e * self._lin[i0[r] : i1[r]]).sum(0) / e.sum(0)
+        pooled = out.astype(np.float32).reshape(-1, *self._shape)
+        if self._trd is None:
+            return pooled, None
+        n_trend = self._trd.shape[1]
+        sx, sxr = d[:, 2 * k : 2 * k + n_trend], d[:, 2 * k + n_trend :]
+        return pooled, trend_of_sums(i1 - i0, sx, sxr, i0).astype(np.float32)
+
+    def pool(self, windows) -> np.ndarray:
+        """The pooled maps of :meth:`pools`."""
+        return self.pools(windows)[0]
 
     def trend(self, windows) -> np.ndarray | None:
-        """Trend poolings (len(windows), K) of token windows ``[j0, j1)`` (as :meth:`pool`), or
-        None when no ``trd`` maps were added."""
-        if self._trd is None:
-            return None
-        i0, i1 = self._rows(windows)
-        sx, sxr = self._px[i1] - self._px[i0], self._pxr[i1] - self._pxr[i0]
-        return trend_of_sums(i1 - i0, sx, sxr, i0).astype(np.float32)
+        """The trend poolings of :meth:`pools`, or None when no ``trd`` maps were added."""
+        return None if self._trd is None else self.pools(windows)[1]

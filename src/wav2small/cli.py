@@ -220,7 +220,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 def models_table():
     """One row per preset: ``params`` (trainable, counted), ``int8_kb`` (estimate: one byte per
     parameter; the ONNX graph adds a few KB) and ``tokens_per_s`` (token rate of the pooled
-    sequence, read from the model or measured from its feature-map shape on 10 s).
+    sequence, from the model; a MobileNet measures its feature map over 10 s).
 
     Models are built on torch's ``meta`` device (shapes only), so this is quick.
     """
@@ -234,12 +234,7 @@ def models_table():
         with torch.device("meta"):
             model = create_model(name)
         params = count_parameters(model)
-        if hasattr(model, "tokens_per_second"):
-            rate = float(model.tokens_per_second())
-        else:  # MobileNets: the width of the backbone's feature map over a 10 s image
-            frames = 10 * 500  # the log-mel front end's 500 frames/s
-            image = torch.empty(1, 1, frames, 26, device="meta")
-            rate = model.backbone.forward_features(image).shape[2] / 10
+        rate = float(model.tokens_per_second())
         rows.append(
             {"model": name, "params": params, "int8_kb": params / 1024, "tokens_per_s": rate}
         )

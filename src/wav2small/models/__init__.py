@@ -168,11 +168,16 @@ def build_from_info(info: dict[str, str]) -> nn.Module:
 
     preset = info["preset"]
     config = json.loads(info.get("config") or "{}")
-    model = (
-        Wav2Small(Wav2SmallConfig(**config))
-        if config and preset.startswith("wav2small")
-        else create_model(preset)
-    )
+    if config and preset.startswith("wav2small"):
+        model = Wav2Small(Wav2SmallConfig(**config))
+    elif "image" in config:  # a MobileNet: its image and head as trained, not today's preset
+        from wav2small.models.mobilenet import MobileNetConfig, MobileNetStudent
+
+        image = config["image"]
+        image = MobileNetConfig(**{**image, "stem_stride": tuple(image["stem_stride"])})
+        model = MobileNetStudent(config["arch"], n_outputs=config["n_outputs"], image=image)
+    else:
+        model = create_model(preset)
     model.preset = preset
     return model
 

@@ -28,10 +28,14 @@ evaluation runs full utterances one at a time, so neither pads.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 from torch import nn
 
+from wav2small import SAMPLE_RATE
 from wav2small.frontend import LocalNorm, PitchLogSpec
+from wav2small.models.wav2small import trend_pool
 
 #: Preset name → timm architecture.
 TIMM_ARCHS: dict[str, str] = {
@@ -56,6 +60,38 @@ HEAD_INIT_STD = 1e-3
 OUTPUT_BIAS = 0.5
 
 
+@dataclass(frozen=True)
+class MobileNetConfig:
+    """The spectrogram image a MobileNet reads, and the stride of its stem.
+
+    Attributes:
+        hop: samples between frames (16 kHz).
+        n_fft: window of the low band's DFT bins (samples at 16 kHz); bins ``n_fft``/16 kHz apart.
+        low_fmax: top of the low band (Hz); mel bands cover ``low_fmax``–8 kHz.
+        n_fft_high: window of the mel bands.
+        n_mels: mel bands above ``low_fmax``.
+        norm_frames: half window of the local normalisation (frames).
+        stem_stride: (time, frequency) stride of the first convolution (timm's is (2, 2)).
+        trend: channels of a trend head (0: none): a 1×1 map of the last feature map whose
+            slope over time (:func:`wav2small.models.wav2small.trend_pool`) a linear layer adds
+            to the output, so an utterance-scale ramp (e.g. F0 rising) reaches the output
+            through an otherwise order-invariant average pooling.
+    """
+
+    hop: int = HOP
+    n_fft: int = 512
+    low_fmax: float = 1000.0
+    n_fft_high: int = N_FFT_HIGH
+    n_mels: int = N_MELS_HIGH
+    norm_frames: int = NORM_FRAMES
+    stem_stride: tuple[int, int] = (2, 2)
+    trend: int = 0
+
+
+#: The image every MobileNet preset reads (docs/DISTILL.md, "MobileNet students").
+DEFAULT_CONFIG = MobileNetConfig()
+
+
 class MobileNetStudent(nn.Module):
     """Waveform (batch, samples) → log-mel image → timm MobileNet → (batch, 3) A/D/V.
 
@@ -64,16 +100,32 @@ class MobileNetStudent(nn.Module):
         n_outputs: regression outputs (3: arousal, dominance, valence).
     """
 
-    def __init__(self, arch: str, *, n_outputs: int = N_OUTPUTS) -> None:
+    def __init__(
+        self, arch: str, *, n_outputs: int = N_OUTPUTS, image: MobileNetConfig | None = None
+    ) -> None:
         super().__init__()
         import timm
 
         self.arch = arch
         self.n_outputs = n_outputs
-        self.frontend = PitchLogSpec(hop=HOP, n_fft_high=N_FFT_HIGH, n_mels=N_MELS_HIGH)
-        self.local_norm = LocalNorm(NORM_FRAMES)
+        self.image = image = image or DEFAULT_CONFIG
+        self.frontend = PitchLogSpec(
+            hop=image.hop,
+            n_fft=image.n_fft,
+            low_fmax=image.low_fmax,
+            n_fft_high=image.n_fft_high,
+            n_mels=image.n_mels,
+        )
+        self.local_norm = LocalNorm(image.norm_frames)
         self.backbone = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=n_outputs)
+        self.backbone.conv_stem.stride = tuple(image.stem_stride)
         init_head(self.backbone.get_classifier())
+        if image.trend:
+            self.trd = nn.Conv2d(self.backbone.num_features, image.trend, 1)
+            self.trend_head = nn.Linear(image.trend, n_outputs)
+            init_head(self.trend_head, bias=0.0)
+        else:
+            self.trd = self.trend_head = None
 
     def forward(self, signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Predict arousal, dominance, valence.
@@ -87,18 +139,35 @@ class MobileNetStudent(nn.Module):
         """
         frames = None if lengths is None else self.frontend.frames(lengths)
         image = self.local_norm(self.frontend(signal), frames) / IMAGE_STD
-        return self.backbone(image[:, None])  # (batch, 1, frames, 65)
+        features = self.backbone.forward_features(image[:, None])  # image (batch, 1, frames, 65)
+        out = self.backbone.forward_head(features)
+        return out if self.trd is None else out + self.trend_head(self.trend(features))
+
+    def trend(self, features: torch.Tensor) -> torch.Tensor:
+        """Slopes over time (batch, trend) of the ``trd`` map of a (batch, C, time, freq) map."""
+        return trend_pool(self.trd(features).mean(3, keepdim=True))[..., 0]
+
+    def tokens_per_second(self) -> float:
+        """Time steps per second of the backbone's last feature map (after its down-sampling)."""
+        frames = 10 * SAMPLE_RATE // self.image.hop
+        device = self.backbone.conv_stem.weight.device  # "meta" for a shapes-only model
+        image = torch.zeros(1, 1, frames, self.frontend.n_bands, device=device)
+        training = self.backbone.training
+        with torch.no_grad():
+            width = self.backbone.eval().forward_features(image).shape[2]
+        self.backbone.train(training)
+        return width / 10
 
     def config_dict(self) -> dict:
         """Constructor arguments, for checkpoints."""
-        return {"arch": self.arch, "n_outputs": self.n_outputs}
+        return {"arch": self.arch, "n_outputs": self.n_outputs, "image": asdict(self.image)}
 
 
-def init_head(head: nn.Linear) -> None:
-    """Start a regression head near the labels: tiny weights, biases at :data:`OUTPUT_BIAS`."""
+def init_head(head: nn.Linear, *, bias: float = OUTPUT_BIAS) -> None:
+    """Start a regression head near the labels: tiny weights, biases at ``bias``."""
     with torch.no_grad():
         head.weight.normal_(0.0, HEAD_INIT_STD)
-        head.bias.fill_(OUTPUT_BIAS)
+        head.bias.fill_(bias)
 
 
 def create_mobilenet(name: str) -> MobileNetStudent:

@@ -73,12 +73,9 @@ class MobileNetConfig:
         norm_frames: half window of the local normalisation (frames).
         stem_stride: (time, frequency) stride of the first convolution (timm's is (2, 2)).
         trend: channels of a trend head (0: none): a 1×1 map of the last feature map whose
-            slope over time (:func:`wav2small.models.wav2small.trend_pool`) in each frequency
-            column a linear layer adds to the output, so an utterance-scale ramp (e.g. F0
-            rising) reaches the output through an otherwise order-invariant average pooling.
-        freq_coord: add a second input channel, the row's position −1 … 1 over the image's
-            bands, so that a network whose pooling forgets where in frequency a pattern sits
-            can still tell pitch height (translation-invariant convolutions alone cannot).
+            slope over time (:func:`wav2small.models.wav2small.trend_pool`, of the map's mean
+            over frequency) a linear layer adds to the output, so an utterance-scale ramp (e.g.
+            F0 rising) reaches the output through an otherwise order-invariant average pooling.
     """
 
     hop: int = HOP
@@ -89,7 +86,6 @@ class MobileNetConfig:
     norm_frames: int = NORM_FRAMES
     stem_stride: tuple[int, int] = (2, 2)
     trend: int = 0
-    freq_coord: bool = False
 
 
 #: The image every MobileNet preset reads (docs/DISTILL.md, "MobileNet students").
@@ -121,15 +117,12 @@ class MobileNetStudent(nn.Module):
             n_mels=image.n_mels,
         )
         self.local_norm = LocalNorm(image.norm_frames)
-        self.backbone = timm.create_model(
-            arch, pretrained=False, in_chans=1 + image.freq_coord, num_classes=n_outputs
-        )
+        self.backbone = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=n_outputs)
         self.backbone.conv_stem.stride = tuple(image.stem_stride)
         init_head(self.backbone.get_classifier())
         if image.trend:
             self.trd = nn.Conv2d(self.backbone.num_features, image.trend, 1)
-            columns = self._feature_shape(SAMPLE_RATE // image.hop)[1]
-            self.trend_head = nn.Linear(image.trend * columns, n_outputs)
+            self.trend_head = nn.Linear(image.trend, n_outputs)
             init_head(self.trend_head, bias=0.0)
         else:
             self.trd = self.trend_head = None
@@ -146,18 +139,13 @@ class MobileNetStudent(nn.Module):
         """
         frames = None if lengths is None else self.frontend.frames(lengths)
         image = self.local_norm(self.frontend(signal), frames) / IMAGE_STD
-        image = image[:, None]  # (batch, 1, frames, bands)
-        if self.image.freq_coord:
-            rows = torch.linspace(-1.0, 1.0, image.shape[-1], device=image.device)
-            image = torch.cat([image, rows.expand_as(image)], 1)
-        features = self.backbone.forward_features(image)
+        features = self.backbone.forward_features(image[:, None])  # (batch, 1, frames, bands)
         out = self.backbone.forward_head(features)
         return out if self.trd is None else out + self.trend_head(self.trend(features))
 
     def trend(self, features: torch.Tensor) -> torch.Tensor:
-        """Slopes over time (batch, trend · freq) of the ``trd`` map of a (batch, C, time, freq)
-        feature map, one per channel and frequency column."""
-        return trend_pool(self.trd(features)).flatten(1)
+        """Slopes over time (batch, trend) of the ``trd`` map of a (batch, C, time, freq) map."""
+        return trend_pool(self.trd(features).mean(3, keepdim=True))[..., 0]
 
     def tokens_per_second(self) -> float:
         """Time steps per second of the backbone's last feature map (after its down-sampling)."""

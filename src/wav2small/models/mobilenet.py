@@ -7,11 +7,15 @@ model hub and do not fit a one-channel spectrogram).
 
 Input image (ours, [open] in the paper): the released 26-band image leaves ONE band after the
 networks' 32× down-sampling and resolves no harmonic of a voice, and MobileNets on it barely
-learned (docs/RESULTS.md). They now read the pitch-resolving image of wav2small-paper, widened for
-a 2-D network: :class:`wav2small.frontend.PitchLogSpec` with 31 DFT bins 62–1000 Hz of a 32 ms
-window plus 34 mel bands 1–8 kHz of a 16 ms window = 65 rows (3 bands after 32×), at hop 128
-(125 frames/s, ≈ 4 tokens/s after 32×), locally normalised (:class:`~wav2small.frontend.
-LocalNorm`, ±0.5 s: gain-invariant) and divided by a fixed 20 dB.
+learned (docs/RESULTS.md). They read the pitch-resolving image of wav2small-paper, widened for a
+2-D network: :class:`wav2small.frontend.PitchLogSpec` with 31 DFT bins 62–1000 Hz of a 32 ms
+window plus 34 mel bands 1–8 kHz of a 16 ms window = 65 rows, at hop 128 (125 frames/s, ≈ 4
+tokens/s after 32×), locally normalised (:class:`~wav2small.frontend.LocalNorm`, ±0.5 s:
+gain-invariant) and divided by a fixed 20 dB. :class:`MobileNetConfig` holds these settings, the
+stem's stride and an optional trend head; it is stored in every checkpoint and rebuilt from it
+(the stride has no weights: a checkpoint rebuilt from today's preset would load silently wrong).
+:data:`DEFAULT_CONFIG` is the presets' choice; docs/DISTILL.md ("MobileNet students") has the
+measurements and the command that reproduces them.
 
 Head: timm's 3-output classifier (uniform in ±1/√3 over 1,280 features) made an untrained
 MobileNet predict with a spread of ≈ 7 on labels of spread 0.25; distilled for 300 steps,

@@ -5,8 +5,9 @@
         [--steps 300] [--students mobilenetv4-small mobilenetv3-large] [--out runs/bench_mobilenets]
         [--crop-seconds 2] [--lr 2e-3] [--image stem_stride=2,1 hop=256] [--tag NAME]
 
-Each student is distilled with the bench's recipe (:func:`wav2small.demo.train_student`, the FULL
-plan with ``--steps``: 8 × 2 s crops, lr 2e-3, CCC + MSE; ``--crop-seconds``/``--lr`` change it)
+Each student is distilled with :func:`wav2small.demo.train_student` (the FULL plan with
+``--steps``, ``--crop-seconds`` and ``--lr``: by default 8 × 2 s crops, lr 2e-3, CCC + MSE, the
+recipe of docs/DISTILL.md's MobileNet tables; FULL itself now trains on whole clips)
 on the cached teacher labels of ``corpus/pool.csv`` (the ``wav2small distill --labels`` path),
 one at a time on one thread, then scored on ``corpus/test.csv``. ``--image`` overrides fields of
 :class:`wav2small.models.mobilenet.MobileNetConfig` (the preset image) for a study. The table

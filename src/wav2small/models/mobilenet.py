@@ -26,8 +26,9 @@ docs/DISTILL.md ("MobileNet students").
 
 Padding: with ``lengths`` the local normalisation ignores the padding; the network itself sees
 the padded image, so unlike Wav2Small a clip's output depends slightly on the batch it is padded
-into. The training loop crops every batch to one length (see :mod:`wav2small.data`) and
-evaluation runs full utterances one at a time, so neither pads.
+into. Cropped training batches are cut to one length (see :mod:`wav2small.data`) and evaluation
+runs full utterances one at a time, so neither pads; whole-clip training (``crop_seconds`` 0, the
+demo's FULL plan) pads each length-bucketed batch to its longest clip, which the network sees.
 """
 
 from __future__ import annotations

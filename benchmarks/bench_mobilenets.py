@@ -10,9 +10,9 @@ Each student is distilled with :func:`wav2small.demo.train_student` (the FULL pl
 recipe of docs/DISTILL.md's MobileNet tables; FULL itself now trains on whole clips)
 on the cached teacher labels of ``corpus/pool.csv`` (the ``wav2small distill --labels`` path),
 one at a time on one thread, then scored on ``corpus/test.csv``. ``--image`` overrides fields of
-:class:`wav2small.models.mobilenet.MobileNetConfig` (the preset image) for a study. The table
-also gives the seconds per training step (inflated on a shared machine). docs/DISTILL.md
-("MobileNet students") holds a run's table.
+each preset's :class:`wav2small.models.mobilenet.MobileNetConfig` for a study. The table also
+gives the seconds per training step (inflated on a shared machine). docs/DISTILL.md ("MobileNet
+students") holds a run's table.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from wav2small.models import mobilenet
 from wav2small.models.mobilenet import TIMM_ARCHS
 
 
-def parse_image(items: list[str]) -> mobilenet.MobileNetConfig:
-    """``["hop=256", "stem_stride=2,1"]`` → the default image with those fields replaced."""
+def parse_image(items: list[str]) -> dict:
+    """``["hop=256", "stem_stride=2,1"]`` → the :class:`MobileNetConfig` fields to replace."""
     types = {f.name: f.type for f in fields(mobilenet.MobileNetConfig)}
     changes = {}
     for item in items:
@@ -41,7 +41,7 @@ def parse_image(items: list[str]) -> mobilenet.MobileNetConfig:
             changes[key] = tuple(int(v) for v in value.split(","))
         else:
             changes[key] = float(value) if "float" in str(types[key]) else int(value)
-    return replace(mobilenet.DEFAULT_CONFIG, **changes)
+    return changes
 
 
 def measure(student: str, args) -> dict:
@@ -102,7 +102,9 @@ def main() -> int:
     parser.add_argument("--out", default="runs/bench_mobilenets")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    mobilenet.DEFAULT_CONFIG = parse_image(args.image)
+    changes = parse_image(args.image)
+    for name in args.students:  # each preset's own config with the study's changes
+        mobilenet.PRESET_CONFIGS[name] = replace(mobilenet.preset_config(name), **changes)
     rows = [measure(name, args) for name in args.students]
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))

@@ -222,3 +222,12 @@ def test_trend_head_reads_the_slope_over_time():
     torch.testing.assert_close(flat, torch.zeros_like(flat), atol=1e-5, rtol=0)
     head = model.trend_head
     assert head.weight.abs().max() < 0.01 and (head.bias == 0).all()  # starts out of the way
+
+
+def test_presets_read_their_measured_config():
+    from wav2small.models.mobilenet import DEFAULT_CONFIG, preset_config
+
+    small = create_model("mobilenetv4-small")
+    assert small.image == preset_config("mobilenetv4-small") != DEFAULT_CONFIG
+    assert small.backbone.conv_stem.stride == (2, 1) and small.trend_head is not None
+    assert create_model("mobilenetv3-large").image == DEFAULT_CONFIG

@@ -14,8 +14,12 @@ tokens/s after 32×), locally normalised (:class:`~wav2small.frontend.LocalNorm`
 gain-invariant) and divided by a fixed 20 dB. :class:`MobileNetConfig` holds these settings, the
 stem's stride and an optional trend head; it is stored in every checkpoint and rebuilt from it
 (the stride has no weights: a checkpoint rebuilt from today's preset would load silently wrong).
-:data:`DEFAULT_CONFIG` is the presets' choice; docs/DISTILL.md ("MobileNet students") has the
-measurements and the command that reproduces them.
+:data:`PRESET_CONFIGS` holds each preset's choice (:data:`DEFAULT_CONFIG` where none is listed):
+MobileNetV4-S reads the image with a stem of stride 1 along frequency (5 frequency columns at the
+end instead of 3) and a trend head, which at 600 steps took its CCC vs gold from 0.461 / 0.512 to
+0.648 / 0.639 (arousal / dominance); on MobileNetV3-L at 300 steps the same change did not help,
+and V4-M/L were not measured. docs/DISTILL.md ("MobileNet students") has the measurements and the
+commands that reproduce them.
 
 Head: timm's 3-output classifier (uniform in ±1/√3 over 1,280 features) made an untrained
 MobileNet predict with a spread of ≈ 7 on labels of spread 0.25; distilled for 300 steps,
@@ -95,6 +99,15 @@ class MobileNetConfig:
 
 #: The image every MobileNet preset reads (docs/DISTILL.md, "MobileNet students").
 DEFAULT_CONFIG = MobileNetConfig()
+#: Presets that read another image or head than :data:`DEFAULT_CONFIG` (measured choices).
+PRESET_CONFIGS: dict[str, MobileNetConfig] = {
+    "mobilenetv4-small": MobileNetConfig(stem_stride=(2, 1), trend=8),
+}
+
+
+def preset_config(name: str) -> MobileNetConfig:
+    """The :class:`MobileNetConfig` of preset ``name``."""
+    return PRESET_CONFIGS.get(name, DEFAULT_CONFIG)
 
 
 class MobileNetStudent(nn.Module):
@@ -186,4 +199,4 @@ def create_mobilenet(name: str) -> MobileNetStudent:
     """
     if name not in TIMM_ARCHS:
         raise ValueError(f"unknown MobileNet preset {name!r}; choose from {', '.join(TIMM_ARCHS)}")
-    return MobileNetStudent(TIMM_ARCHS[name])
+    return MobileNetStudent(TIMM_ARCHS[name], image=preset_config(name))

@@ -315,7 +315,7 @@ def coloured_noise(n: int, colour: str, rng: np.random.Generator) -> np.ndarray:
     if colour not in _NOISE_SLOPE:
         raise ValueError(f"noise colour must be one of {NOISE_COLOURS}, got {colour!r}")
     slope = _NOISE_SLOPE[colour]
-    if slope:  # shape a fast FFT length, keep n samples (a whole clip's n is often slow: ≈ 10 ms)
+    if slope:  # shape a fast FFT length, keep n samples (a whole clip's odd n cost up to 78 ms)
         m = fast_fft_length(n)
         spec = np.fft.rfft(rng.standard_normal(m)) * _noise_shape(m, slope)
         white = np.fft.irfft(spec, m)[:n]

@@ -217,9 +217,8 @@ class TimeConv(nn.Module):
 
     A 2-D convolution with a 1-wide kernel rather than a Conv1d: ONNX export gives a 4-D ``Conv``
     that the int8 quantiser treats as a trunk layer (rank-3 weights are the frozen front end).
-    Outside ONNX export it runs the same weights as a Conv1d: identical outputs, and PyTorch's
-    CPU kernels train it ≈ 3× faster than a (3, 1) Conv2d (a wav2small-paper step on 8 × 2 s:
-    ≈ 0.3 → 0.14 s on one thread).
+    Outside ONNX export it runs as a Conv1d (:func:`conv_time`; a wav2small-paper step on
+    8 × 2 s: ≈ 0.3 → 0.14 s on one thread).
     """
 
     def __init__(self, c_in: int, c_out: int, dilation: int = 1) -> None:

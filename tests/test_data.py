@@ -14,6 +14,7 @@ from wav2small.data import (
     CropDataset,
     SeededSampler,
     UtteranceDataset,
+    attach_hints,
     attach_labels,
     collate,
     coloured_noise,
@@ -99,6 +100,37 @@ def test_attach_labels_matches_paths_and_averages_segments(corpus, tmp_path):
     assert manifest["arousal"][0] != out["arousal"][0]  # a copy; the manifest is unchanged
     with pytest.raises(ValueError, match="no labels for 1 of 8 files"):
         attach_labels(manifest, labels[labels.file != str(corpus / "wav" / "c3.wav")])
+
+
+def test_attach_hints_matches_files_averages_segments_and_names_bad_tables(corpus, tmp_path):
+    manifest = load_manifest(corpus / "data.csv")
+    files = [str(corpus / "wav" / f"c{i}.wav") for i in range(N_CLIPS)]
+    labels = pd.DataFrame(
+        {
+            "file": files + [files[0]],
+            "start": [0.0] * N_CLIPS + [1.0],
+            "end": [1.0] * N_CLIPS + [4.0],
+            **dict.fromkeys(LABELS, 0.5),
+            "embedding": [np.full(4, float(i), np.float32) for i in range(N_CLIPS)]
+            + [np.full(4, 4.0, np.float32)],
+        }
+    )
+    hints = attach_hints(manifest, labels)
+    assert hints.shape == (N_CLIPS, 4) and hints.dtype == np.float32
+    np.testing.assert_allclose(hints[0], 3.0)  # 1 s of 0.0 and 3 s of 4.0
+    np.testing.assert_allclose(hints[1:, 0], np.arange(1, N_CLIPS))
+    with pytest.raises(ValueError, match="label the audio with `wav2small label --embeddings`"):
+        attach_hints(manifest, labels.drop(columns="embedding"), name="t.parquet")
+    ragged = labels.copy()
+    ragged.at[2, "embedding"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="embedding rows have lengths"):
+        attach_hints(manifest, ragged)
+    bad = labels.copy()
+    bad.at[2, "embedding"] = np.array([0, np.nan, 0, 0], np.float32)
+    with pytest.raises(ValueError, match="non-finite embedding for .*c2.wav"):
+        attach_hints(manifest, bad)
+    with pytest.raises(ValueError, match="no labels for 1 of 8 files"):
+        attach_hints(manifest, labels[labels.file != files[3]])
 
 
 def test_split_is_seeded_disjoint_and_complete(corpus):

@@ -58,6 +58,21 @@ def test_every_student_trains_forward_and_backward(name):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+def test_forward_embedding_is_the_output_and_the_classifier_input():
+    torch.manual_seed(0)
+    model = create_model("mobilenetv4-small").eval()
+    x = _speech(0.5)
+    with torch.no_grad():
+        out, emb = model.forward_embedding(x)
+        torch.testing.assert_close(out, model(x))
+        classifier = model.backbone.get_classifier()
+        n = classifier.in_features
+        direct = classifier(emb[:, :n])
+        if model.trd is not None:
+            direct = direct + model.trend_head(emb[:, n:])
+    torch.testing.assert_close(direct, out)
+
+
 def test_mobilenet_lengths_and_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = create_model("mobilenetv4-small").eval()

@@ -400,3 +400,16 @@ def test_time_conv_trains_as_a_conv1d_and_exports_as_the_same_conv2d(monkeypatch
     pointwise = torch.nn.Conv2d(7, 4, 1)  # lin / sof / trd: 1×1 with a bias
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: False)
     torch.testing.assert_close(conv_time(pointwise, fast), pointwise(fast), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["wav2small-tiny", "wav2small-paper"])
+def test_forward_embedding_returns_the_output_and_the_vector_the_head_reads(name):
+    model = create_model(name).eval()
+    x, lengths = torch.randn(2, 24000), torch.tensor([24000, 17000])
+    with torch.no_grad():
+        out, emb = model.forward_embedding(x, lengths)
+        torch.testing.assert_close(out, model(x, lengths))
+    first = model.hidden if model.cfg.head else model.adv  # the head's first Linear reads it
+    assert emb.shape == (2, first.in_features)
+    if not model.cfg.head:
+        torch.testing.assert_close(first(emb), out)

@@ -7,6 +7,7 @@ a handful of steps, no data-loader workers.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -177,6 +178,37 @@ def test_cached_labels_via_the_cli(corpus, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["val_target"] == "teacher"
 
 
+def test_embedding_hints_fit_a_training_only_map(corpus, tmp_path):
+    table = pd.read_parquet(corpus / "labels.parquet")
+    table["embedding"] = list(np.random.default_rng(1).normal(size=(len(table), 6)))
+    table.to_parquet(tmp_path / "hints.parquet")
+    cfg = _config(
+        corpus,
+        tmp_path / "run",
+        labels=str(tmp_path / "hints.parquet"),
+        targets="cached",
+        hint_weight=1.0,
+        max_steps=12,
+        batch_size=N_TRAIN,
+        aug_ratio=0.0,
+        lr=1e-2,
+        scheduler="constant",
+    )
+    result = fit(cfg)
+    metrics = pd.read_csv(result.run_dir / "metrics.csv").dropna(subset=["train/hint"])
+    hint = metrics.sort_values("step")["train/hint"].to_numpy()
+    assert len(hint) == 12 and hint[-3:].mean() < 0.8 * hint[:3].mean()
+    from safetensors.torch import load_file
+
+    state = torch.load(result.best_checkpoint, weights_only=True)["state_dict"]
+    assert {"hint_proj.weight", "hint_mean", "hint_std"} <= set(state)
+    assert not any(k.startswith("hint") for k in load_file(result.weights))  # not shipped
+    resumed = fit(replace(cfg, max_steps=14, resume="last"))  # the map is restored, too
+    assert resumed.global_step == 14
+    with pytest.raises(ValueError, match="no 'embedding' column"):
+        fit(replace(cfg, labels=str(corpus / "labels.parquet"), out=str(tmp_path / "r2")))
+
+
 def test_gold_baseline_is_reproducible_from_its_seed(corpus, tmp_path):
     def weights(out, seed):
         cfg = resolve_config(
@@ -232,6 +264,10 @@ def test_config_validation_names_the_problem():
         TrainConfig(mode="train", data="x", aug_ratio=2).validate()
     cfg = TrainConfig(mode="train", data="x", targets="online").validate()
     assert cfg.targets == "gold" and cfg.val_target == "gold"
+    with pytest.raises(ValueError, match="hint_weight needs cached labels"):
+        TrainConfig(audio="x", teacher="t", hint_weight=1.0).validate()
+    with pytest.raises(ValueError, match="hint_weight must be >= 0"):
+        TrainConfig(audio="x", labels="l", targets="cached", hint_weight=float("nan")).validate()
 
 
 def test_default_yaml_matches_the_dataclass():

@@ -786,6 +786,13 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
         help="teacher on the same augmented crop (online) or cached labels (default "
         f"{cli_default(StudentConfig, 'targets')})",
     )
+    p.add_argument(
+        "--hint-weight",
+        type=float,
+        help="weight of the embedding-hint loss: the student's pooled features predict the "
+        "teacher's embedding (needs --labels from `wav2small label --embeddings`; default "
+        f"{cli_default(StudentConfig, 'hint_weight')}: off)",
+    )
     _add_student_options(p)
 
 

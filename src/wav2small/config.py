@@ -275,6 +275,9 @@ class StudentConfig(LightningConfig):
         weight_decay: AdamW weight decay.
         scheduler: ``cosine`` (decay to 0 at ``max_steps``) or ``constant`` after warm-up.
         mse_weight: weight of an added MSE term (0: CCC loss only).
+        hint_weight: weight of the embedding-hint loss (0: off; distill with cached labels that
+            carry the teacher's ``embedding``): a training-only linear map of the student's
+            pooled features regresses the teacher's standardised embedding (docs/DISTILL.md).
 
     The shared settings are documented on :class:`RunConfig` and :class:`LightningConfig`.
     """
@@ -303,6 +306,7 @@ class StudentConfig(LightningConfig):
     weight_decay: float = 0.01
     scheduler: str = "cosine"
     mse_weight: float = 0.0
+    hint_weight: float = 0.0
 
     def validate(self) -> StudentConfig:
         """Check the settings and fill ``targets``/``val_target``/``aug_mix_clip``; return self.
@@ -338,9 +342,14 @@ class StudentConfig(LightningConfig):
         self.check_lightning()
         if self.batch_size < 2:
             raise UserError("batch_size must be >= 2: the CCC loss needs a batch")
-        for key in ("mse_weight", "weight_decay"):
-            if getattr(self, key) < 0:
+        for key in ("mse_weight", "weight_decay", "hint_weight"):
+            if not getattr(self, key) >= 0:  # NaN fails too
                 raise UserError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.hint_weight > 0 and self.targets != "cached":
+            raise UserError(
+                "hint_weight needs cached labels with the teacher's embeddings "
+                "(`wav2small label --embeddings`, then distill --labels)"
+            )
         try:
             self.augment()  # checks the augmentation ranges
         except ValueError as e:

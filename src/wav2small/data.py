@@ -175,20 +175,71 @@ def attach_labels(
     Raises:
         ValueError: missing columns, or manifest files without a label (the message lists some).
     """
-    if isinstance(labels, pd.DataFrame):
-        table, name = labels, name or "<labels>"
-    else:
-        path = Path(labels)
-        name = name or str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such label file")
-        table = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    table, name = _label_table(labels, name)
     missing = [c for c in ("file", *LABELS) if c not in table.columns]
     if missing:
         raise ValueError(
             f"{name}: a label table needs columns file, {', '.join(LABELS)}; missing {missing}"
         )
-    per_file = _per_file_labels(table)
+    values = _match_files(manifest, _per_file(table, list(LABELS)), name)
+    out = manifest.copy()
+    out[list(LABELS)] = np.asarray(values, dtype=np.float64)
+    return out
+
+
+#: Column of a label table holding the teacher's embedding (``wav2small label --embeddings``).
+EMBEDDING_COLUMN = "embedding"
+
+
+def attach_hints(
+    manifest: pd.DataFrame, labels: str | os.PathLike | pd.DataFrame, *, name: str | None = None
+) -> np.ndarray:
+    """The teacher embedding of every manifest clip, from a label table's ``embedding`` column.
+
+    Files are matched as in :func:`attach_labels`; several segments of one file are averaged
+    weighted by their length.
+
+    Returns:
+        (n clips, D) float32.
+
+    Raises:
+        ValueError: no ``embedding`` column (the table was labelled without ``--embeddings``),
+            rows of different lengths, non-finite values, or manifest files without a row.
+    """
+    table, name = _label_table(labels, name)
+    if EMBEDDING_COLUMN not in table.columns:
+        raise ValueError(
+            f"{name}: no {EMBEDDING_COLUMN!r} column; label the audio with "
+            "`wav2small label --embeddings` to train with embedding hints"
+        )
+    rows = table[EMBEDDING_COLUMN].map(lambda v: np.asarray(v, dtype=np.float64))
+    sizes = rows.map(len).unique()
+    if len(sizes) != 1 or sizes[0] == 0:
+        raise ValueError(f"{name}: {EMBEDDING_COLUMN} rows have lengths {sorted(sizes)[:4]}")
+    matrix = np.stack(rows.to_list())
+    if not np.isfinite(matrix).all():
+        bad = table["file"].iloc[int(np.flatnonzero(~np.isfinite(matrix).all(1))[0])]
+        raise ValueError(f"{name}: non-finite {EMBEDDING_COLUMN} for {bad}")
+    columns = [f"_e{i}" for i in range(matrix.shape[1])]
+    wide = pd.DataFrame(matrix, columns=columns)
+    for key in ("file", "start", "end"):
+        if key in table:
+            wide[key] = table[key].to_numpy()
+    return np.asarray(_match_files(manifest, _per_file(wide, columns), name), dtype=np.float32)
+
+
+def _label_table(labels, name: str | None) -> tuple[pd.DataFrame, str]:
+    if isinstance(labels, pd.DataFrame):
+        return labels, name or "<labels>"
+    path = Path(labels)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such label file")
+    table = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    return table, name or str(path)
+
+
+def _match_files(manifest: pd.DataFrame, per_file: dict[str, tuple], name: str) -> list[tuple]:
+    """Per-file values for each manifest row: by absolute path, literal name, unique base name."""
     by_abs = {_norm(f): v for f, v in per_file.items()}
     names = pd.Series([os.path.basename(f) for f in per_file]).value_counts()
     by_name = {
@@ -210,12 +261,11 @@ def attach_labels(
             f"{name}: no labels for {len(unmatched)} of {len(manifest)} files, "
             f"e.g. {', '.join(unmatched[:3])}; label them with `wav2small label`"
         )
-    out = manifest.copy()
-    out[list(LABELS)] = np.asarray(values, dtype=np.float64)
-    return out
+    return values
 
 
-def _per_file_labels(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+def _per_file(table: pd.DataFrame, columns: list[str]) -> dict[str, tuple[float, ...]]:
+    """``columns`` averaged per file, weighted by segment length (``end − start``) if given."""
     table = table.copy()
     table["file"] = table["file"].astype(str)
     if "start" in table and "end" in table:
@@ -225,7 +275,7 @@ def _per_file_labels(table: pd.DataFrame) -> dict[str, tuple[float, float, float
     out = {}
     for file, rows in table.groupby("file", sort=False):
         w = weight.loc[rows.index].to_numpy()
-        out[file] = tuple(float(x) for x in (rows[list(LABELS)].to_numpy().T @ w) / w.sum())
+        out[file] = tuple(float(x) for x in (rows[columns].to_numpy().T @ w) / w.sum())
     return out
 
 
@@ -357,9 +407,11 @@ class CropDataset:
         crop_seconds: longest crop; ``None`` gives whole clips.
         augment: augmentation settings, or ``None`` for clean crops.
         with_targets: return each clip's ``arousal, dominance, valence`` as the target.
+        hints: (n clips, D) teacher embeddings returned as ``hint`` (embedding hints).
 
     Each item is a dict: ``wave`` (float32 samples), ``target`` (3 floats or ``None``),
-    ``index`` and ``u`` (a uniform number the collate uses to place the batch crop).
+    ``index``, ``u`` (a uniform number the collate uses to place the batch crop) and, with
+    ``hints``, ``hint``.
     """
 
     def __init__(
@@ -369,9 +421,13 @@ class CropDataset:
         crop_seconds: float | None = DEFAULT_CROP_SECONDS,
         augment: Augment | None = None,
         with_targets: bool = False,
+        hints: np.ndarray | None = None,
     ) -> None:
         if with_targets:
             check_labels(manifest, "training manifest")
+        if hints is not None and len(hints) != len(manifest):
+            raise ValueError(f"{len(hints)} hint rows for {len(manifest)} clips")
+        self.hints = hints
         self.paths = manifest["path"].tolist()
         self.durations = manifest["duration"].to_numpy(dtype=np.float64)
         self.targets = manifest[list(LABELS)].to_numpy(dtype=np.float32) if with_targets else None
@@ -404,7 +460,10 @@ class CropDataset:
         if self.augment is not None:
             wave = self._augment(wave, index, rng)
         target = None if self.targets is None else self.targets[index]
-        return {"wave": wave, "target": target, "index": index, "u": float(rng.random())}
+        item = {"wave": wave, "target": target, "index": index, "u": float(rng.random())}
+        if self.hints is not None:
+            item["hint"] = self.hints[index]
+        return item
 
     def _interferer(self, n: int, index: int, rng: np.random.Generator) -> np.ndarray:
         aug = self.augment
@@ -536,7 +595,8 @@ def collate(items: Sequence[dict], *, min_seconds: float = DEFAULT_MIN_SECONDS) 
 
     Returns:
         A dict with ``wave`` (batch, samples) float32 tensor, ``lengths`` (batch,) int64,
-        ``target`` (batch, 3) float32 or ``None``, and ``index`` (batch,) int64.
+        ``target`` (batch, 3) float32 or ``None``, ``index`` (batch,) int64 and, when every item
+        has one, ``hint`` (batch, D).
     """
     return _collate(items, int(round(min_seconds * SAMPLE_RATE)))
 
@@ -558,7 +618,10 @@ def _collate(items: Sequence[dict], min_samples: int) -> dict:
     targets = [it["target"] for it in items]
     target = None if any(t is None for t in targets) else torch.from_numpy(np.stack(targets))
     index = torch.tensor([it["index"] for it in items], dtype=torch.long)
-    return {"wave": wave, "lengths": lengths, "target": target, "index": index}
+    batch = {"wave": wave, "lengths": lengths, "target": target, "index": index}
+    if all("hint" in it for it in items):
+        batch["hint"] = torch.from_numpy(np.stack([it["hint"] for it in items]))
+    return batch
 
 
 class UtteranceDataset:

@@ -52,6 +52,9 @@ class DemoPlan:
     lr: float
     long_file_clips: int
     mse_weight: float = 1.0  # CCC loss + MSE: without it a student's outputs can blow up early
+    # embedding hints (distilled student only): its pooled features also regress the teacher's
+    # embedding, stored with the pool's labels (docs/DISTILL.md, "Embedding hints")
+    hint_weight: float = 3.0
 
 
 # Budgets: FULL ≤ 15 min and QUICK ≤ 3 min on 2 cores. Training runs on ONE thread: on a shared
@@ -168,6 +171,7 @@ def train_student(
         settings |= {"teacher": teacher, "audio": str(csv)}
         if labels is not None:
             settings |= {"targets": "cached", "labels": str(labels)}
+            settings |= {"hint_weight": plan.hint_weight}
     else:
         settings |= {"data": str(csv)}
     return fit(resolve_config(settings))
@@ -418,7 +422,13 @@ def run_demo(
     teacher_name, teacher = teacher, load_teacher(teacher)
 
     stage("the teacher labels the unlabelled pool once (its outputs are the students' targets)")
-    labelled = label(teacher, csv["pool"], out / "pool_labels.parquet", teacher_name=teacher_name)
+    labelled = label(
+        teacher,
+        csv["pool"],
+        out / "pool_labels.parquet",
+        teacher_name=teacher_name,
+        embeddings=plan.hint_weight > 0,
+    )
     print(f"{labelled.out}: {labelled.rows} clips ({labelled.speed:.0f} audio-s/s)")
 
     stage(
@@ -531,7 +541,13 @@ def _write_report(
         f"outputs for the pool (labelled once, `pool_labels.parquet`), labelled-only for "
         f"{plan.train_steps} steps on rater-mean labels; batch {plan.batch_size} × "
         f"{crops_text(plan.crop_seconds)} (half of them mixed with noise at 5–30 dB SNR), AdamW "
-        f"lr {plan.lr:g}, loss (1 − CCC) + {plan.mse_weight:g} · MSE; seed {seed}.",
+        f"lr {plan.lr:g}, loss (1 − CCC) + {plan.mse_weight:g} · MSE"
+        + (
+            f" (+ {plan.hint_weight:g} · embedding hints for the distilled student)"
+            if plan.hint_weight > 0
+            else ""
+        )
+        + f"; seed {seed}.",
         "",
         "## Test split",
         "",

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from wav2small import LABELS
+from wav2small import LABELS, SAMPLE_RATE
 from wav2small.config import MODES, SCHEDULERS, TARGETS, VAL_TARGETS, load_yaml, parse_overrides
 from wav2small.config import StudentConfig as TrainConfig
 from wav2small.runs import (
@@ -128,6 +128,7 @@ class RunData:
     val: Any  # pd.DataFrame (may be empty)
     val_targets: np.ndarray | None = None
     skipped: list[tuple[str, str]] | None = None
+    hints: np.ndarray | None = None  # (n train clips, D) teacher embeddings (hint_weight > 0)
 
 
 def teacher_outputs(teacher, manifest, *, progress: bool = False) -> np.ndarray:
@@ -201,6 +202,10 @@ def prepare_data(cfg: TrainConfig, teacher=None, *, shortest: int = 0) -> RunDat
     if cfg.targets == "online":  # the pool's own label columns must not leak into training
         train = train.drop(columns=[c for c in LABELS if c in train.columns])
     data = RunData(train, val, skipped=skipped)
+    if cfg.hint_weight > 0:
+        from wav2small.data import attach_hints
+
+        data.hints = attach_hints(train, cfg.labels)
     if val.empty:
         return data
     if cfg.val_target == "gold":
@@ -274,15 +279,44 @@ def build_module(model, cfg: TrainConfig, teacher=None):
                 return target
             return batch["target"].to(self.device)
 
+        def attach(self, data) -> None:
+            super().attach(data)
+            if self.cfg.hint_weight > 0:
+                self._hint_head(data.hints)
+
+        def _hint_head(self, hints: np.ndarray) -> None:
+            """The training-only map student features → standardised teacher embedding."""
+            if not hasattr(self.model, "forward_embedding"):
+                from wav2small.errors import UserError
+
+                raise UserError(f"{self.cfg.student}: this student has no embedding hints")
+            was_training = self.model.training
+            with torch.no_grad():  # the size of the student's feature vector
+                self.model.eval()
+                _, feats = self.model.forward_embedding(torch.zeros(1, SAMPLE_RATE))
+            self.model.train(was_training)
+            self.hint_proj = torch.nn.Linear(feats.shape[1], hints.shape[1])
+            mean, std = hints.mean(0), hints.std(0)
+            self.register_buffer("hint_mean", torch.from_numpy(mean).float())
+            self.register_buffer("hint_std", torch.from_numpy(np.maximum(std, 1e-6)).float())
+
         def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
             target = self.targets(batch)
-            pred = self.model(batch["wave"], batch["lengths"])
+            if self.cfg.hint_weight > 0:
+                pred, feats = self.model.forward_embedding(batch["wave"], batch["lengths"])
+            else:
+                pred = self.model(batch["wave"], batch["lengths"])
             per_dim = ccc_loss(pred, target, reduction="none")
             loss = per_dim.sum()
             if self.cfg.mse_weight > 0:
                 loss = loss + self.cfg.mse_weight * F.mse_loss(pred, target)
-            self.checked(loss, batch)
             size = len(pred)
+            if self.cfg.hint_weight > 0:
+                goal = (batch["hint"].to(feats) - self.hint_mean) / self.hint_std
+                hint = F.mse_loss(self.hint_proj(feats), goal)
+                loss = loss + self.cfg.hint_weight * hint
+                self.log("train/hint", hint, batch_size=size)
+            self.checked(loss, batch)
             self.log("train/loss", loss, prog_bar=True, batch_size=size)
             for label, value in zip(LABELS, per_dim, strict=True):
                 self.log(f"train/ccc_{label}", 1 - value, batch_size=size)
@@ -308,7 +342,7 @@ def build_module(model, cfg: TrainConfig, teacher=None):
             self.history.append({"step": int(self.global_step), **row})
 
         def optimizer(self):
-            params = [p for p in self.model.parameters() if p.requires_grad]
+            params = [p for p in self.parameters() if p.requires_grad]  # student + hint map
             return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
         def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -344,6 +378,7 @@ def _loaders(cfg: TrainConfig, data: RunData):
         crop_seconds=cfg.crop_seconds,
         augment=cfg.augment(),
         with_targets=cfg.targets != "online",
+        hints=data.hints,
     )
     if len(train_set) < cfg.batch_size:
         raise UserError(

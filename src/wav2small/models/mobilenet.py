@@ -155,11 +155,29 @@ class MobileNetStudent(nn.Module):
         Returns:
             (batch, 3) unbounded regression outputs.
         """
-        frames = None if lengths is None else self.frontend.frames(lengths)
-        image = self.local_norm(self.frontend(signal), frames) / IMAGE_STD
-        features = self.backbone.forward_features(image[:, None])  # (batch, 1, frames, bands)
+        features = self._features(signal, lengths)
         out = self.backbone.forward_head(features)
         return out if self.trd is None else out + self.trend_head(self.trend(features))
+
+    def _features(self, signal: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        frames = None if lengths is None else self.frontend.frames(lengths)
+        image = self.local_norm(self.frontend(signal), frames) / IMAGE_STD
+        return self.backbone.forward_features(image[:, None])  # (batch, C, time, freq)
+
+    def forward_embedding(
+        self, signal: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A/D/V and the pooled vector the classifier reads (with the trend slopes, if any).
+
+        Training only (embedding hints, :mod:`wav2small.train`).
+        """
+        features = self._features(signal, lengths)
+        out = self.backbone.forward_head(features)
+        emb = self.backbone.forward_head(features, pre_logits=True)
+        if self.trd is None:
+            return out, emb
+        trend = self.trend(features)
+        return out + self.trend_head(trend), torch.cat([emb, trend], 1)
 
     def trend(self, features: torch.Tensor) -> torch.Tensor:
         """Slopes over time (batch, trend) of the ``trd`` map of a (batch, C, time, freq) map."""

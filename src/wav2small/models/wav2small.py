@@ -544,13 +544,31 @@ class Wav2Small(nn.Module):
         return self.adv(torch.relu(x)) if self.cfg.head else x
 
     def forward(self, signal: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(*self.pool(signal, lengths))
+
+    def pool(
+        self, signal: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stages 1–4: the pooled map (batch, C, F') and the trend (batch, K) or ``None``."""
         frames = None if lengths is None else self.body.frames(lengths)
         x = self.trunk(self.features(signal, lengths), frames)
         lin, sof = self.token_maps(x)
         tokens = None if frames is None else self.body.frames_to_tokens(frames)
         trd = self.trend_map(x)
         trend = None if trd is None else trend_pool(trd, tokens)[..., 0]
-        return self.head(attention_pool(lin, sof, tokens), trend)
+        return attention_pool(lin, sof, tokens), trend
+
+    def forward_embedding(
+        self, signal: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A/D/V and the vector the head reads, ``[pooled ; Gram(pooled) ; trend]`` (batch, E).
+
+        Training only (embedding hints, :mod:`wav2small.train`); export runs :meth:`forward`,
+        which never forms the Gram features of an F' = 1 trunk.
+        """
+        pooled, trend = self.pool(signal, lengths)
+        x = pooled_features(pooled)
+        return self.head(pooled, trend), x if trend is None else torch.cat([x, trend], 1)
 
     # -- geometry --
     def frame_geometry(self) -> tuple[int, int]:

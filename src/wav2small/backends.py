@@ -397,7 +397,7 @@ def teacher_predict(
     if len(names) != len(waves):
         raise ValueError(f"{len(names)} names for {len(waves)} clips")
     out = np.zeros((len(waves), len(LABELS)), np.float32)
-    dim = _embedding_dim(teacher) if embedding else 0
+    dim = teacher_embedding_dim(teacher) if embedding else 0
     emb = np.zeros((len(waves), dim), np.float32)
     if not len(waves):
         return (out, emb) if embedding else out
@@ -421,8 +421,12 @@ def teacher_predict(
     return (out, emb) if embedding else out
 
 
-def _embedding_dim(teacher) -> int:
-    """The teacher's ``embedding_dim``, or its one-line error when it gives no embedding."""
+def teacher_embedding_dim(teacher) -> int:
+    """A teacher's ``embedding_dim`` (size of ``embedding=True`` outputs).
+
+    Raises:
+        UserError: the teacher gives no embedding (its own one-line error when it has one).
+    """
     dim = getattr(teacher, "embedding_dim", None)
     if dim is None:
         if hasattr(teacher, "no_embedding"):
@@ -476,7 +480,7 @@ def teacher_predict_files(
     budget = seconds * SAMPLE_RATE
     window = getattr(teacher, "window_seconds", None)
     out = np.zeros((len(paths), len(LABELS)), np.float32)
-    emb = np.zeros((len(paths), _embedding_dim(teacher) if embedding else 0), np.float32)
+    emb = np.zeros((len(paths), teacher_embedding_dim(teacher) if embedding else 0), np.float32)
     pending: list[int] = []
     waves: list[np.ndarray] = []
 
@@ -532,6 +536,7 @@ __all__ = [
     "onnx_session",
     "resolve_model_path",
     "session_options",
+    "teacher_embedding_dim",
     "teacher_predict",
     "teacher_predict_files",
 ]

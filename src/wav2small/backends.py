@@ -311,10 +311,10 @@ def _check_teacher_outputs(
             f"teacher {_teacher_name(teacher)!r} gave outputs of shape {y.shape} for "
             f"{len(names)} clip(s), expected ({len(names)}, {len(LABELS)})"
         )
-    if emb is not None and (emb.ndim != 2 or emb.shape[0] != len(names)):
+    if emb is not None and emb.shape != (len(names), teacher_embedding_dim(teacher)):
         raise ValueError(
             f"teacher {_teacher_name(teacher)!r} gave embeddings of shape {emb.shape} for "
-            f"{len(names)} clip(s), expected ({len(names)}, D)"
+            f"{len(names)} clip(s), expected ({len(names)}, {teacher_embedding_dim(teacher)})"
         )
     if emb is not None:
         y = np.concatenate([y, emb], axis=1)
@@ -388,10 +388,11 @@ def teacher_predict(
         (n, 3) float32 A/D/V; with ``embedding=True`` the pair (A/D/V, (n, D) float32).
 
     Raises:
-        ValueError: outputs that are not (batch, 3) (or embeddings not (batch, D)).
+        ValueError: outputs that are not (batch, 3) (or embeddings not (batch, embedding_dim)).
         wav2small.errors.NonFiniteError: NaN/Inf outputs or embeddings (a ``ValueError``); the
             message names the clip and the teacher.
-        wav2small.teachers.TeacherError: ``embedding=True`` for a teacher without one.
+        wav2small.errors.UserError: ``embedding=True`` for a teacher without one (one line;
+            a ``TeacherError`` or ``OnnxTeacherError`` from the teacher).
     """
     names = [f"clip {i}" for i in range(len(waves))] if names is None else list(names)
     if len(names) != len(waves):

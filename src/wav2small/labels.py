@@ -271,9 +271,9 @@ def start_job(out: Path, job: dict) -> None:
     if resuming and path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         changed = [
-            f"{key} {fact_of(old, key)!r} → {fact_of(job, key)!r}"
+            f"{key} {_job_fact(old, key)!r} → {_job_fact(job, key)!r}"
             for key in JOB_KEYS
-            if fact_of(old, key) != fact_of(job, key)
+            if _job_fact(old, key) != _job_fact(job, key)
             and not (key == "fingerprint" and None in (old.get(key), job.get(key)))
         ]
         if changed:
@@ -290,7 +290,7 @@ def start_job(out: Path, job: dict) -> None:
                 f"{out}: holds labels of teacher(s) {sorted(names)}, not {job['teacher']!r}; "
                 "rerun with the same --teacher to resume it, or write to another --out"
             )
-        wanted = bool(fact_of(job, "embeddings"))
+        wanted = bool(_job_fact(job, "embeddings"))
         if any((EMBEDDING_COLUMN in t.columns) != wanted for t in tables):
             raise ResumeError(
                 f"{out}: holds labels {'without' if wanted else 'with'} an '{EMBEDDING_COLUMN}' "
@@ -301,7 +301,7 @@ def start_job(out: Path, job: dict) -> None:
         write_text(path, json.dumps({**job}, indent=1, sort_keys=True) + "\n")
 
 
-def fact_of(job: dict, key: str):
+def _job_fact(job: dict, key: str):
     """A job fact of a record, with the default of a record written before the fact existed."""
     return job.get(key, _JOB_DEFAULTS.get(key))
 

@@ -250,3 +250,107 @@ def test_cli_label(tmp_path, corpus, teacher_dir, capsys):
     )
     assert code == 0 and len(pd.read_parquet(out)) == N_FILES
     assert f"{N_FILES} rows" in capsys.readouterr().out
+
+
+# --- embeddings ---------------------------------------------------------------------------------
+def test_embeddings_column_equals_the_teacher_embedding(tmp_path, corpus, teacher_dir):
+    from wav2small.audio import read_audio
+    from wav2small.labels import EMBEDDING_COLUMN
+
+    teacher = load_teacher(teacher_dir)
+    teacher.window_seconds = 0.5  # clips over 0.5 s are windowed (and streamed from disk)
+    out = tmp_path / "emb.parquet"
+    result = label(teacher, corpus, out, shard_rows=5, progress=False, embeddings=True)
+    table = pd.read_parquet(out)
+    assert result.rows == N_FILES and list(table.columns) == [*COLUMNS, EMBEDDING_COLUMN]
+    import pyarrow.parquet as pq
+
+    assert str(pq.read_schema(out).field(EMBEDDING_COLUMN).type) == "list<element: float>"
+    for row in table.itertuples():
+        wave = torch.from_numpy(read_audio(row.file))[None]
+        with torch.no_grad():
+            adv, emb = teacher(wave, embedding=True)
+        got = np.asarray(row.embedding)
+        assert got.shape == (teacher.embedding_dim,) and np.isfinite(got).all()
+        np.testing.assert_allclose(got, emb[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose([getattr(row, k) for k in LABELS], adv[0].numpy(), atol=1e-5)
+
+
+def test_embeddings_resume_keeps_the_column_and_refuses_a_changed_flag(
+    tmp_path, corpus, teacher_dir
+):
+    import json
+
+    from wav2small.inputs import ResumeError
+    from wav2small.labels import EMBEDDING_COLUMN, job_path
+
+    teacher = load_teacher(teacher_dir)
+    files = sorted(str(p) for p in corpus.rglob("*.wav"))
+    out = tmp_path / "emb.parquet"
+    label(teacher, files[:5], out, shard_rows=2, progress=False, embeddings=True)
+    with pytest.raises(ResumeError, match="embeddings True → False"):
+        label(teacher, files, out, progress=False)
+    result = label(teacher, files, out, shard_rows=2, progress=False, embeddings=True)
+    assert result.labelled == N_FILES - 5
+    table = pd.read_parquet(out)
+    assert list(table["file"]) == files and table[EMBEDDING_COLUMN].map(len).nunique() == 1
+    # plain output: no column; asking for embeddings on it is refused, with or without a record
+    plain = tmp_path / "plain.parquet"
+    label(teacher, files[:3], plain, progress=False)
+    assert list(pd.read_parquet(plain).columns) == list(COLUMNS)
+    with pytest.raises(ResumeError, match="embeddings False → True"):
+        label(teacher, files, plain, progress=False, embeddings=True)
+    job = json.loads(job_path(plain).read_text())
+    del job["embeddings"]  # a record written before the flag existed means "no embeddings"
+    job_path(plain).write_text(json.dumps(job))
+    label(teacher, files[:4], plain, progress=False)
+    job_path(plain).unlink()
+    with pytest.raises(ResumeError, match=f"without an '{EMBEDDING_COLUMN}' column"):
+        label(teacher, files, plain, progress=False, embeddings=True)
+
+
+def test_embeddings_need_a_teacher_that_gives_them(tmp_path, corpus):
+    from wav2small.errors import UserError
+
+    class Plain(torch.nn.Module):  # (wave, lengths) → A/D/V only
+        name = "plain"
+
+        def forward(self, wave, lengths):
+            return wave.new_zeros(len(wave), 3)
+
+    out = tmp_path / "x.parquet"
+    with pytest.raises(UserError, match="'plain' gives no embedding"):
+        label(Plain(), corpus, out, progress=False, embeddings=True)
+    assert not out.exists()
+
+
+def test_non_finite_embedding_stops_naming_the_file(tmp_path, corpus):
+    from wav2small.errors import NonFiniteError
+
+    class NanEmbedding(torch.nn.Module):  # finite A/D/V, NaN embedding
+        name = "nan-emb"
+        embedding_dim = 2
+
+        def forward(self, wave, lengths, embedding=False):
+            adv = wave.new_zeros(len(wave), 3)
+            return (adv, wave.new_full((len(wave), 2), float("nan"))) if embedding else adv
+
+    out = tmp_path / "x.parquet"
+    with pytest.raises(NonFiniteError, match=r"clip\d\d\.wav: teacher 'nan-emb' .*non-finite"):
+        label(NanEmbedding(), corpus, out, progress=False, embeddings=True)
+    assert not out.exists()
+    label(NanEmbedding(), corpus, tmp_path / "y.parquet", progress=False)  # A/D/V alone: fine
+
+
+def test_cli_label_embeddings(tmp_path, corpus, teacher_dir, capsys):
+    from wav2small.cli import main
+
+    out = tmp_path / "cli.parquet"
+    args = ["label", "--teacher", str(teacher_dir), "--audio", str(corpus), "--out", str(out)]
+    assert main([*args, "--embeddings", "--threads", "1"]) == 0
+    table = pd.read_parquet(out)
+    assert len(table) == N_FILES and table["embedding"].map(len).eq(32).all()
+    capsys.readouterr()
+    assert main(args) == 2  # resume without --embeddings: one line, exit 2
+    err = capsys.readouterr().err.strip()
+    assert "embeddings True → False" in err and "\n" not in err

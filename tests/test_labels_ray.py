@@ -156,6 +156,27 @@ def test_bad_arguments_fail_before_ray_starts(tmp_path, corpus, teacher_dir):
     assert not list(tmp_path.iterdir())
 
 
+def test_embeddings_are_refused_in_one_line(tmp_path, corpus, teacher_dir, capsys):
+    from wav2small.cli import main
+    from wav2small.errors import UserError
+    from wav2small.inputs import ResumeError
+
+    with pytest.raises(UserError, match="--embeddings is not supported by --engine ray"):
+        label_ray(str(teacher_dir), corpus, tmp_path / "x.parquet", embeddings=True)
+    assert not list(tmp_path.iterdir())
+    argv = ["label", "--teacher", str(teacher_dir), "--audio", str(corpus), "--out"]
+    assert main([*argv, str(tmp_path / "x.parquet"), "--engine", "ray", "--embeddings"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not supported by --engine ray" in err and "\n" not in err
+    # a local --embeddings job is not resumed by the Ray engine (it would drop the column)
+    pytest.importorskip("ray")
+    files = sorted(str(p) for p in corpus.rglob("*.wav"))
+    out = tmp_path / "emb.parquet"
+    label(load_teacher(teacher_dir), files[:2], out, progress=False, embeddings=True)
+    with pytest.raises(ResumeError, match="embeddings True → False"):
+        label_ray(str(teacher_dir), files, out, progress=False)
+
+
 def test_missing_ray_is_a_clear_error(tmp_path, corpus, teacher_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
     with pytest.raises(ImportError, match=r"wav2small\[scale\]"):

@@ -145,3 +145,41 @@ def test_errors_name_the_folder(folder, tmp_path):
     (unlabelled / "model.onnx").write_bytes(b"not onnx")
     with pytest.raises(OnnxTeacherError, match="not a loadable ONNX model"):
         OnnxTeacher(unlabelled)
+
+
+def test_hidden_states_are_the_embedding(dawn, folder, audio, tmp_path):
+    files = sorted(audio.glob("*.wav"))  # c3 (21 s): two windows, averaged
+    waves = [sf.read(f, dtype="float32")[0] for f in files]
+    teacher = OnnxTeacher(folder)
+    assert teacher.embedding_dim == dawn.embedding_dim == TINY["hidden_size"]
+    adv, emb = teacher.predict_waves(waves, embedding=True)
+    assert emb.shape == (len(files), TINY["hidden_size"]) and emb.dtype == np.float32
+    np.testing.assert_allclose(adv, teacher.predict_waves(waves), atol=1e-6)
+    with torch.no_grad():
+        want = [dawn(torch.from_numpy(w)[None], embedding=True) for w in waves]
+    assert np.abs(emb - np.stack([e[0].numpy() for _, e in want])).max() < 1e-4
+    assert np.abs(adv - np.stack([a[0].numpy() for a, _ in want])).max() < 1e-4
+    # the label table's column through ONNX Runtime
+    out = tmp_path / "emb.parquet"
+    from wav2small.labels import label
+
+    label(teacher, files[1:], out, progress=False, embeddings=True)
+    table = pd.read_parquet(out)
+    np.testing.assert_allclose(np.stack(table["embedding"]), emb[1:], atol=1e-6)
+
+
+def test_a_model_without_hidden_states_gives_no_embedding(folder, audio, tmp_path):
+    import onnx
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    proto = onnx.load(str(folder / "model.onnx"))
+    proto.graph.output.remove(proto.graph.output[0])  # keep only logits
+    onnx.save(proto, str(plain / "model.onnx"))
+    shutil.copy(folder / "model.yaml", plain / "model.yaml")
+    teacher = OnnxTeacher(plain)
+    assert teacher.embedding_dim is None
+    wave = pseudo_speech(0.5, rng=np.random.default_rng(0))
+    assert teacher.predict_waves([wave]).shape == (1, 3)
+    with pytest.raises(OnnxTeacherError, match="gives no embedding .*no 'hidden_states' output"):
+        teacher.predict_waves([wave], embedding=True)

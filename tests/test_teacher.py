@@ -723,3 +723,140 @@ def test_teacher_kind_reads_the_config_and_lengths_are_checked():
         lengths_from(wave, [0, 100])
     with pytest.raises(ValueError, match="batch, samples"):
         lengths_from(torch.zeros(100))
+
+
+# --- embeddings (forward(..., embedding=True)) ----------------------------------------------------
+def _ref_dawn_embedding(ref, wave: np.ndarray) -> np.ndarray:
+    """audEERING's ``hidden_states``: the mean over time of the last hidden state."""
+    x = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+    with torch.no_grad():
+        return ref.wav2vec2(torch.from_numpy(x.astype(np.float32))[None])[0].mean(1)[0].numpy()
+
+
+def _ref_odyssey_embedding(ref, config, wave: np.ndarray) -> np.ndarray:
+    """The Odyssey baseline's ``pool_model`` output (the input of ``ser_model``)."""
+    x = torch.from_numpy(((wave - config["mean"]) / (config["std"] + 1e-6)).astype(np.float32))
+    mask = torch.ones(1, len(wave))
+    with torch.no_grad():
+        ssl = ref.ssl_model(x[None], attention_mask=mask).last_hidden_state
+        return ref.pool_model(ssl, mask)[0].numpy()
+
+
+def test_embedding_is_what_the_head_reads(dawn, odyssey, clips):
+    batch, lengths = T.pad_batch([torch.from_numpy(c) for c in clips])
+    synth = _synth(3)
+    d, o = T.load_teacher(dawn[0]), T.load_teacher(odyssey[0])
+    heads = {
+        "synth": (synth, synth.head, 2 * 2 * 8),
+        "dawn": (d, d.classifier, TINY_W2V2["hidden_size"]),
+        "odyssey": (o, o.ser_model, 2 * ODYSSEY_CONFIG["hidden_size"]),
+    }
+    for name, (teacher, head, dim) in heads.items():
+        assert teacher.embedding_dim == dim, name
+        with torch.no_grad():
+            adv, emb = teacher(batch, lengths, embedding=True)
+            plain = teacher(batch, lengths)
+            alone = torch.cat(
+                [
+                    teacher(batch[i : i + 1, :n], embedding=True)[1]
+                    for i, n in enumerate(lengths.tolist())
+                ]
+            )
+            assert torch.allclose(head(emb), adv, atol=1e-5), name
+        assert emb.shape == (len(clips), dim) and emb.dtype == torch.float32, name
+        assert torch.allclose(adv, plain, atol=1e-6), name
+        assert torch.allclose(emb, alone, atol=1e-5), name  # padding invariant too
+        assert emb.std(0).max() > 1e-4, name  # depends on the clip
+    # against the public code's pooled vectors (not through wav2small)
+    np.testing.assert_allclose(
+        emb_of(d, clips[1]), _ref_dawn_embedding(dawn[1], clips[1]), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        emb_of(o, clips[1]), _ref_odyssey_embedding(odyssey[1], odyssey[3], clips[1]), atol=1e-4
+    )
+
+
+def emb_of(teacher, clip: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return teacher(torch.from_numpy(clip)[None], embedding=True)[1][0].numpy()
+
+
+def test_embedding_of_a_reordered_head_keeps_adv_order(tmp_path, clips):
+    folder, _, _ = _dawn_folder(tmp_path, seed=2)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {"0": "valence", "1": "arousal", "2": "dominance"}
+    (folder / "config.json").write_text(json.dumps(config))
+    teacher = T.load_teacher(folder)
+    with torch.no_grad():
+        adv, emb = teacher(torch.from_numpy(clips[0])[None], embedding=True)
+        assert torch.allclose(teacher.classifier(emb)[:, [1, 2, 0]], adv, atol=1e-6)
+
+
+def test_long_clip_averages_the_window_embeddings(dawn, clips):
+    for teacher in (T.load_teacher(dawn[0]), _synth(4)):
+        teacher.window_seconds = 0.5
+        wave = torch.from_numpy(np.concatenate(clips))
+        n = len(wave)
+        k = int(np.ceil(n / (0.5 * SAMPLE_RATE)))
+        size = int(np.ceil(n / k))
+        assert k > 1
+        with torch.no_grad():
+            adv, emb = teacher(wave[None], embedding=True)
+            parts = [
+                teacher(wave[None, i * size : min(n, (i + 1) * size)], embedding=True)
+                for i in range(k)
+            ]
+        assert torch.allclose(adv[0], torch.stack([p[0][0] for p in parts]).mean(0), atol=1e-5)
+        assert torch.allclose(emb[0], torch.stack([p[1][0] for p in parts]).mean(0), atol=1e-5)
+        assert not torch.allclose(parts[0][1], parts[1][1], atol=1e-4)  # windows differ
+
+
+def test_ensemble_embedding_is_the_members_in_order(dawn, odyssey, clips):
+    wave = torch.from_numpy(clips[2])[None]
+    a, b = T.load_teacher(dawn[0]), T.load_teacher(odyssey[0])
+    ens = T.load_teacher(f"ensemble:{dawn[0]}+{odyssey[0]}", clip=True)
+    assert ens.embedding_dim == a.embedding_dim + b.embedding_dim
+    with torch.no_grad():
+        adv, emb = ens(wave, embedding=True)
+        assert torch.allclose(adv, ens(wave))
+        assert torch.allclose(adv, ((a(wave) + b(wave)) / 2).clamp(0, 1), atol=1e-6)
+        want = torch.cat([a(wave, embedding=True)[1], b(wave, embedding=True)[1]], dim=1)
+    assert torch.allclose(emb, want, atol=1e-6)
+
+
+def test_teacher_predict_returns_embeddings(dawn, clips):
+    teacher = _synth(5)
+    adv, emb = T.teacher_predict(teacher, clips, embedding=True, batch_seconds=0.01)
+    assert adv.dtype == emb.dtype == np.float32 and emb.shape == (len(clips), 32)
+    np.testing.assert_allclose(adv, T.teacher_predict(teacher, clips), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(emb, np.stack([emb_of(teacher, c) for c in clips]), atol=1e-5)
+    from wav2small.errors import NonFiniteError
+
+    class NanEmbedding(torch.nn.Module):  # finite A/D/V, NaN embedding for the longest clip
+        embedding_dim = 2
+
+        def forward(self, wave, lengths, embedding=False):
+            emb = torch.where(lengths[:, None] == lengths.max(), torch.nan, 1.0).repeat(1, 2)
+            return wave.new_zeros(len(wave), 3), emb
+
+    lengths = [len(c) for c in clips]
+    longest = f"clip {int(np.argmax(lengths))}"
+    with pytest.raises(NonFiniteError, match=f"{longest}: teacher .* non-finite"):
+        T.teacher_predict(NanEmbedding(), clips, embedding=True)
+
+
+def test_teacher_without_embedding_says_so_in_one_line(clips):
+    class Plain(T.Teacher):
+        def forward_batch(self, wave, lengths):
+            return wave.new_zeros(wave.shape[0], 3)
+
+    teacher = Plain()
+    teacher.name = "plain-one"
+    assert teacher.embedding_dim is None
+    wave = torch.from_numpy(clips[0])[None]
+    assert teacher(wave).shape == (1, 3)
+    with pytest.raises(T.TeacherError, match="plain-one.*gives no embedding") as err:
+        teacher(wave, embedding=True)
+    assert "\n" not in str(err.value)
+    with pytest.raises(T.TeacherError, match="gives no embedding"):
+        T.teacher_predict(teacher, clips, embedding=True)

@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -300,13 +301,23 @@ def _teacher_name(teacher) -> str:
     return str(getattr(teacher, "name", type(teacher).__name__))
 
 
-def _check_teacher_outputs(y: np.ndarray, teacher, names: Sequence[str]) -> None:
-    """Raise naming the clips when a teacher's outputs are not (batch, 3) finite numbers."""
+def _check_teacher_outputs(
+    y: np.ndarray, teacher, names: Sequence[str], emb: np.ndarray | None = None
+) -> None:
+    """Raise naming the clips when a teacher's outputs are not (batch, 3) finite numbers (and its
+    embeddings, when given, not (batch, D) finite numbers)."""
     if y.shape != (len(names), len(LABELS)):
         raise ValueError(
             f"teacher {_teacher_name(teacher)!r} gave outputs of shape {y.shape} for "
             f"{len(names)} clip(s), expected ({len(names)}, {len(LABELS)})"
         )
+    if emb is not None and emb.shape != (len(names), teacher_embedding_dim(teacher)):
+        raise ValueError(
+            f"teacher {_teacher_name(teacher)!r} gave embeddings of shape {emb.shape} for "
+            f"{len(names)} clip(s), expected ({len(names)}, {teacher_embedding_dim(teacher)})"
+        )
+    if emb is not None:
+        y = np.concatenate([y, emb], axis=1)
     bad = [name for name, row in zip(names, y, strict=True) if not np.isfinite(row).all()]
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -316,21 +327,31 @@ def _check_teacher_outputs(y: np.ndarray, teacher, names: Sequence[str]) -> None
         )
 
 
-def _teacher_runner(teacher) -> Callable[[list[np.ndarray]], np.ndarray]:
+def _teacher_runner(teacher, embedding: bool = False) -> Callable[[list[np.ndarray]], Any]:
     """clips → (n, 3) for a teacher: ``predict_waves`` (torch-free teachers, e.g. ONNX) or a
-    torch module called as ``teacher(wave, lengths)`` on zero-padded clips."""
+    torch module called as ``teacher(wave, lengths)`` on zero-padded clips; with ``embedding``
+    the pair ((n, 3), (n, D)) from ``predict_waves(clips, embedding=True)`` or
+    ``teacher(wave, lengths, embedding=True)``."""
+
+    def numpy(x) -> np.ndarray:
+        return np.asarray(x.float().cpu().numpy() if hasattr(x, "cpu") else x, dtype=np.float32)
+
     if hasattr(teacher, "predict_waves"):
-        return lambda clips: np.asarray(teacher.predict_waves(clips), dtype=np.float32)
+        if embedding:
+            return lambda clips: tuple(map(numpy, teacher.predict_waves(clips, embedding=True)))
+        return lambda clips: numpy(teacher.predict_waves(clips))
     import torch
 
     from wav2small.teachers import pad_batch
 
     device = next(iter(teacher.parameters()), torch.zeros(0)).device
+    extra = {"embedding": True} if embedding else {}  # plain (wave, lengths) modules work too
 
-    def run(clips: list[np.ndarray]) -> np.ndarray:
+    def run(clips: list[np.ndarray]):
         wave, lengths = pad_batch([torch.from_numpy(c) for c in clips])
         with torch.inference_mode():
-            return teacher(wave.to(device), lengths.to(device)).float().cpu().numpy()
+            out = teacher(wave.to(device), lengths.to(device), **extra)
+        return tuple(map(numpy, out)) if embedding else numpy(out)
 
     return run
 
@@ -341,7 +362,8 @@ def teacher_predict(
     *,
     names: Sequence[str] | None = None,
     batch_seconds: float | None = None,
-) -> np.ndarray:
+    embedding: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Run a teacher on whole clips: 1-D 16 kHz waveforms → (n, 3) float32 A/D/V, input order.
 
     The one teacher-inference path of the package (``label``, validation targets of ``distill``,
@@ -359,21 +381,30 @@ def teacher_predict(
         names: one name per clip (e.g. its file) for error messages; default ``clip <i>``.
         batch_seconds: most padded audio per call (default: the teacher's
             ``max_batch_seconds``, else :data:`TEACHER_BATCH_SECONDS`).
+        embedding: also return the teacher's pooled embeddings (``embedding=True`` of
+            :meth:`wav2small.teachers.Teacher.forward` or of ``predict_waves``).
+
+    Returns:
+        (n, 3) float32 A/D/V; with ``embedding=True`` the pair (A/D/V, (n, D) float32).
 
     Raises:
-        ValueError: outputs that are not (batch, 3).
-        wav2small.errors.NonFiniteError: NaN/Inf outputs (a ``ValueError``); the message names
-            the clip and the teacher.
+        ValueError: outputs that are not (batch, 3) (or embeddings not (batch, embedding_dim)).
+        wav2small.errors.NonFiniteError: NaN/Inf outputs or embeddings (a ``ValueError``); the
+            message names the clip and the teacher.
+        wav2small.errors.UserError: ``embedding=True`` for a teacher without one (one line;
+            a ``TeacherError`` or ``OnnxTeacherError`` from the teacher).
     """
     names = [f"clip {i}" for i in range(len(waves))] if names is None else list(names)
     if len(names) != len(waves):
         raise ValueError(f"{len(names)} names for {len(waves)} clips")
     out = np.zeros((len(waves), len(LABELS)), np.float32)
+    dim = teacher_embedding_dim(teacher) if embedding else 0
+    emb = np.zeros((len(waves), dim), np.float32)
     if not len(waves):
-        return out
+        return (out, emb) if embedding else out
     seconds = batch_seconds or getattr(teacher, "max_batch_seconds", TEACHER_BATCH_SECONDS)
     budget = seconds * SAMPLE_RATE
-    run = _teacher_runner(teacher)
+    run = _teacher_runner(teacher, embedding)
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     start = 0
     while start < len(order):
@@ -382,10 +413,27 @@ def teacher_predict(
             stop += 1
         group = order[start:stop]
         y = run([np.asarray(waves[i], dtype=np.float32) for i in group])
-        _check_teacher_outputs(y, teacher, [names[i] for i in group])
+        y, e = y if embedding else (y, None)
+        _check_teacher_outputs(y, teacher, [names[i] for i in group], e)
         out[group] = y
+        if embedding:
+            emb[group] = e
         start = stop
-    return out
+    return (out, emb) if embedding else out
+
+
+def teacher_embedding_dim(teacher) -> int:
+    """A teacher's ``embedding_dim`` (size of ``embedding=True`` outputs).
+
+    Raises:
+        UserError: the teacher gives no embedding (its own one-line error when it has one).
+    """
+    dim = getattr(teacher, "embedding_dim", None)
+    if dim is None:
+        if hasattr(teacher, "no_embedding"):
+            raise teacher.no_embedding()
+        raise UserError(f"teacher {_teacher_name(teacher)!r} gives no embedding")
+    return int(dim)
 
 
 def _long_file(path: str, window_seconds: float) -> tuple[int, int] | None:
@@ -407,14 +455,16 @@ def teacher_predict_files(
     progress: bool = False,
     desc: str = "teacher",
     batch_seconds: float | None = None,
-) -> np.ndarray:
+    embedding: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """:func:`teacher_predict` on audio files (whole clips) → (n, 3) float32, in ``paths`` order.
 
     Memory does not grow with file length: files are read a batch of ``batch_seconds`` at a
     time, and a file longer than the teacher's ``window_seconds`` (20 s) is streamed from disk
     in the equal pieces :meth:`wav2small.teachers.Teacher.forward` cuts it into
     (``ceil(n / window)`` pieces of ``ceil(n / pieces)`` samples), whose outputs are averaged
-    as there.
+    as there. With ``embedding=True`` the pair (A/D/V, (n, D) embeddings), pieces averaged
+    the same way.
 
     Raises:
         AudioError: an unreadable file (named).
@@ -431,13 +481,19 @@ def teacher_predict_files(
     budget = seconds * SAMPLE_RATE
     window = getattr(teacher, "window_seconds", None)
     out = np.zeros((len(paths), len(LABELS)), np.float32)
+    emb = np.zeros((len(paths), teacher_embedding_dim(teacher) if embedding else 0), np.float32)
     pending: list[int] = []
     waves: list[np.ndarray] = []
 
+    def predict(clips: list[np.ndarray], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        got = teacher_predict(
+            teacher, clips, names=names, batch_seconds=seconds, embedding=embedding
+        )
+        return got if embedding else (got, np.zeros((len(clips), 0), np.float32))
+
     def flush() -> None:
         if pending:
-            names = [paths[i] for i in pending]
-            out[pending] = teacher_predict(teacher, waves, names=names, batch_seconds=seconds)
+            out[pending], emb[pending] = predict(waves, [paths[i] for i in pending])
             pending.clear()
             waves.clear()
 
@@ -449,10 +505,12 @@ def teacher_predict_files(
             pieces = iter_windows(paths[i], win=size, hop=size)
             outputs = [  # the k pieces of the header's length (a resampled stream may run on
                 # by a sample)
-                teacher_predict(teacher, [w], names=[paths[i]], batch_seconds=seconds)[0]
+                predict([w], [paths[i]])
                 for _, _, w in itertools.islice(pieces, k)
             ]
-            out[i] = np.mean(outputs, axis=0)
+            out[i] = np.mean([o[0][0] for o in outputs], axis=0)
+            if embedding:
+                emb[i] = np.mean([e[0] for _, e in outputs], axis=0)
             continue
         wave = read_audio(paths[i])
         if waves and sum(map(len, waves)) + len(wave) > budget:
@@ -460,7 +518,7 @@ def teacher_predict_files(
         pending.append(i)
         waves.append(wave)
     flush()
-    return out
+    return (out, emb) if embedding else out
 
 
 __all__ = [
@@ -479,6 +537,7 @@ __all__ = [
     "onnx_session",
     "resolve_model_path",
     "session_options",
+    "teacher_embedding_dim",
     "teacher_predict",
     "teacher_predict_files",
 ]

@@ -379,6 +379,12 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     _add_progress(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--clip", action="store_true", help="clip ensemble outputs to [0, 1]")
+    p.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="add a column 'embedding': the teacher's pooled embedding (the vector its head "
+        "reads) per row, list of float32 (local engine only)",
+    )
     # Ray engine (wav2small.labels_ray; needs `pip install wav2small[scale]`)
     p.add_argument(
         "--engine",

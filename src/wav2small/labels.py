@@ -1,7 +1,10 @@
 """Teacher labelling: audio files (or segments of them) → a Parquet table of A/D/V.
 
 Rows are ``(file, start, end, arousal, dominance, valence, teacher)``; times in seconds, ``file``
-as it appears in the input (a folder listing or the CSV's ``file`` column).
+as it appears in the input (a folder listing or the CSV's ``file`` column). With
+``embeddings=True`` (``wav2small label --embeddings``) a last column ``embedding`` holds the
+teacher's pooled embedding (the vector its head reads; ``forward(..., embedding=True)`` of
+:class:`wav2small.teachers.Teacher`) as a Parquet list of float32 per row.
 
 How it runs:
 
@@ -50,13 +53,17 @@ logger = logging.getLogger(__name__)
 
 #: Output columns, in order.
 COLUMNS = ("file", "start", "end", *LABELS, "teacher")
+#: Extra last column with ``embeddings=True``: the teacher's pooled embedding (list of float32).
+EMBEDDING_COLUMN = "embedding"
 #: Most padded audio (seconds) per teacher call; rows per shard; bad-input policies.
 DEFAULT_BATCH_SECONDS, DEFAULT_SHARD_ROWS = LabelOptions.batch_seconds, LabelOptions.shard_rows
 PARTS_SUFFIX = ".parts"
 #: Suffix of the file that records which teacher and settings started a labelling job.
 JOB_SUFFIX = ".job.json"
 #: Job facts that must match for a run to resume an output.
-JOB_KEYS = ("teacher", "clip", "fingerprint")
+JOB_KEYS = ("teacher", "clip", "fingerprint", "embeddings")
+#: Value of a job fact that a record written before the fact existed lacks.
+_JOB_DEFAULTS = {"embeddings": False}
 #: Times are compared at this resolution (seconds) when matching rows to segments.
 _TIME_DECIMALS = 6
 
@@ -243,13 +250,18 @@ def teacher_fingerprint(teacher) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def output_columns(embeddings: bool = False) -> list[str]:
+    """Columns of a label table: :data:`COLUMNS`, plus :data:`EMBEDDING_COLUMN` when asked."""
+    return [*COLUMNS, EMBEDDING_COLUMN] if embeddings else list(COLUMNS)
+
+
 def start_job(out: Path, job: dict) -> None:
-    """Record ``job`` (teacher, clip, fingerprint) for ``out``, or check it against a resumed job.
+    """Record ``job`` (:data:`JOB_KEYS`) for ``out``, or check it against a resumed job.
 
     A run resumes when ``out`` or its shards exist; it must then use the teacher and settings
     that started the job (a fingerprint is compared only when both runs have one: the Ray engine
     given a teacher by name has none). Outputs without a job record are checked by their
-    ``teacher`` column.
+    ``teacher`` column and whether they have an ``embedding`` column.
 
     Raises:
         ResumeError: the resumed job was started with another teacher or settings.
@@ -259,31 +271,53 @@ def start_job(out: Path, job: dict) -> None:
     if resuming and path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         changed = [
-            f"{key} {old.get(key)!r} → {job.get(key)!r}"
+            f"{key} {_job_fact(old, key)!r} → {_job_fact(job, key)!r}"
             for key in JOB_KEYS
-            if old.get(key) != job.get(key)
+            if _job_fact(old, key) != _job_fact(job, key)
             and not (key == "fingerprint" and None in (old.get(key), job.get(key)))
         ]
         if changed:
             raise ResumeError(
                 f"{out}: this job was started with another teacher or settings "
-                f"({'; '.join(changed)}); rerun with the same --teacher/--clip to resume it, "
-                "or write to another --out"
+                f"({'; '.join(changed)}); rerun with the same --teacher/--clip/--embeddings "
+                "to resume it, or write to another --out"
             )
     elif resuming:
-        names = {str(n) for t in _read_existing(out) for n in t["teacher"].dropna().unique()}
+        tables = _read_existing(out)
+        names = {str(n) for t in tables for n in t["teacher"].dropna().unique()}
         if names - {job["teacher"]}:
             raise ResumeError(
                 f"{out}: holds labels of teacher(s) {sorted(names)}, not {job['teacher']!r}; "
                 "rerun with the same --teacher to resume it, or write to another --out"
             )
+        wanted = bool(_job_fact(job, "embeddings"))
+        if any((EMBEDDING_COLUMN in t.columns) != wanted for t in tables):
+            raise ResumeError(
+                f"{out}: holds labels {'without' if wanted else 'with'} an '{EMBEDDING_COLUMN}' "
+                f"column; rerun {'without' if not wanted else 'with'} --embeddings to resume it, "
+                "or write to another --out"
+            )
     if not (resuming and path.is_file()) or job.get("fingerprint"):
         write_text(path, json.dumps({**job}, indent=1, sort_keys=True) + "\n")
 
 
+def _job_fact(job: dict, key: str):
+    """A job fact of a record, with the default of a record written before the fact existed."""
+    return job.get(key, _JOB_DEFAULTS.get(key))
+
+
 def _write_parquet(table: pd.DataFrame, path: Path) -> None:
     with atomic_write(path) as tmp:
-        table.to_parquet(tmp, index=False)
+        if EMBEDDING_COLUMN not in table.columns:
+            table.to_parquet(tmp, index=False)
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rest = pa.Table.from_pandas(table.drop(columns=[EMBEDDING_COLUMN]), preserve_index=False)
+        values = [np.asarray(v, dtype=np.float32) for v in table[EMBEDDING_COLUMN]]
+        column = pa.array(values, type=pa.list_(pa.float32()))
+        pq.write_table(rest.append_column(EMBEDDING_COLUMN, column), tmp)
 
 
 def _read_existing(out: Path) -> list[pd.DataFrame]:
@@ -302,8 +336,9 @@ def _next_part(folder: Path) -> int:
 
 
 class _ShardWriter:
-    def __init__(self, folder: Path, rows_per_shard: int) -> None:
+    def __init__(self, folder: Path, rows_per_shard: int, *, embeddings: bool = False) -> None:
         self.folder, self.rows_per_shard = folder, rows_per_shard
+        self.columns = output_columns(embeddings)
         self.rows: list[dict] = []
         self.index = None
 
@@ -317,19 +352,26 @@ class _ShardWriter:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         self.index = _next_part(self.folder) if self.index is None else self.index + 1
-        table = pd.DataFrame(self.rows, columns=list(COLUMNS))
+        table = pd.DataFrame(self.rows, columns=self.columns)
         _write_parquet(table, self.folder / f"part-{self.index:05d}.parquet")
         self.rows = []
 
 
 # --- labelling ------------------------------------------------------------------------------------
-def _streamed(teacher, batch: list[Segment], on_error: str, skipped: list[tuple[str, str]]):
+def _streamed(
+    teacher,
+    batch: list[Segment],
+    on_error: str,
+    skipped: list[tuple[str, str]],
+    embeddings: bool = False,
+):
     """Label the whole-file segments of ``batch`` longer than the teacher's window by streaming
     them from disk (:func:`wav2small.backends.teacher_predict_files`: the same equal pieces the
     teacher cuts, bounded memory whatever the length).
 
     Returns:
-        (the other segments, the streamed segments, their (k, 3) predictions).
+        (the other segments, the streamed segments, their predictions: (3,) A/D/V each, or
+        (A/D/V, embedding) pairs with ``embeddings``).
     """
     from wav2small.audio import AudioError, audio_info
     from wav2small.backends import teacher_predict_files
@@ -344,7 +386,8 @@ def _streamed(teacher, batch: list[Segment], on_error: str, skipped: list[tuple[
             if seg.end < audio_info(seg.path).duration:  # a part of a file: read as a clip
                 rest.append(seg)
                 continue
-            preds.append(teacher_predict_files(teacher, [seg.path])[0])
+            got = teacher_predict_files(teacher, [seg.path], embedding=embeddings)
+            preds.append((got[0][0], got[1][0]) if embeddings else got[0])
             kept.append(seg)
         except AudioError as e:
             if on_error == "raise":
@@ -378,6 +421,7 @@ def label(
     on_error: str = "raise",
     teacher_name: str | None = None,
     progress: bool = True,
+    embeddings: bool = False,
 ) -> LabelResult:
     """Label audio with a teacher into a Parquet file (resumable, sharded, atomic).
 
@@ -392,6 +436,8 @@ def label(
             ``"skip"`` (list it and go on).
         teacher_name: value of the ``teacher`` column (default: ``teacher.name``).
         progress: show a progress bar in audio seconds per second.
+        embeddings: add the column ``embedding``: the teacher's pooled embedding per row
+            (``teacher(..., embedding=True)``), a list of float32.
 
     Returns:
         A :class:`LabelResult`.
@@ -400,8 +446,11 @@ def label(
         AudioError: an unreadable file with ``on_error="raise"`` (the message names it).
         ValueError: bad arguments or an empty manifest.
         LockedError: another process is writing ``out``.
-        ResumeError: ``out`` was started with another teacher or settings.
+        ResumeError: ``out`` was started with another teacher or settings (``embeddings``
+            included).
         InputError: ``on_error="skip"`` skipped every segment (nothing is written).
+        UserError: ``embeddings=True`` for a teacher that gives no embedding.
+        NonFiniteError: NaN/Inf A/D/V or embeddings (the clip is named).
     """
     with output_lock(out):  # a second writer of this output fails at once
         return _label_job(
@@ -413,6 +462,7 @@ def label(
             on_error=on_error,
             teacher_name=teacher_name,
             progress=progress,
+            embeddings=embeddings,
         )
 
 
@@ -426,27 +476,42 @@ def _label_job(
     on_error: str,
     teacher_name: str | None,
     progress: bool,
+    embeddings: bool = False,
 ) -> LabelResult:
     """:func:`label` once the caller holds the output lock: check the job, then label."""
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_seconds <= 0 or shard_rows < 1:
         raise ValueError("batch_seconds must be > 0 and shard_rows ≥ 1")
+    if embeddings:
+        from wav2small.backends import teacher_embedding_dim
+
+        teacher_embedding_dim(teacher)  # a teacher without one: its one-line error, now
     t0 = time.perf_counter()
     name = teacher_name or getattr(teacher, "name", type(teacher).__name__)
     job = {
         "teacher": name,
         "clip": bool(getattr(teacher, "clip", False)),
         "fingerprint": teacher_fingerprint(teacher),
+        "embeddings": bool(embeddings),
     }
     start_job(out, job)
     return _label_locked(
-        teacher, audio, out, name, batch_seconds, shard_rows, on_error, progress, t0
+        teacher, audio, out, name, batch_seconds, shard_rows, on_error, progress, t0, embeddings
     )
 
 
 def _label_locked(
-    teacher, audio, out: Path, name: str, batch_seconds, shard_rows, on_error, progress, t0
+    teacher,
+    audio,
+    out: Path,
+    name: str,
+    batch_seconds,
+    shard_rows,
+    on_error,
+    progress,
+    t0,
+    embeddings: bool = False,
 ) -> LabelResult:
     from tqdm.auto import tqdm
 
@@ -462,7 +527,7 @@ def _label_locked(
     }
     todo = [s for s in segments if s.key() not in done]
     seconds = sum(s.duration for s in todo)
-    writer = _ShardWriter(parts_dir(out), shard_rows)
+    writer = _ShardWriter(parts_dir(out), shard_rows, embeddings=embeddings)
     labelled, labelled_seconds = 0, 0.0
     with tqdm(
         total=seconds,
@@ -473,24 +538,16 @@ def _label_locked(
         dynamic_ncols=True,
     ) as bar:
         for batch in batches(todo, batch_seconds):
-            rest, kept, preds = _streamed(teacher, batch, on_error, skipped)
+            rest, kept, preds = _streamed(teacher, batch, on_error, skipped, embeddings)
             read, waves = _read(rest, on_error, skipped)
             if read:
                 kept += read
-                preds += list(teacher_predict(teacher, waves, names=[s.file for s in read]))
-            if kept:
-                writer.add(
-                    [
-                        {
-                            "file": s.file,
-                            "start": s.start,
-                            "end": s.end,
-                            **dict(zip(LABELS, map(float, p), strict=True)),
-                            "teacher": name,
-                        }
-                        for s, p in zip(kept, preds, strict=True)
-                    ]
+                got = teacher_predict(
+                    teacher, waves, names=[s.file for s in read], embedding=embeddings
                 )
+                preds += list(zip(*got, strict=True)) if embeddings else list(got)
+            if kept:
+                writer.add([_row(s, p, name, embeddings) for s, p in zip(kept, preds, strict=True)])
                 labelled += len(kept)
                 labelled_seconds += sum(s.duration for s in kept)
             bar.update(min(sum(s.duration for s in batch), bar.total - bar.n))
@@ -499,15 +556,31 @@ def _label_locked(
     for file, reason in skipped:
         logger.warning("skipped %s: %s", file, reason)
     check_any_good(labelled + len(done), skipped)  # --on-error skip with nothing good: error
-    rows = _merge(out, segments)
+    rows = _merge(out, segments, embeddings=embeddings)
     return LabelResult(out, rows, labelled, skipped, labelled_seconds, time.perf_counter() - t0)
 
 
-def _merge(out: Path, segments: Sequence[Segment]) -> int:
+def _row(seg: Segment, pred, name: str, embeddings: bool) -> dict:
+    """One output row: ``pred`` is (3,) A/D/V, or the pair (A/D/V, embedding)."""
+    adv, emb = pred if embeddings else (pred, None)
+    row = {
+        "file": seg.file,
+        "start": seg.start,
+        "end": seg.end,
+        **dict(zip(LABELS, map(float, adv), strict=True)),
+        "teacher": name,
+    }
+    if embeddings:
+        row[EMBEDDING_COLUMN] = np.asarray(emb, dtype=np.float32)
+    return row
+
+
+def _merge(out: Path, segments: Sequence[Segment], *, embeddings: bool = False) -> int:
     """Shards + existing output → ``out`` in manifest order, deduplicated; shards removed."""
+    columns = output_columns(embeddings)
     tables = _read_existing(out)
     if not tables:
-        table = pd.DataFrame(columns=list(COLUMNS))
+        table = pd.DataFrame(columns=columns)
     else:
         table = pd.concat(tables, ignore_index=True)
     keys = [
@@ -517,7 +590,7 @@ def _merge(out: Path, segments: Sequence[Segment]) -> int:
     table = table.assign(_key=keys, _rank=[rank.get(k, len(rank)) for k in keys])
     table = table.drop_duplicates("_key", keep="first").sort_values("_rank", kind="stable")
     table = table.drop(columns=["_key", "_rank"]).reset_index(drop=True)
-    _write_parquet(table[list(COLUMNS)], out)
+    _write_parquet(table[columns], out)
     folder = parts_dir(out)
     if folder.is_dir():
         for path in folder.iterdir():
@@ -565,17 +638,20 @@ def label_cli(args) -> int:
             on_error=args.on_error,
             teacher_name=None,
             progress=getattr(args, "progress", True),
+            embeddings=getattr(args, "embeddings", False),
         )
     return report(result)
 
 
 __all__ = [
     "COLUMNS",
+    "EMBEDDING_COLUMN",
     "LabelResult",
     "Segment",
     "batches",
     "job_path",
     "label",
+    "output_columns",
     "probe",
     "read_manifest",
     "shortest_input",

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from wav2small import LABELS
+from wav2small.errors import UserError
 from wav2small.inputs import check_any_good, output_lock, write_skipped
 from wav2small.labels import (
     DEFAULT_BATCH_SECONDS,
@@ -276,6 +277,7 @@ def label_ray(
     clip: bool = False,
     threads: int = 0,
     progress: bool = True,
+    embeddings: bool = False,
 ) -> LabelResult:
     """Label audio with a teacher on Ray Data into a Parquet file (resumable, sharded, atomic).
 
@@ -304,6 +306,8 @@ def label_ray(
         clip: clip ensemble outputs to [0, 1] (teachers given by name).
         threads: torch threads per actor (0: ``max(1, int(cpus_per_worker))``).
         progress: show a progress bar in audio seconds.
+        embeddings: not supported by this engine (the ``embedding`` column of
+            :func:`wav2small.labels.label`); True raises.
 
     Returns:
         A :class:`wav2small.labels.LabelResult`.
@@ -311,7 +315,13 @@ def label_ray(
     Raises:
         AudioError: an unreadable file with ``on_error="raise"`` (the message names it).
         ValueError: bad arguments, an empty manifest, or more resources than the cluster has.
+        UserError: ``embeddings=True`` (use the local engine).
     """
+    if embeddings:
+        raise UserError(
+            "--embeddings is not supported by --engine ray; label with --engine local "
+            "(the default) to store the teacher's embeddings"
+        )
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     if batch_seconds <= 0 or shard_rows < 1:
@@ -493,6 +503,7 @@ def label_ray_cli(args) -> int:
         clip=args.clip,
         threads=args.threads or 0,
         progress=getattr(args, "progress", True),
+        embeddings=getattr(args, "embeddings", False),
     )
     return report(result)
 

@@ -61,6 +61,7 @@ from typing import Any
 
 #: Public name → the module that defines it (imported on first use).
 _WHERE = {
+    "teacher_embedding_dim": "wav2small.backends",
     "teacher_predict": "wav2small.backends",
     "teacher_predict_files": "wav2small.backends",
     "masked_mean": "wav2small.ops",

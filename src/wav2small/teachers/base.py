@@ -3,6 +3,8 @@
 Every teacher is a :class:`Teacher`: ``forward(wave, lengths=None, mask=None) -> (batch, 3)``
 arousal, dominance, valence, padding-invariant, with long clips cut into equal windows of at
 most :data:`WINDOW_SECONDS` whose outputs are averaged (see :mod:`wav2small.teachers`).
+``forward(..., embedding=True)`` also returns the pooled vector the teacher's head reads
+(windows averaged the same way), for students trained to predict it.
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def pad_batch(
 class Teacher(nn.Module):
     """Base class: ``forward(wave, lengths=None, mask=None) -> (batch, 3)`` A/D/V.
 
-    Subclasses implement :meth:`forward_batch` for clips no longer than :attr:`window_seconds`.
+    Subclasses implement :meth:`forward_batch` for clips no longer than :attr:`window_seconds`;
+    those that expose their pooled embedding implement :meth:`forward_batch_embedding` (and
+    :attr:`embedding_dim`) and return its first element from :meth:`forward_batch`.
 
     Attributes:
         name: teacher id written into label tables (the name or path it was loaded from).
@@ -109,23 +113,39 @@ class Teacher(nn.Module):
         super().__init__()
         self.name = type(self).__name__
 
+    @property
+    def embedding_dim(self) -> int | None:
+        """Size D of the pooled embedding its head reads (``forward(..., embedding=True)``);
+        None when this teacher gives none."""
+        return None
+
     def forward(
         self,
         wave: torch.Tensor,
         lengths: torch.Tensor | Sequence[int] | None = None,
         mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Predict A/D/V for a batch of 16 kHz waveforms.
+        *,
+        embedding: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Predict A/D/V (and optionally the pooled embedding) for a batch of 16 kHz waveforms.
 
         Args:
             wave: (batch, samples) float waveforms, zero-padded on the right.
             lengths: (batch,) valid samples per clip (default: all of them).
             mask: alternative to ``lengths``: (batch, samples), nonzero on valid samples.
+            embedding: also return the pooled vector the teacher's head reads.
 
         Returns:
-            (batch, 3) float tensor: arousal, dominance, valence.
+            (batch, 3) float tensor: arousal, dominance, valence; with ``embedding=True`` the
+            tuple ``(adv, emb)`` with emb (batch, :attr:`embedding_dim`). A clip cut into
+            windows gets the mean of its windows' A/D/V and the mean of their embeddings.
+
+        Raises:
+            TeacherError: ``embedding=True`` for a teacher that gives no embedding.
         """
         lengths = lengths_from(wave, lengths, mask)
+        if embedding and self.embedding_dim is None:
+            raise self.no_embedding()
         win = int(round(self.window_seconds * SAMPLE_RATE))
         pieces: list[torch.Tensor] = []
         owner: list[int] = []
@@ -135,35 +155,60 @@ class Teacher(nn.Module):
             for j in range(k):
                 pieces.append(wave[i, j * size : min(n, (j + 1) * size)])
                 owner.append(i)
-        out = self._forward_pieces(pieces)
-        if len(pieces) == wave.shape[0]:
-            return out
-        index = torch.tensor(owner, device=out.device)
-        total = out.new_zeros(wave.shape[0], out.shape[1]).index_add_(0, index, out)
-        count = torch.bincount(index, minlength=wave.shape[0]).to(out.dtype)
-        return total / count[:, None]
+        outs = self._forward_pieces(pieces, embedding=embedding)
+        if len(pieces) != wave.shape[0]:
+            outs = tuple(_window_mean(out, owner, wave.shape[0]) for out in outs)
+        return outs if embedding else outs[0]
 
-    def _forward_pieces(self, pieces: list[torch.Tensor]) -> torch.Tensor:
-        """Run 1-D clips in length-sorted sub-batches of bounded padded size; original order out."""
+    def _forward_pieces(
+        self, pieces: list[torch.Tensor], *, embedding: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """Run 1-D clips in length-sorted sub-batches of bounded padded size; original order out.
+
+        Returns:
+            ``(adv,)``, or ``(adv, emb)`` with ``embedding=True``.
+        """
         budget = int(self.max_batch_seconds * SAMPLE_RATE)
         order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
-        outputs: dict[int, torch.Tensor] = {}
+        outputs: dict[int, tuple[torch.Tensor, ...]] = {}
         group: list[int] = []
         for i in order + [-1]:
             longest = max(len(pieces[i]), self.min_samples) if i >= 0 else 0
             if group and (i < 0 or longest * (len(group) + 1) > budget):
                 wave, lengths = pad_batch([pieces[g] for g in group], min_length=self.min_samples)
                 lengths = lengths.clamp(min=self.min_samples).to(wave.device)
-                for g, row in zip(group, self.forward_batch(wave, lengths), strict=True):
-                    outputs[g] = row
+                if embedding:
+                    result = self.forward_batch_embedding(wave, lengths)
+                else:
+                    result = (self.forward_batch(wave, lengths),)
+                for j, g in enumerate(group):
+                    outputs[g] = tuple(r[j] for r in result)
                 group = []
             if i >= 0:
                 group.append(i)
-        return torch.stack([outputs[i] for i in range(len(pieces))])
+        n_out = 2 if embedding else 1
+        return tuple(torch.stack([outputs[i][k] for i in range(len(pieces))]) for k in range(n_out))
 
     def forward_batch(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(batch, samples) padded clips, each ≤ one window, with (batch,) lengths → (batch, 3)."""
         raise NotImplementedError
+
+    def forward_batch_embedding(
+        self, wave: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`forward_batch`, plus the embedding: ``(adv (batch, 3), emb (batch, D))``.
+
+        Raises:
+            TeacherError: this teacher gives no embedding (the base class).
+        """
+        raise self.no_embedding()
+
+    def no_embedding(self) -> TeacherError:
+        """The one-line error for ``embedding=True`` on a teacher without an embedding."""
+        return TeacherError(
+            f"teacher {self.name!r} ({type(self).__name__}) gives no embedding; "
+            "use a synth, Dawn, Odyssey or ensemble teacher, or label without embeddings"
+        )
 
     def config_dict(self) -> dict[str, Any]:
         """The ``config.json`` contents that rebuild this teacher."""
@@ -172,6 +217,14 @@ class Teacher(nn.Module):
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict under the checkpoint's public key names."""
         return {_to_legacy_key(k): v for k, v in self.state_dict().items()}
+
+
+def _window_mean(out: torch.Tensor, owner: list[int], n: int) -> torch.Tensor:
+    """Mean of the (pieces, …) rows ``out`` per clip: row ``j`` belongs to clip ``owner[j]``."""
+    index = torch.tensor(owner, device=out.device)
+    total = out.new_zeros(n, *out.shape[1:]).index_add_(0, index, out)
+    count = torch.bincount(index, minlength=n).to(out.dtype)
+    return total / count[:, None]
 
 
 def _label_order(config: dict[str, Any], n_out: int, where: str) -> list[int] | None:

@@ -78,7 +78,18 @@ class Wav2Vec2Teacher(Teacher):
         self._layer_norm = cfg.feat_extract_norm == "layer"
         self.min_samples = receptive_field(cfg.conv_kernel, cfg.conv_stride)
 
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the classifier's input: the masked mean of the last hidden state."""
+        return self.classifier.dense.in_features
+
     def forward_batch(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.forward_batch_embedding(wave, lengths)[0]
+
+    def forward_batch_embedding(
+        self, wave: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A/D/V and the pooled last hidden state (audonnx's ``hidden_states``)."""
         x = normalise_per_utterance(wave, lengths)
         if self._layer_norm:
             mask = time_mask(lengths, x.shape[1]).to(torch.long)
@@ -93,7 +104,7 @@ class Wav2Vec2Teacher(Teacher):
                 ]
             )
         out = self.classifier(pooled)
-        return out if self._order is None else out[:, self._order]
+        return (out if self._order is None else out[:, self._order]), pooled
 
     def config_dict(self) -> dict[str, Any]:
         return dict(self._config)

@@ -170,15 +170,27 @@ class WavLMTeacher(Teacher):
         self._order = _label_order(self._config, n_out, "WavLM-Odyssey teacher")
         self.min_samples = receptive_field(cfg.conv_kernel, cfg.conv_stride)
 
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the attentive-statistics pooling output (mean ; std), the head's input."""
+        return 2 * self.pool_model.sap_linear.in_features
+
     def forward_batch(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.forward_batch_embedding(wave, lengths)[0]
+
+    def forward_batch_embedding(
+        self, wave: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A/D/V and the ``pool_model`` output (the input of ``ser_model``)."""
         mask = time_mask(lengths, wave.shape[1])
         x = ((wave - self.mean) / (self.std + ODYSSEY_STD_EPS)) * mask.to(wave.dtype)
         with warnings.catch_warnings():  # WavLM mixes a bool padding mask with a float bias
             warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
             hidden = self.ssl_model(x, attention_mask=mask.to(torch.long)).last_hidden_state
         frames = self.ssl_model._get_feat_extract_output_lengths(lengths)
-        out = self.ser_model(self.pool_model(hidden, frames))
-        return out if self._order is None else out[:, self._order]
+        pooled = self.pool_model(hidden, frames)
+        out = self.ser_model(pooled)
+        return (out if self._order is None else out[:, self._order]), pooled
 
     def config_dict(self) -> dict[str, Any]:
         return dict(self._config)

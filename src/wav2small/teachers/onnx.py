@@ -12,7 +12,10 @@ the logits arousal, dominance, valence. :class:`OnnxTeacher` reads that layout (
 * a clip longer than :data:`WINDOW_SECONDS` is cut into equal windows of at most that length
   whose outputs are averaged, as the torch teachers do (:class:`wav2small.teachers.Teacher`);
 * outputs are reordered to arousal, dominance, valence from the labels; non-finite outputs stop
-  with an error naming the teacher.
+  with an error naming the teacher;
+* when the model also has a ``hidden_states`` output (the pooled embedding its head reads, as in
+  audEERING's Dawn export), ``predict_waves(waves, embedding=True)`` returns it too (windows
+  averaged like A/D/V) and :attr:`OnnxTeacher.embedding_dim` is its size; otherwise that is None.
 
 :func:`export_dawn_onnx` writes a torch Dawn-layout teacher (:class:`Wav2Vec2Teacher`) in that
 published layout (normalisation inside the graph), e.g. a tiny random one for tests, or the real
@@ -126,6 +129,15 @@ class OnnxTeacher:
         self.labels = LABELS
         self.name = name or os.fspath(path)
         self.path = str(onnx_file)
+        self.hidden = HIDDEN if HIDDEN in outputs and self.output != HIDDEN else None
+        self.embedding_dim: int | None = self._hidden_dim() if self.hidden else None
+
+    def _hidden_dim(self) -> int:
+        """Size of the ``hidden_states`` output: its static last axis, else one short run."""
+        (out,) = [o for o in self.session.get_outputs() if o.name == self.hidden]
+        if out.shape and isinstance(out.shape[-1], int) and out.shape[-1] > 0:
+            return int(out.shape[-1])
+        return int(self._run(np.zeros(MIN_SAMPLES, np.float32), embedding=True)[1].size)
 
     def _labels(self, folder: Path, onnx_file: Path) -> list[str]:
         for file in (folder / YAML_FILE, folder / LEGACY_LABELS_FILE):
@@ -141,27 +153,54 @@ class OnnxTeacher:
             "or ONNX metadata); cannot tell which output is arousal, dominance, valence"
         )
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, *, embedding: bool = False):
         if len(x) < MIN_SAMPLES:
             x = np.pad(x, (0, MIN_SAMPLES - len(x)))
         feed = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)[None, :]}
-        return self.session.run([self.output], feed)[0].reshape(-1)[self.order]
+        names = [self.output, self.hidden] if embedding else [self.output]
+        result = self.session.run(names, feed)
+        adv = result[0].reshape(-1)[self.order]
+        return (adv, result[1].reshape(-1)) if embedding else adv
 
-    def predict_waves(self, waves: list[np.ndarray]) -> np.ndarray:
+    def predict_waves(self, waves: list[np.ndarray], *, embedding: bool = False):
         """A/D/V of each 16 kHz mono clip → (n, 3) float32, windows of ≤ 20 s averaged.
 
+        Args:
+            waves: 16 kHz mono clips.
+            embedding: also return the ``hidden_states`` output, (n, :attr:`embedding_dim`)
+                float32, averaged over the windows like A/D/V.
+
+        Returns:
+            (n, 3) A/D/V, or the tuple (A/D/V, embeddings) with ``embedding=True``.
+
         Raises:
-            OnnxTeacherError: the model returned NaN or Inf.
+            OnnxTeacherError: the model returned NaN or Inf, or ``embedding=True`` for a model
+                without a ``hidden_states`` output.
         """
+        if embedding and self.embedding_dim is None:
+            raise self.no_embedding()
         win = int(round(self.window_seconds * SAMPLE_RATE))
         out = np.zeros((len(waves), len(LABELS)), np.float32)
+        emb = np.zeros((len(waves), self.embedding_dim or 0), np.float32)
         for i, wave in enumerate(waves):
             k = max(1, math.ceil(len(wave) / win))
             size = math.ceil(len(wave) / k)
-            out[i] = np.mean([self._run(wave[j * size : (j + 1) * size]) for j in range(k)], 0)
-        if not np.isfinite(out).all():
+            pieces = [wave[j * size : (j + 1) * size] for j in range(k)]
+            runs = [self._run(piece, embedding=embedding) for piece in pieces]
+            if embedding:
+                out[i] = np.mean([r[0] for r in runs], 0)
+                emb[i] = np.mean([r[1] for r in runs], 0)
+            else:
+                out[i] = np.mean(runs, 0)
+        if not (np.isfinite(out).all() and np.isfinite(emb).all()):
             raise OnnxTeacherError(f"teacher {self.name}: non-finite outputs")
-        return out
+        return (out, emb) if embedding else out
+
+    def no_embedding(self) -> OnnxTeacherError:
+        """The one-line error for ``embedding=True`` on a model without ``hidden_states``."""
+        return OnnxTeacherError(
+            f"teacher {self.name!r}: gives no embedding (no '{HIDDEN}' output in {self.path})"
+        )
 
     def __repr__(self) -> str:
         return f"OnnxTeacher({self.path!r})"

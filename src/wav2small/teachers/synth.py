@@ -185,12 +185,28 @@ class SynthTeacher(Teacher):
         """Fixed per-channel standardisation (statistics of the training set, stored as buffers)."""
         return (feats - self.feat_mean) / self.feat_std
 
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the pooled vector the head reads (attention-pooled + mean GRU states)."""
+        return self.head.in_features
+
     def forward_batch(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.forward_batch_embedding(wave, lengths)[0]
+
+    def forward_batch_embedding(
+        self, wave: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         feats, frames = self.features_raw(wave, lengths)
-        return self.forward_features(self.standardise(feats), frames)
+        pooled = self.pooled_features(self.standardise(feats), frames)
+        return self.head(self.dropout(pooled)), pooled
 
     def forward_features(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """(batch, frames, channels) standardised features with valid frame counts → (batch, 3)."""
+        return self.head(self.dropout(self.pooled_features(feats, frames)))
+
+    def pooled_features(self, feats: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Standardised features → the (batch, :attr:`embedding_dim`) vector the head reads:
+        attention-pooled and mean GRU states, concatenated (before dropout and the head)."""
         x = feats.transpose(1, 2) * time_mask(frames, feats.shape[1])[:, None, :].to(feats.dtype)
         if self.pitch_conv:
             x = torch.cat([x, self._pitch_stem(x, frames)], dim=1)
@@ -209,7 +225,7 @@ class SynthTeacher(Teacher):
         logits = self.attn(h).squeeze(2).masked_fill(~time_mask(frames, t), float("-inf"))
         w = torch.softmax(logits, dim=1)[..., None]
         pooled = torch.cat([(h * w).sum(1), masked_mean(h, frames)], dim=1)
-        return self.head(self.dropout(pooled))
+        return pooled
 
     def _pitch_stem(self, x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """2-D convolutions over (time × pitch) of the salience map → (batch, channels, time)."""

@@ -34,6 +34,7 @@ import pandas as pd
 
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.inputs import list_audio, read_manifest
+from wav2small.labels import EMBEDDING_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -185,10 +186,6 @@ def attach_labels(
     out = manifest.copy()
     out[list(LABELS)] = np.asarray(values, dtype=np.float64)
     return out
-
-
-#: Column of a label table holding the teacher's embedding (``wav2small label --embeddings``).
-EMBEDDING_COLUMN = "embedding"
 
 
 def attach_hints(

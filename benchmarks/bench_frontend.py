@@ -116,7 +116,8 @@ def _corpus(out: Path, n_pool: int, n_test: int, seed: int) -> dict[str, Path]:
         target = out / f"{split}_labels.parquet"
         if not target.is_file():
             teacher = teacher or load_teacher("synth")
-            label(teacher, paths[split], target, teacher_name="synth")
+            # the pool's embeddings: the FULL plan distils with embedding hints
+            label(teacher, paths[split], target, teacher_name="synth", embeddings=split == "pool")
         paths[f"{split}_labels"] = target
     return paths
 

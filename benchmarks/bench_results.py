@@ -61,12 +61,13 @@ def student_rows(out: Path) -> list[dict]:
 
 
 def _labels(teacher: str, csv: Path, out: Path) -> Path:
-    """The teacher's outputs for every clip of ``csv`` (cached; resumable)."""
+    """The teacher's outputs and embeddings (the FULL plan's hints) for every clip of ``csv``
+    (cached; resumable)."""
     from wav2small.labels import label
     from wav2small.teachers import load_teacher
 
     if not out.is_file():
-        label(load_teacher(teacher), csv, out, teacher_name=teacher)
+        label(load_teacher(teacher), csv, out, teacher_name=teacher, embeddings=True)
     return out
 
 

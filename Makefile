@@ -70,13 +70,13 @@ teacher: setup
 
 # Rebuild the shipped pretrained backbone (src/wav2small/assets/backbone-synth) from its recipe:
 # `wav2small pretrain` (HuBERT-style masked prediction of k-means codes of log-mel and pitch frames)
-# on the corpus's unlabelled `pool` split, seed 0. BACKBONE_CLIPS / BACKBONE_STEPS size the run:
-# the defaults are the full recipe (estimated 55-75 min on 2 idle cores from step times measured
-# on a busy machine; not yet run end to end). The shipped asset is a shorter run, 800 steps on the
-# same 4,000 clips (its pretrain.json and docs/SELFDISTILL.md say how it was made); the nearest
-# command is `make backbone BACKBONE_STEPS=800`. Check it: python benchmarks/bench_backbone.py
+# on the corpus's unlabelled `pool` split, seed 0. BACKBONE_CLIPS / BACKBONE_STEPS size the run.
+# The defaults are the shipped recipe: 4,000 clips, 800 steps (the shipped run was resumed twice
+# with a smaller max_steps, so its learning-rate schedule differs slightly; its pretrain.json says
+# how). BACKBONE_STEPS=3000 is the longer recipe (estimated 55-75 min on 2 idle cores; not yet
+# run). Check it: python benchmarks/bench_backbone.py --backbone runs/backbone-synth/backbone
 BACKBONE_CLIPS ?= 4000
-BACKBONE_STEPS ?= 3000
+BACKBONE_STEPS ?= 800
 backbone: setup
 	$(BIN)/wav2small synth --split pool --n $(BACKBONE_CLIPS) --out data/backbone --seed 0 --jobs 2
 	$(BIN)/wav2small pretrain --audio data/backbone/pool.csv --out runs/backbone-synth \

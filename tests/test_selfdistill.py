@@ -236,6 +236,46 @@ def test_plain_fine_tuning_baseline_and_adv_task(corpus, tmp_path):
     assert result.global_step == 2 and math.isfinite(result.best_score)
 
 
+@pytest.mark.parametrize("scheduler", ["constant", "cosine"])
+def test_scheduler_setting_reaches_the_learning_rate(corpus, tmp_path, scheduler):
+    """scheduler=cosine decays the rate after warm-up (constant, the paper's, keeps it); a run
+    without validation clips keeps its last weights."""
+    from argparse import Namespace
+
+    from wav2small.errors import UserError
+    from wav2small.selfdistill import cli_config
+
+    cfg = SelfDistillConfig(
+        backbone="random:wav2vec2-tiny",
+        data=str(corpus / "train.csv"),
+        val_fraction=0.0,
+        exits=(1,),
+        out=str(tmp_path / scheduler),
+        max_steps=4,
+        batch_size=4,
+        crop_seconds=1.0,
+        lr=1e-3,
+        scheduler=scheduler,
+        log_every=1,
+        progress=False,
+    )
+    result = fit_selfdistill(cfg)
+    assert result.global_step == 4 and result.weights.is_file()
+    logged = pd.concat(pd.read_csv(f) for f in (tmp_path / scheduler).rglob("metrics.csv"))
+    lrs = logged.filter(like="lr-").to_numpy().ravel()
+    lrs = lrs[np.isfinite(lrs)]
+    assert lrs.max() == pytest.approx(1e-3)
+    if scheduler == "cosine":
+        assert lrs.min() < 0.6e-3
+    else:
+        assert lrs.min() == pytest.approx(1e-3)
+    assert (
+        cli_config(Namespace(config=None, data="a.csv", scheduler="cosine")).scheduler == "cosine"
+    )
+    with pytest.raises(UserError, match="scheduler must be one of"):
+        SelfDistillConfig(data="a.csv", scheduler="linear").validate()
+
+
 def test_evaluate_exits_reports_every_exit(corpus):
     model = tiny()
     table = evaluate_exits(model, corpus / "test.csv", repeats=1, progress=False)
@@ -307,6 +347,48 @@ def test_export_command_takes_early_exit_models_through_its_writer_and_gate(tmp_
     finally:
         export_module.PARITY_MAX_ABS = original
     assert not out.exists() and out.with_name("bad.onnx.rejected").is_file()
+
+
+def test_exit_export_card_states_measured_speed_and_test_scores(corpus, tmp_path, capsys):
+    """`export --exit K --test CSV` writes MODEL_CARD.md with the ONNX ms per 5 s and the
+    exit's scores, equal to selfdistill-eval's; without --test the card says it was not scored."""
+    from wav2small.models.exits import save_exits_model
+
+    model = tiny().eval()
+    path = save_exits_model(model, tmp_path / "m.safetensors")
+    test = corpus / "test.csv"
+    assert (
+        main(
+            ["export", str(path), "--exit", "1", "--out", str(tmp_path / "e1"), "--test", str(test)]
+        )
+        == 0
+    )
+    card = (tmp_path / "e1" / "MODEL_CARD.md").read_text()
+    want = evaluate_exits(model, test, exits=["1"], latency=False, progress=False).iloc[0]
+    assert f"| {want['uar']:.3f} | {want['accuracy']:.3f} |" in card
+    assert "5 clips" in card and "truncated after layer 1 of 4" in card
+    ms = float(card.split("* **")[1].split(" ms**")[0])
+    assert 0 < ms < 1e4
+    assert main(["export", str(path), "--exit", "fusion", "--out", str(tmp_path / "f")]) == 0
+    card = (tmp_path / "f" / "MODEL_CARD.md").read_text()
+    assert "Not evaluated at export time" in card and " ms** per 5 s" in card
+    capsys.readouterr()
+    args = [
+        "export",
+        str(path),
+        "--exit",
+        "1",
+        "--out",
+        str(tmp_path / "x.onnx"),
+        "--test",
+        str(test),
+    ]
+    assert main(args) == 2
+    assert "needs a folder --out" in capsys.readouterr().err
+    assert (
+        main(["export", "wav2small-tiny", "--out", str(tmp_path / "s"), "--test", str(test)]) == 2
+    )
+    assert "--test is for early-exit models" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task", ["classes", "adv"])

@@ -211,3 +211,123 @@ def write_model_card(out_dir: str | os.PathLike, text: str) -> Path:
     from wav2small.inputs import write_text
 
     return write_text(Path(out_dir) / CARD_NAME, text)
+
+
+def exit_model_card(
+    *,
+    model,
+    report,
+    ms_per_5s: float | None = None,
+    scores: dict[str, float] | None = None,
+    test: str | None = None,
+    facts: dict[str, Any] | None = None,
+) -> str:
+    """The Markdown card of one exported exit of an early-exit model (``wav2small selfdistill``).
+
+    Args:
+        model: the :class:`~wav2small.models.exits.EarlyExitModel` that was exported.
+        report: its :class:`~wav2small.selfdistill.ExitExportReport`.
+        ms_per_5s: ONNX Runtime milliseconds for one 5 s clip with one thread (measured on the
+            written file), if measured.
+        scores: the exit's row of :func:`wav2small.selfdistill.evaluate_exits` (``uar``,
+            ``accuracy`` or ``ccc_*``, ``n``), if scored.
+        test: the labelled CSV the scores come from.
+        facts: training facts (:func:`run_facts`), if known.
+    """
+    from wav2small.export import PARITY_MAX_ABS
+
+    facts = facts or {}
+    config = facts.get("config", {})
+    cfg = model.config
+    backbone = config.get("backbone") or cfg.backbone_name or cfg.backbone_type
+    exit_ = report.exit
+    layers, total = model.depth(exit_), model.depth("deepest")
+    head = {"deepest": "the deepest head (all layers)", "fusion": "fusion of the exits"}.get(
+        exit_, f"the exit head after layer {exit_}"
+    )
+    output = (
+        f"`logits` over the classes **{', '.join(cfg.classes)}** (in this order; also in the "
+        "ONNX metadata `labels`)"
+        if cfg.task == "classes"
+        else "`adv`: 3 values, **" + ", ".join(LABELS) + "**"
+    )
+    parity = max(report.max_abs_diff.values()) if report.max_abs_diff else float("nan")
+    if ms_per_5s is None:
+        speed = ["Not measured at export time."]
+    else:
+        speed = [
+            f"* **{ms_per_5s:.1f} ms** per 5 s clip: ONNX Runtime, 1 thread, median of the "
+            f"written file on the exporting machine ({os.cpu_count()} cores; timings on a "
+            "shared machine vary, compare exits timed in one run)."
+        ]
+    if not scores:
+        metrics = [
+            "Not evaluated at export time: `wav2small export MODEL --exit K --out DIR --test CSV` "
+            "scores the exit on a labelled CSV (or `wav2small selfdistill-eval`)."
+        ]
+    else:
+        keys = ("uar", "accuracy") if cfg.task == "classes" else tuple(f"ccc_{k}" for k in LABELS)
+        names = {"uar": "UAR", "accuracy": "accuracy"} | {f"ccc_{k}": f"CCC {k}" for k in LABELS}
+        metrics = [
+            f"On `{test}` ({int(scores.get('n', 0))} clips, whole utterances), this exit:",
+            "",
+            "| " + " | ".join(names[k] for k in keys) + " |",
+            "|---" * len(keys) + "|",
+            "| " + " | ".join(f"{float(scores[k]):.3f}" for k in keys) + " |",
+            "",
+            "Scored with torch at this exit (the one inference path of `selfdistill-eval`); the "
+            f"ONNX file matches torch within {PARITY_MAX_ABS:g} (export gate).",
+        ]
+    if config:
+        method = (
+            f"self-distillation with exits after layers {config.get('exits')}"
+            if config.get("exits")
+            else "plain fine-tuning (no exits)"
+        )
+        training = [
+            f"* Method: {method}; task `{config.get('task')}`.",
+            f"* Data: `{config.get('data')}`.",
+            f"* Recipe: {config.get('max_steps')} steps of {config.get('batch_size')} × ≤ "
+            f"{config.get('crop_seconds')} s crops, Adam lr {config.get('lr')} "
+            f"({config.get('scheduler', 'constant')} after warm-up {config.get('warmup_steps')}), "
+            f"seed {config.get('seed')}.",
+        ]
+    else:
+        training = ["* Unknown (no run folder next to the checkpoint)."]
+    synthetic = "synth" in f"{backbone} {config.get('data', '')}".lower()
+    lines = [
+        f"# Model card: {backbone}, exit {exit_}",
+        "",
+        "## Model",
+        "",
+        f"* Early-exit model (`wav2small selfdistill`): backbone `{backbone}` truncated after "
+        f"layer {layers} of {total}, then {head}; the later layers are not in the file.",
+        f"* Parameters used: {model.parameters_used(exit_):,} (whole model "
+        f"{sum(p.numel() for p in model.parameters()):,}).",
+        f"* Input: mono float32 waveform `signal` (batch, samples) at {SAMPLE_RATE} Hz, any "
+        "length (normalised inside the model).",
+        f"* Output: {output}.",
+        f"* File: `{Path(report.path).name}` {report.bytes / 1024:.1f} KB fp32 (no int8 for "
+        f"early exits); ONNX vs torch max |diff| {parity:.1e}; gate "
+        + ("passed." if report.passed else "**FAILED**."),
+        "",
+        "## Speed",
+        "",
+        *speed,
+        "",
+        "## Metrics",
+        "",
+        *metrics,
+        "",
+        "## Training",
+        "",
+        *training,
+        "",
+        "## Limits",
+        "",
+        *([f"* {SYNTHETIC_LIMITS}"] if synthetic else []),
+        f"* {LIMITS[0]}",
+        f"* {LIMITS[2]}",
+        "",
+    ]
+    return "\n".join(lines)

@@ -191,6 +191,11 @@ def _add_export_options(p: argparse.ArgumentParser, *, early_exit: bool = False)
         "default deepest)",
     )
     p.add_argument(
+        "--test",
+        help="early-exit models: labelled CSV to score the exported exit on; its model card "
+        "states the score (the card always states the ONNX ms per 5 s)",
+    )
+    p.add_argument(
         "--exporter",
         choices=EXPORTERS,
         default=EXPORTERS[0],
@@ -651,6 +656,11 @@ def _add_selfdistill(sub: argparse._SubParsersAction) -> None:
         "--val-every",
         type=int,
         help=f"validate every N steps, 0: per epoch (default {d('val_every')})",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=["constant", "cosine"],
+        help=f"learning rate after warm-up (default {d('scheduler')})",
     )
     p.add_argument("--seed", type=int, help=f"default {d('seed')}")
     p.add_argument("--accelerator", help=f"cpu, gpu or auto (default {d('accelerator')})")

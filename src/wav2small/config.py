@@ -535,6 +535,8 @@ class SelfDistillConfig(LightningConfig):
         w_feature: weight of the pooled-feature MSE.
         detach_teacher: stop gradients through the deepest head in the kd/feature terms.
         feature_level: ``embedding`` (H-dim) or ``linear`` (256-dim) pooled feature.
+        scheduler: ``constant`` after warm-up (the paper) or ``cosine`` (decay to 0 at the
+            last step).
 
     The paper's values: batch 16, Adam lr 3e-5, no warm-up (constant learning rate), 20 epochs.
     """
@@ -554,6 +556,7 @@ class SelfDistillConfig(LightningConfig):
     w_feature: float = 1.0
     detach_teacher: bool = False
     feature_level: str = "embedding"
+    scheduler: str = "constant"
 
     def weights(self):
         """The loss weights (:class:`wav2small.selfdistill.LossWeights`)."""
@@ -569,6 +572,7 @@ class SelfDistillConfig(LightningConfig):
         """
         check_choice("task", self.task, ("classes", "adv"))
         check_choice("feature_level", self.feature_level, ("embedding", "linear"))
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
         if not self.data:
             raise UserError("no training data: set data (a labelled CSV)")
         if self.temperature <= 0:

@@ -24,6 +24,7 @@ import numpy as np
 from wav2small import LABELS, SAMPLE_RATE
 from wav2small.card import CARD_NAME, model_card, run_facts, write_model_card
 from wav2small.config import EXPORTERS  # noqa: F401 (public here too)
+from wav2small.errors import UserError
 from wav2small.inputs import write_text
 
 log = logging.getLogger(__name__)
@@ -771,6 +772,11 @@ def export_cli(args) -> int:
 
     if getattr(args, "exit", None) is not None or is_early_exit_checkpoint(args.model):
         return selfdistill_export_cli(args)
+    if getattr(args, "test", None):
+        raise UserError(
+            f"{args.model}: --test is for early-exit models; score a student with "
+            "`wav2small evaluate`"
+        )
 
     untrained = args.model in list_models()
     if untrained:

@@ -891,5 +891,52 @@ def selfdistill_export_cli(args) -> int:
     )
     if folder:
         write_text(out / "export_report.json", json.dumps(asdict(report), indent=2))
+        card = write_exit_card(model, report, weights=args.model, test=getattr(args, "test", None))
+        print(f"model card: {card}")
+    elif getattr(args, "test", None):
+        raise UserError(f"{out}: --test writes a model card, which needs a folder --out")
     print(report.summary())
     return 0 if report.passed else 1
+
+
+def write_exit_card(
+    model,
+    report: ExitExportReport,
+    *,
+    weights: str | os.PathLike | None = None,
+    test: str | os.PathLike | None = None,
+    repeats: int = 20,
+) -> Path:
+    """Measure an exported exit and write ``MODEL_CARD.md`` next to its ONNX file.
+
+    The card (:func:`wav2small.card.exit_model_card`) states the ONNX Runtime milliseconds per
+    5 s clip (one thread, median of ``repeats``, measured on the written file when it passed its
+    gate) and, with ``test`` (a labelled CSV), the exit's scores from :func:`evaluate_exits`.
+
+    Args:
+        model: the exported early-exit model.
+        report: :func:`export_exit`'s report.
+        weights: the checkpoint, for the training facts of its run folder.
+        test: labelled CSV to score the exit on.
+        repeats: timed runs.
+
+    Returns:
+        The card's path.
+    """
+    from wav2small.bench import onnx_ms_per_clip
+    from wav2small.card import exit_model_card, run_facts, write_model_card
+
+    ms = (
+        onnx_ms_per_clip(report.path, seconds=LATENCY_SECONDS, threads=1, repeats=repeats)
+        if report.passed
+        else None
+    )
+    scores = None
+    if test:
+        row = evaluate_exits(model, test, exits=[report.exit], latency=False, progress=False)
+        scores = row.iloc[0].to_dict()
+    facts = run_facts(weights) if weights else None
+    text = exit_model_card(
+        model=model, report=report, ms_per_5s=ms, scores=scores, test=str(test), facts=facts
+    )
+    return write_model_card(Path(report.path).parent, text)

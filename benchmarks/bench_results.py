@@ -202,9 +202,11 @@ def _selfdistill_section(results_dir: Path) -> list[str]:
     _copy_plots(folder, results_dir / "selfdistill")
     return [
         "`python benchmarks/bench_selfdistill.py` (run by `make bench` before this script): "
-        "exits of a randomly initialised wav2vec2-style backbone (no pretrained weights exist "
-        "offline), 5 synthetic emotion classes, chance UAR 0.20, one seed; milliseconds for "
-        "5 s on one thread, backbone truncated after the exit. See docs/SELFDISTILL.md.",
+        "self-distillation vs plain fine-tuning of the backbone named under the table (by "
+        "default `backbone-synth`, pretrained on the corpus's unlabelled audio), 5 synthetic "
+        "emotion classes, chance UAR 0.20, one seed; milliseconds for 5 s on one thread (torch), "
+        "backbone truncated after the exit. Three seeds, 10 % labels, A/D/V and ONNX timings: "
+        "the study in docs/SELFDISTILL.md (`benchmarks/study_selfdistill.py`).",
         "",
         (folder / "results.md").read_text(encoding="utf-8").strip(),
         "",

@@ -285,8 +285,8 @@ def latency(args, out: Path) -> pd.DataFrame:
 
     from wav2small import SAMPLE_RATE
     from wav2small.bench import session
-    from wav2small.models.exits import exit_names, load_exits_model
-    from wav2small.selfdistill import export_exit
+    from wav2small.models.exits import load_exits_model
+    from wav2small.selfdistill import exit_names, export_exit
 
     heads = []
     for method in METHODS:

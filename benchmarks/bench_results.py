@@ -194,11 +194,40 @@ def _target(ok: bool) -> str:
     return "yes" if ok else "no"
 
 
+#: The committed table and plot of the last seed study (benchmarks/study_selfdistill.py, hours of
+#: CPU: not run by ``make bench``); RESULTS.md quotes them, labelled as such.
+STUDY_TABLE = ROOT / "docs" / "results" / "selfdistill-study" / "results.md"
+STUDY_PLOT = "img/selfdistill_study_uar_vs_ms.png"
+
+
+def study_section(table: Path = STUDY_TABLE) -> list[str]:
+    """The seed study's committed table (not measured by this ``make bench`` run), or nothing."""
+    if not table.is_file():
+        return []
+    return [
+        "",
+        "### Self-distillation study: three seeds, 10 % labels, A/D/V (not run by `make bench`)",
+        "",
+        "`python benchmarks/study_selfdistill.py` (docs/SELFDISTILL.md, \"The paper's claims on "
+        'backbone-synth"); the table of its last run, committed as '
+        "`docs/results/selfdistill-study/results.md`, is quoted here unchanged. Latency: ONNX "
+        "Runtime, one thread.",
+        "",
+        table.read_text(encoding="utf-8").strip(),
+        "",
+        f"![UAR vs ms per 5 s, three seeds]({STUDY_PLOT})",
+    ]
+
+
 def _selfdistill_section(results_dir: Path) -> list[str]:
-    """The self-distillation table of this ``make bench`` run (bench_selfdistill runs first)."""
+    """The self-distillation table of this ``make bench`` run (bench_selfdistill runs first),
+    then the seed study's committed table (:func:`study_section`)."""
     folder = ROOT / "runs" / "bench_selfdistill"
     if not (folder / "results.md").is_file():
-        return ["Not measured in this run: run `python benchmarks/bench_selfdistill.py` first."]
+        return [
+            "Not measured in this run: run `python benchmarks/bench_selfdistill.py` first.",
+            *study_section(),
+        ]
     _copy_plots(folder, results_dir / "selfdistill")
     return [
         "`python benchmarks/bench_selfdistill.py` (run by `make bench` before this script): "
@@ -211,6 +240,7 @@ def _selfdistill_section(results_dir: Path) -> list[str]:
         (folder / "results.md").read_text(encoding="utf-8").strip(),
         "",
         "![accuracy vs ms](results/selfdistill/accuracy_vs_ms.png)",
+        *study_section(),
     ]
 
 

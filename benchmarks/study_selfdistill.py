@@ -27,7 +27,9 @@ Outputs: ``OUT/scores.csv`` (per run and head), ``OUT/summary.csv`` (mean, sd, n
 ``OUT/results.md`` and ``OUT/accuracy_vs_ms.png``.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/study_selfdistill.py --corpus DIR --out DIR``
-(``--report-only`` rebuilds the tables and plot from ``scores.csv`` and ``latency.csv``).
+(``--report-only`` rebuilds the tables and plot from ``scores.csv`` and ``latency.csv``;
+``--publish`` copies them to ``docs/results/selfdistill-study/`` and
+``docs/img/selfdistill_study_uar_vs_ms.png``, which docs/RESULTS.md quotes).
 """
 
 from __future__ import annotations
@@ -177,6 +179,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=20, help="timed ONNX runs per head")
     p.add_argument("--only", default="", help="run only these run names (comma separated)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="also copy the table and plot to docs/ (what docs/RESULTS.md quotes)",
+    )
     return p.parse_args(argv)
 
 
@@ -390,6 +397,18 @@ def report(args, out: Path, scores: pd.DataFrame, lat: pd.DataFrame | None) -> s
     (out / "results.md").write_text(md + "\n")
     if lat is not None:
         plot(summary, lat, out / "accuracy_vs_ms.png", lines[0])
+    if args.publish:
+        import shutil
+
+        docs = Path(__file__).resolve().parents[1] / "docs"
+        (docs / "results" / "selfdistill-study").mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "summary.csv", "paired.csv", "latency.csv", "scores.csv"):
+            if (out / name).exists():
+                shutil.copyfile(out / name, docs / "results" / "selfdistill-study" / name)
+        if lat is not None:
+            shutil.copyfile(
+                out / "accuracy_vs_ms.png", docs / "img" / "selfdistill_study_uar_vs_ms.png"
+            )
     return md
 
 

@@ -89,3 +89,20 @@ def test_stream_ratio_is_the_median_of_rounds_or_the_ratio_of_medians():
     old = {"stream": 0.2, "one pass": 0.1, "trade-off": [{"chunk tokens": 682, "stream": 0.3}]}
     assert stream_ratio(old) == pytest.approx(2.0)
     assert stream_ratio(old, old["trade-off"][0]) == pytest.approx(3.0)
+
+
+def test_results_page_quotes_the_committed_selfdistill_study(tmp_path):
+    """RESULTS.md quotes the seed study's committed table (labelled: not run by make bench)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_results.py"
+    spec = importlib.util.spec_from_file_location("bench_results", path)
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    assert results.study_section(tmp_path / "missing.md") == []
+    table = tmp_path / "results.md"
+    table.write_text("| method | head |\n|---|---|\n| fine-tuning | deepest |\n")
+    lines = results.study_section(table)
+    assert "not run by `make bench`" in lines[1] and "| fine-tuning | deepest |" in lines[5]
+    assert lines[-1].endswith(f"({results.STUDY_PLOT})")

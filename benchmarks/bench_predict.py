@@ -181,7 +181,7 @@ def _run_stream(p: Predictor, x: np.ndarray, norm, chunk_tokens: int | None) -> 
     stream = p.stream(step=0.004, context=4.0, norm=norm, chunk_tokens=chunk_tokens)
     t = time.process_time()
     rows = [stream.push_array(x[i : i + 320])[1] for i in range(0, len(x), 320)]
-    rows.append(stream.close().to_numpy())
+    rows.append(stream.close_array()[1])
     return time.process_time() - t, np.concatenate(rows), stream
 
 

@@ -763,11 +763,20 @@ class TimelineStream:
 
     def close(self) -> pd.DataFrame:
         """End the stream: return the remaining rows (the last one ends at the stream's end)."""
+        self._close()
+        return self._frame()
+
+    def close_array(self) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`close` without pandas: ``(bounds, values)`` as :meth:`push_array`."""
+        self._close()
+        bounds, values = self._take_arrays()
+        return bounds, np.clip(values, 0.0, 1.0) if self.clip and len(values) else values
+
+    def _close(self) -> None:
         if not self.closed:
             if self._resampler is not None:
                 self._feed(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
             self._finish()
-        return self._frame()
 
     # -- internals (also used by Predictor.timeline on files) --
     def _feed(self, x: np.ndarray) -> None:
@@ -807,7 +816,17 @@ class TimelineStream:
 
     def push_array(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`push` without pandas: ``(bounds, values)``: (rows, 2) seconds, (rows, 3)."""
-        self._add(chunk)
+        if (
+            type(chunk) is np.ndarray
+            and chunk.dtype == np.float32
+            and chunk.ndim == 1
+            and self._resampler is None
+            and not self.closed
+        ):  # what a live stream pushes 50 times a second: only to check and feed (as _add)
+            if chunk.size:
+                self._feed(validate(chunk, self.name))
+        else:
+            self._add(chunk)
         bounds, values = self._take_arrays()
         return bounds, np.clip(values, 0.0, 1.0) if self.clip and len(values) else values
 
@@ -885,6 +904,12 @@ class TokenTimelineStream(TimelineStream):
         self._runner = TokenRunner(staged, norm=norm, chunk_tokens=chunk_tokens)
         self._pool = WindowPool()
         self._total = 0
+        # a row may end at samples ≤ this (its last token, end // token_samples, is computed)
+        self._rows_until = staged.token_samples - 1
+        # pushes that can complete neither a chunk of tokens nor a row are only kept (copied)
+        # until one can: while the samples received stay below _quiet_until
+        self._pending: list[np.ndarray] = []
+        self._quiet_until = self._runner.due
         self._blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (bounds, values) not yet taken
 
     @property
@@ -898,15 +923,46 @@ class TokenTimelineStream(TimelineStream):
         s = self.staged.token_samples
         return (self._runner.chunk_tokens * s + self.staged.right - s) / SAMPLE_RATE
 
+    def push_array(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`TimelineStream.push_array`. A push that can complete neither a chunk of
+        tokens nor a row (most pushes of a live stream) is checked and copied aside, and the
+        samples kept aside are fed with the next push that can: ≈ 1.5 µs instead of ≈ 3.5 µs a
+        push (measured on 20 ms pushes); the rows are the same."""
+        if (
+            type(chunk) is np.ndarray
+            and chunk.dtype == np.float32
+            and chunk.ndim == 1
+            and self._total + chunk.size < self._quiet_until
+            and self._resampler is None
+            and not self.closed
+        ):
+            if chunk.size:
+                self._pending.append(validate(chunk, self.name).copy())
+                self._total += chunk.size
+            return _NO_BOUNDS, _NO_VALUES
+        return super().push_array(chunk)
+
     def _feed(self, x: np.ndarray) -> None:
         self._total += len(x)
-        for _, *maps in self._runner.push(x):
-            self._pool.add(*maps)
-        end = self._next_end  # most pushes complete no row: decide that cheaply
-        if end <= self._total and end // self.staged.token_samples <= self._pool.end:
+        if self._pending:  # the samples kept aside by push_array come first
+            self._pending.append(x)
+            x, self._pending = np.concatenate(self._pending), []
+        chunks = self._runner.push(x)
+        if chunks:  # most pushes of a live stream complete no chunk of tokens
+            for _, *maps in chunks:
+                self._pool.add(*maps)
+            self._rows_until = (self._pool.end + 1) * self.staged.token_samples - 1
+        end = self._next_end  # ... and no row: decide that cheaply
+        if end <= self._total and end <= self._rows_until:
             self._emit_ready(final=False)
+        # the next push that may complete a chunk (the runner's due) or a row (its end)
+        self._quiet_until = min(
+            self._runner.due, self._next_end if self._next_end <= self._rows_until else math.inf
+        )
 
     def _finish(self) -> None:
+        if self._pending:
+            self._feed(np.zeros(0, np.float32))
         self.closed = True
         for _, *maps in self._runner.finish():
             self._pool.add(*maps)

@@ -25,7 +25,7 @@ so chunking is exact up to float rounding; ``tests/test_tokens.py`` checks chunk
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -51,9 +51,14 @@ def trend_of_sums(n: np.ndarray, sx: np.ndarray, sxt: np.ndarray, t0: np.ndarray
     ``var(t) = (n² − 1) / 12``, as ``models.wav2small.trend_pool`` computes over valid tokens.
     Broadcasts ``n``/``t0`` (windows) against the channels of ``sx``/``sxt`` (windows, K).
     """
-    n = np.asarray(n, np.float64)[..., None]
-    cov = (sxt - sx * (np.asarray(t0, np.float64)[..., None] + (n - 1) / 2)) / n
-    return cov / np.sqrt((n * n - 1) / 12 + TREND_EPS)
+    n = np.asarray(n, np.float64)
+    # per window: the mean token index and 1 / (n·sqrt(var(t) + eps)); then 3 passes over (·, K)
+    center = (np.asarray(t0, np.float64) + (n - 1) / 2)[..., None]
+    scale = (1 / (n * np.sqrt((n * n - 1) / 12 + TREND_EPS)))[..., None]
+    out = np.multiply(sx, center)
+    np.subtract(sxt, out, out=out)
+    out *= scale
+    return out
 
 
 class StagedModel:
@@ -316,6 +321,9 @@ class SampleBuffer:
         self.first += drop
 
 
+_NO_CHUNKS: tuple = ()  # what most pushes of a live stream return
+
+
 class TokenRunner:
     """Compute each token of a signal fed in blocks once, chunk by chunk, exactly.
 
@@ -349,19 +357,20 @@ class TokenRunner:
         self._buf = SampleBuffer()
         self.next_token = 0  # first token not yet computed
         self.samples = 0  # samples received
-        # samples after which the next chunk is computable
-        self._due = (self.chunk_tokens - 1) * s + model.right
+        #: Samples received after which the next chunk is computable (a push reaching it
+        #: returns that chunk).
+        self.due = (self.chunk_tokens - 1) * s + model.right
 
-    def push(self, block: np.ndarray) -> list[tuple]:
+    def push(self, block: np.ndarray) -> Sequence[tuple]:
         """Add samples; return ``(first_token, lin, sof)`` (a trend model: ``…, trd)``) for every
         chunk that became complete (most pushes of a live stream: none)."""
         if len(block):
             self._buf.append(block)
             self.samples += len(block)
-        if self.samples < self._due:  # most pushes of a live stream
-            return []
+        if self.samples < self.due:  # most pushes of a live stream
+            return _NO_CHUNKS
         out = []
-        while self.samples >= self._due:  # the chunk's last token is computable
+        while self.samples >= self.due:  # the chunk's last token is computable
             out.append(self._run(self.next_token + self.chunk_tokens, end=None))
         return out
 
@@ -381,7 +390,7 @@ class TokenRunner:
         stop = None if k1 is None else k1 - a // s
         maps = tuple(m[:, offset:stop] for m in maps)
         self.next_token = k + maps[0].shape[1]
-        self._due = (self.next_token + self.chunk_tokens - 1) * s + self.model.right
+        self.due = (self.next_token + self.chunk_tokens - 1) * s + self.model.right
         self._buf.forget(self.next_token * s - self.left_n)
         return (k, *maps)
 
@@ -470,6 +479,17 @@ def prefix_sums(out: np.ndarray, carry: np.ndarray | float = 0.0) -> None:
         tail = out[m:]
         np.cumsum(tail, 0, out=tail)
         tail += out[m - 1] if m else carry
+
+
+def _even_step(idx: np.ndarray) -> int | None:
+    """The step of ``idx`` (≥ 1 integers) when it is ``a, a + step, a + 2·step, …`` with step ≥ 1,
+    else None."""
+    if len(idx) < 2:
+        return 1 if len(idx) else None
+    step = int(idx[1] - idx[0])
+    if step < 1 or int(idx[-1] - idx[0]) != step * (len(idx) - 1):
+        return None
+    return step if len(idx) == 2 or (np.diff(idx) == step).all() else None
 
 
 #: Rows per block of :func:`prefix_sums` (16–32 measured best on a chunk of 1,364 tokens).
@@ -608,24 +628,36 @@ class WindowPool:
             raise ValueError("window outside the kept tokens")
         return i0, i1
 
+    def _at(self, rows: np.ndarray) -> np.ndarray:
+        """The prefix sums at buffer ``rows``: a view when they step evenly (a timeline's window
+        ends and, but at its start, starts do), else a gathered copy."""
+        step = _even_step(rows)
+        if step is None:
+            return self._sums.take(rows, 0)
+        return self._sums[int(rows[0]) : int(rows[-1]) + 1 : step]
+
     def pools(self, windows) -> tuple[np.ndarray, np.ndarray | None]:
         """Pooled maps (len(windows), C, F') and, for a trend model, trend poolings
         (len(windows), K) (else None) of token windows ``[j0, j1)`` (absolute, non-empty; pairs
         or an (n, 2) integer array)."""
         i0, i1 = self._rows(windows)
         k = len(self.ref)
-        top = self._sums.take(i1, 0)
-        d = top - self._sums.take(i0, 0)
+        top = self._at(i1)
+        d = top - self._at(i0)  # the windows' sums: the one pass over all four kinds of sums
         s = d[:, :k]  # ≥ 0: sums of exponentials
+        out = np.empty((len(d), k), np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):  # only in bad rows, redone below
-            out = d[:, k : 2 * k] / s
-        bad = s <= self.MIN_RELATIVE * top[:, :k]  # also every s <= 0
-        if bad.any():
+            np.divide(d[:, k : 2 * k], s, out=out, casting="same_kind")
+        # a window's exp-sum below MIN_RELATIVE × its end's prefix sum has lost precision in the
+        # difference; prefix sums only grow (up to rounding, hence the 2), so no window has when
+        # every one is above 2·MIN_RELATIVE × the largest end's
+        if not (s.min(0) > 2 * self.MIN_RELATIVE * self._sums[i1.max(), :k]).all():
+            bad = s <= self.MIN_RELATIVE * top[:, :k]  # also every s <= 0
             for r in np.flatnonzero(bad.any(1)):  # precision fallback: this window on its own
                 sof = self._sof[i0[r] : i1[r]].astype(np.float64)
                 e = np.exp(sof - sof.max(0))
                 out[r] = (e * self._lin[i0[r] : i1[r]]).sum(0) / e.sum(0)
-        pooled = out.astype(np.float32).reshape(-1, *self._shape)
+        pooled = out.reshape(-1, *self._shape)
         if self._trd is None:
             return pooled, None
         n_trend = self._trd.shape[1]

@@ -775,6 +775,35 @@ def test_token_stream_push_array_checks_every_push(trend_models):
         stream.push_array(np.zeros(10, np.float32))
 
 
+def test_token_stream_pushes_kept_aside_are_copied_checked_and_counted(trend_models):
+    """Pushes that complete nothing are kept aside until one can: a caller reusing its buffer
+    changes nothing, a bad push among them is refused and leaves the stream as it was, seconds
+    counts them, and close_array returns the last rows: all rows equal the offline timeline."""
+    p = Predictor(trend_models["onnx"])
+    x = speechy(4.3, 12)
+    offline = p.timeline((x, SR), step=0.004, context=1.0, progress=False)
+    stream = p.stream(step=0.004, context=1.0, name="mic", chunk_tokens=64)
+    buf = np.empty(320, np.float32)  # one buffer, overwritten before every push
+    values, ends = [], []
+    for i in range(0, len(x), 320):
+        n = len(x[i : i + 320])
+        buf[:n] = x[i : i + 320]
+        bounds, v = stream.push_array(buf[:n])
+        values.append(v)
+        ends.append(bounds[:, 1])
+        assert stream.seconds == pytest.approx((i + n) / SR)
+        if i == 320 * 7:
+            with pytest.raises(AudioError, match="mic: contains NaN or Inf"):
+                stream.push_array(np.array([0.1, np.inf], np.float32))
+            assert stream.seconds == pytest.approx((i + n) / SR)
+    bounds, v = stream.close_array()
+    values.append(v)
+    ends.append(bounds[:, 1])
+    np.testing.assert_array_equal(np.concatenate(ends), offline.index.get_level_values("end"))
+    assert np.abs(np.concatenate(values) - offline.to_numpy()).max() <= 1e-4
+    assert stream.close_array()[0].shape == (0, 2)  # closed: nothing more
+
+
 def test_seconds_array_equals_seconds():
     n = np.concatenate([np.arange(0, 5000), np.arange(10**9, 10**9 + 3001), [2**40 + 1]])
     assert _seconds_array(n).tolist() == [_seconds(int(v)) for v in n]

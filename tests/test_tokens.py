@@ -13,6 +13,7 @@ from wav2small.tokens import (
     StatsAccumulator,
     TokenRunner,
     WindowPool,
+    _even_step,
     iter_tokens,
     prefix_sums,
     signal_stats,
@@ -171,6 +172,50 @@ def test_online_and_window_trend_equal_the_model_s_trend_pooling():
     with pytest.raises(ValueError, match="with every chunk or with none"):
         window.add(lin[:, :5], sof[:, :5])
     assert WindowPool().trend([(0, 1)]) is None
+
+
+def test_window_pool_rebases_its_sums_and_stays_exact_through_a_drop():
+    """Compactions re-base the prefix sums by subtraction (the forgotten exp-sums become the
+    debt) while that is safe, and recompute them after the level drops by more than
+    REBASE_DRIFT; windows and trends equal direct pooling throughout, the windows right after
+    the drop (tiny against the debt) through the precision fallback."""
+    lin, sof = _maps(6000, 7, spread=1.0)
+    rng = np.random.default_rng(8)
+    trd = (rng.normal(size=(2, 6000, 1)) + 3).astype(np.float32)
+    sof[:, 3000:] -= 45.0  # a drop: REBASE_DRIFT (30) exceeded once only quiet tokens are kept
+    pool, debts = WindowPool(), []
+    for i in range(0, 6000, 100):
+        pool.add(lin[:, i : i + 100], sof[:, i : i + 100], trd[:, i : i + 100])
+        debts.append(pool._debt.max())
+        lo = max(0, pool.end - 300)
+        windows = [(lo, pool.end), (max(lo, pool.end - 250), pool.end - 1), (lo + 7, lo + 9)]
+        pooled, trend = pool.pools(windows)
+        want = np.stack([_direct(lin[:, a:b], sof[:, a:b]) for a, b in windows])
+        np.testing.assert_allclose(pooled, want, rtol=1e-4, atol=1e-5)
+        want = np.stack([_direct_trend(trd[:, a:b]) for a, b in windows])
+        np.testing.assert_allclose(trend, want, rtol=1e-4, atol=1e-5)
+        pool.trim(lo)
+    debts = np.array(debts)
+    assert debts[:30].max() > 0  # re-based before the drop
+    assert (debts[35:] < debts[:30].max() * 1e-9).any()  # recomputed (fresh reference) after it
+
+
+@pytest.mark.parametrize(
+    ("idx", "step"),
+    [
+        ([], None),
+        ([4], 1),
+        ([4, 9], 5),
+        ([3, 4, 5, 6], 1),
+        ([0, 2, 4], 2),
+        ([0, 2, 5], None),
+        ([0, 3, 4, 6], None),
+        ([5, 5, 5], None),
+        ([6, 4, 2], None),
+    ],
+)
+def test_even_step(idx, step):
+    assert _even_step(np.array(idx, np.int64)) == step
 
 
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 1364])

@@ -519,11 +519,17 @@ class WindowPool:
     #: How far ``sof`` may exceed the reference before the sums are rescaled (float64 holds
     #: e^50 · 1e9 tokens easily; rescaling at every new maximum would cost O(kept) per chunk).
     HEADROOM = 50.0
-    #: Capacity / (kept + new) tokens after a reallocation. A compaction recomputes the kept
-    #: tokens' sums (as costly as adding them) and comes every ≈ (GROWTH − 1)·(kept + new) tokens
-    #: added. wav2small-paper's default stream (kept ≈ 2,400, new 1,364 tokens): GROWTH 2 adds
-    #: ≈ 45 % to the cost of adding tokens, 3 ≈ 27 % (buffers ≈ 10 MB), 4 ≈ 19 % (≈ 13 MB).
+    #: Capacity / (kept + new) tokens after a reallocation. A compaction (every ≈ (GROWTH − 1)·
+    #: (kept + new) tokens added) moves the kept tokens to the front and re-bases their sums.
     GROWTH = 3
+    #: A compaction re-bases the prefix sums by subtraction (a copy) while the exp-sums forgotten
+    #: since they were last computed from the tokens (the "debt", which the precision test of
+    #: :meth:`pools` counts) stay below REBASE_DEBT × the kept ones, and the reference is within
+    #: REBASE_DRIFT of the kept tokens' largest ``sof``; else it recomputes them from the tokens
+    #: with a fresh reference (as costly as adding them: always recomputing cost ≈ 20 % of adding
+    #: tokens to wav2small-paper's default stream).
+    REBASE_DEBT = 1e3
+    REBASE_DRIFT = 30.0
 
     def __init__(self) -> None:
         self.first = 0  # absolute index of the first kept token
@@ -535,6 +541,7 @@ class WindowPool:
         # (capacity + 1, 2·C·F' + 2·K) float64 prefix sums, by columns:
         # exp(sof − M) | lin·exp(sof − M) | x | x·r
         self._sums = None
+        self._debt = None  # (C·F',) float64: exp-sums forgotten by re-basing (see REBASE_DEBT)
 
     @property
     def end(self) -> int:
@@ -559,6 +566,7 @@ class WindowPool:
             k = len(r)
             self._sums[self._lo : self._hi + 1, :k] *= r
             self._sums[self._lo : self._hi + 1, k : 2 * k] *= r
+            self._debt *= r
             self.ref = new
         if self._hi + n > len(self._lin):
             self._compact(n)
@@ -594,14 +602,29 @@ class WindowPool:
         self._sof = np.zeros((capacity, k), np.float32)
         self._trd = None if n_trend is None else np.zeros((capacity, n_trend), np.float32)
         self._sums = np.zeros((capacity + 1, 2 * k + 2 * (n_trend or 0)))
+        if self._debt is None:
+            self._debt = np.zeros(k)
 
     def _compact(self, n: int) -> None:
-        """Move the kept tokens to the front, growing the buffers if needed, and recompute their
-        prefix sums from the tokens with a fresh reference (re-basing by subtraction would keep
-        the rounding error of forgotten, much larger terms)."""
-        kept = self._hi - self._lo
-        lin, sof = self._lin[self._lo : self._hi], self._sof[self._lo : self._hi]
-        trd = None if self._trd is None else self._trd[self._lo : self._hi]
+        """Move the kept tokens to the front, growing the buffers if needed, with their prefix
+        sums re-based by subtraction or recomputed (see :attr:`REBASE_DEBT`)."""
+        lo, hi = self._lo, self._hi
+        kept, k = hi - lo, len(self.ref)
+        lin, sof = self._lin[lo:hi], self._sof[lo:hi]
+        trd = None if self._trd is None else self._trd[lo:hi]
+        sums = self._sums[lo : hi + 1]
+        rebase = False
+        if kept:
+            top = sof.max(0).astype(np.float64)
+            debt = self._debt + sums[0, :k]  # the exp-sums before the kept tokens
+            rebase = (self.ref - top).max() <= self.REBASE_DRIFT and (
+                debt <= self.REBASE_DEBT * (sums[-1, :k] - sums[0, :k])
+            ).all()
+        if rebase:
+            sums = sums - sums[0]
+            if trd is not None:  # Σ x·r with r the new rows (r − lo): − lo·Σ x
+                n_trend = trd.shape[1]
+                sums[:, 2 * k + n_trend :] -= lo * sums[:, 2 * k : 2 * k + n_trend]
         if kept + n > len(self._lin) // self.GROWTH:
             old = (lin, sof, trd)
             self._alloc(self.GROWTH * (kept + n), None if trd is None else trd.shape[1])
@@ -610,9 +633,14 @@ class WindowPool:
         if trd is not None:
             self._trd[:kept] = trd.copy()
         self._lo, self._hi = 0, kept
-        if kept:
-            self.ref = self._sof[:kept].max(0).astype(np.float64)
-            self._add_sums(0, kept)
+        if rebase:
+            self._sums[: kept + 1] = sums
+            self._debt = debt
+        else:
+            self._debt = np.zeros(k)
+            if kept:
+                self.ref = top
+                self._add_sums(0, kept)
 
     def trim(self, first: int) -> None:
         """Forget the tokens before absolute index ``first``."""
@@ -648,11 +676,13 @@ class WindowPool:
         out = np.empty((len(d), k), np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):  # only in bad rows, redone below
             np.divide(d[:, k : 2 * k], s, out=out, casting="same_kind")
-        # a window's exp-sum below MIN_RELATIVE × its end's prefix sum has lost precision in the
-        # difference; prefix sums only grow (up to rounding, hence the 2), so no window has when
-        # every one is above 2·MIN_RELATIVE × the largest end's
-        if not (s.min(0) > 2 * self.MIN_RELATIVE * self._sums[i1.max(), :k]).all():
-            bad = s <= self.MIN_RELATIVE * top[:, :k]  # also every s <= 0
+        # a window's exp-sum below MIN_RELATIVE × its end's prefix sum (plus the debt: the
+        # exp-sums re-basing subtracted) has lost precision in the difference; prefix sums only
+        # grow (up to rounding, hence the 2), so no window has when every one is above
+        # 2·MIN_RELATIVE × the largest end's
+        debt = self._debt
+        if not (s.min(0) > 2 * self.MIN_RELATIVE * (self._sums[i1.max(), :k] + debt)).all():
+            bad = s <= self.MIN_RELATIVE * (top[:, :k] + debt)  # also every s <= 0
             for r in np.flatnonzero(bad.any(1)):  # precision fallback: this window on its own
                 sof = self._sof[i0[r] : i1[r]].astype(np.float64)
                 e = np.exp(sof - sof.max(0))

@@ -20,9 +20,11 @@ from wav2small.audio import AudioError
 from wav2small.infer import (
     INDEX,
     STREAM_CHUNK_TOKENS,
+    STREAM_FIELD_MULTIPLE,
     OnnxBackend,
     Predictor,
     TimelineStream,
+    TokenTimelineStream,
     _seconds,
     _seconds_array,
     read_table,
@@ -315,13 +317,13 @@ def test_token_stream_equals_offline_token_timeline(onnx_predictor):
     assert len(offline) == 1325  # a row every token (5.3 s / 4 ms), the last at the end
     rng = np.random.default_rng(0)
     stream = onnx_predictor.stream(step=0.004, context=1.5, norm=norm)
-    assert stream.latency == pytest.approx((52 * 64 + 448 - 64) / SR)  # 4 × 13 tokens of field
+    assert stream.latency == pytest.approx((78 * 64 + 448 - 64) / SR)  # 6 × 13 tokens of field
     parts, i = [], 0
     while i < len(x):  # chunks from 1 sample to 0.7 s, as a sound card might deliver
         n = int(rng.choice([1, 37, 256, 320, 4000, 11200]))
         parts.append(stream.push(x[i : i + n]))
         i += n
-        assert stream._pool.end - stream._pool.first <= (1.5 + 0.004 + 0.7) * 250 + 2 * 52
+        assert stream._pool.end - stream._pool.first <= (1.5 + 0.004 + 0.7) * 250 + 2 * 78
     parts.append(stream.close())
     streamed = pd.concat(parts)
     ends = streamed.index.get_level_values("end").to_numpy()
@@ -732,7 +734,9 @@ def test_stream_of_20ms_pushes_equals_the_timeline_and_keeps_its_stated_latency(
     stream = p.stream(step=0.004, context=1.0, chunk_tokens=chunk_tokens)
     s, push = p.staged.token_samples, 320
     chunk = stream._runner.chunk_tokens
-    assert chunk == (chunk_tokens or p.staged.chunk_tokens(STREAM_CHUNK_TOKENS))
+    default = TokenTimelineStream.default_chunk_tokens(p.staged)
+    assert default >= max(STREAM_CHUNK_TOKENS, STREAM_FIELD_MULTIPLE * p.staged.context_tokens)
+    assert chunk == (chunk_tokens or default)
     assert stream.latency == pytest.approx((chunk * s + p.staged.right - s) / SR)
     values, ends, delays, n = [], [], [], 0
     for i in range(0, len(x), push):

@@ -112,15 +112,18 @@ DEFAULT_CONTEXT = TimelineOptions.context
 TIMELINE_BLOCK_SECONDS = 10.0
 #: Seconds of audio read from disk at a time by the chunked (token-level) paths.
 READ_BLOCK_SECONDS = 1.0
-#: Fewest tokens computed per trunk call in a live stream by default; like a file's chunks
-#: (``StagedModel.chunk_tokens``) also at least OVERLAP_FACTOR (4) × the model's receptive field,
-#: so the overlap each call recomputes costs what it costs one whole-file pass. Latency vs CPU
-#: (see TokenTimelineStream.latency; bench_predict.py prints the trade-off): wav2small-paper
-#: (341-token field), 60 s at a 4 ms step in 20 ms pushes, stream ÷ one whole-file pass, measured
-#: interleaved while other jobs loaded both cores (it varies with the load): 682 tokens 1.41×
-#: (load ≈ 3) to 1.7–2.0× (load 4–6) (latency 3.4 s), 1364 (the default) 1.16× to 1.45–1.6×
-#: (6.2 s), 2046 1.35–1.5× (8.9 s), 2728 ≈ 1.5× (11.6 s).
+#: Fewest tokens computed per trunk call in a live stream by default, and at least
+#: STREAM_FIELD_MULTIPLE × the model's receptive field (TokenTimelineStream.default_chunk_tokens).
 STREAM_CHUNK_TOKENS = 50
+#: A live stream's trunk call is by default this many receptive fields long (a file's: 4,
+#: ``tokens.OVERLAP_FACTOR``): each call recomputes one field as overlap, and the stream's fixed
+#: costs per call (the overlap, a WindowPool compaction every few calls) fall with the calls.
+#: Latency vs CPU (TokenTimelineStream.latency; bench_predict.py prints the trade-off):
+#: wav2small-paper (341-token field), 60 s at a 4 ms step in 20 ms pushes, stream ÷ one
+#: whole-file pass, median of 9 interleaved rounds while other jobs loaded both cores (load ≈ 4):
+#: 4 fields (1364 tokens, latency 6.15 s) 1.33×, 6 (2046, 8.88 s) 1.20×, 8 (2728, 11.61 s)
+#: 1.18× (session 6's code at the same load: 1.46×, 1.35×, 1.33×).
+STREAM_FIELD_MULTIPLE = 6
 TIME_DECIMALS = 6
 
 Row = tuple[str, float, float, np.ndarray]
@@ -872,14 +875,15 @@ class TokenTimelineStream(TimelineStream):
 
     Latency: a row ending at ``t`` is emitted once its last token is computed, i.e. after
     ``right`` samples of look-ahead (28 ms for the released trunk, 0.70 s for wav2small-paper)
-    and up to ``chunk_tokens`` tokens of batching: :attr:`latency` seconds at most (6.15 s for
-    wav2small-paper by default; a smaller ``chunk_tokens`` trades CPU for latency).
+    and up to ``chunk_tokens`` tokens of batching: :attr:`latency` seconds at most (8.88 s for
+    wav2small-paper by default, 0.34 s for the released trunk; a smaller ``chunk_tokens`` trades
+    CPU for latency: 1364 tokens, 6.15 s, cost ≈ 10 % more, see :data:`STREAM_FIELD_MULTIPLE`).
 
     Args:
         staged: the model's stages (:attr:`Predictor.staged`).
         norm: (mean, scale) statistics, required for ``norm == "utterance"`` models.
-        chunk_tokens: tokens per trunk call (default: :data:`STREAM_CHUNK_TOKENS`, at least
-            4 × the receptive field in tokens, as a file's): latency vs CPU.
+        chunk_tokens: tokens per trunk call (default: :meth:`default_chunk_tokens`): latency
+            vs CPU.
         step, context, sample_rate, name, clip: as :class:`TimelineStream`.
     """
 
@@ -900,7 +904,7 @@ class TokenTimelineStream(TimelineStream):
         )
         self.staged = staged
         if chunk_tokens is None:
-            chunk_tokens = staged.chunk_tokens(STREAM_CHUNK_TOKENS)
+            chunk_tokens = self.default_chunk_tokens(staged)
         self._runner = TokenRunner(staged, norm=norm, chunk_tokens=chunk_tokens)
         self._pool = WindowPool()
         self._total = 0
@@ -917,6 +921,14 @@ class TokenTimelineStream(TimelineStream):
         """Seconds of (16 kHz) audio received so far."""
         return self._total / SAMPLE_RATE
 
+    @staticmethod
+    def default_chunk_tokens(staged: StagedModel) -> int:
+        """Tokens per trunk call of a stream by default: :data:`STREAM_CHUNK_TOKENS` and at least
+        :data:`STREAM_FIELD_MULTIPLE` × the receptive field (wav2small-paper: 2046, the released
+        trunk: 78)."""
+        field = STREAM_FIELD_MULTIPLE * staged.context_tokens
+        return staged.chunk_tokens(max(STREAM_CHUNK_TOKENS, field))
+
     @property
     def latency(self) -> float:
         """Most seconds between the end of a row's window and the push that returns it."""
@@ -926,8 +938,8 @@ class TokenTimelineStream(TimelineStream):
     def push_array(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`TimelineStream.push_array`. A push that can complete neither a chunk of
         tokens nor a row (most pushes of a live stream) is checked and copied aside, and the
-        samples kept aside are fed with the next push that can: ≈ 1.5 µs instead of ≈ 3.5 µs a
-        push (measured on 20 ms pushes); the rows are the same."""
+        samples kept aside are fed with the next push that can: ≈ 2.3 µs instead of ≈ 5.3 µs a
+        20 ms push (measured interleaved, both cores loaded); the rows are the same."""
         if (
             type(chunk) is np.ndarray
             and chunk.dtype == np.float32

@@ -16,9 +16,10 @@ into a temporary folder: speed and memory do not depend on the weights. Figures:
    RSS (kernel ``VmHWM``, reset through ``/proc/self/clear_refs``) above that process, for
    ``load`` + ``predict`` and for ``predict`` alone. Target: ≤ 9 MB, the same for every length.
 4. timelines and streams at a 4 ms step (every token): CPU seconds of the offline token timeline
-   (the signal at once), of a stream fed 20 ms chunks (``push_array``), and of one offline
-   whole-file pass (``predict``) over the same 60 s, interleaved in one run (process time,
-   medians of ``STREAM_ROUNDS``), with the ratios, the stream's stated latency and its max
+   (the signal at once), of a stream fed 20 ms chunks (``push_array``, then ``close_array``),
+   and of one offline whole-file pass (``predict``) over the same 60 s, interleaved in one run
+   (process time, medians of ``STREAM_ROUNDS``), with the ratios, the stream's stated latency
+   (the default ``chunk_tokens``: 6 receptive fields) and its max
    difference from the offline timeline. Target: stream ≤ 1.5× one whole-file pass, equal to the
    offline timeline within 1e-4. The same stream with other ``chunk_tokens`` (multiples of the
    receptive field, :data:`STREAM_FIELD_MULTIPLES`) gives the latency-vs-CPU trade-off. An

@@ -55,8 +55,9 @@ RTF_SECONDS = (5.0, 10.0)
 MIN_TIMING_SECONDS = 2.0
 CLIP_SECONDS = (1.0, 4.0)
 LONG_BLOCK_SECONDS = 60.0
-#: Interleaved rounds of the stream-vs-offline timing (medians).
-STREAM_ROUNDS = 5
+#: Interleaved rounds of the stream-vs-offline timing (medians; per-round ratios swing ±0.3 on a
+#: loaded machine, so more than a handful).
+STREAM_ROUNDS = 9
 #: Tokens per trunk call of the streams timed besides the default, in receptive fields.
 STREAM_FIELD_MULTIPLES = (2, 4, 6, 8)
 

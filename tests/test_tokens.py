@@ -200,6 +200,23 @@ def test_window_pool_rebases_its_sums_and_stays_exact_through_a_drop():
     assert (debts[35:] < debts[:30].max() * 1e-9).any()  # recomputed (fresh reference) after it
 
 
+def test_window_pool_counts_the_debt_of_a_rebase_in_its_precision_test():
+    """Quiet tokens kept after a loud stretch that a compaction re-based away: their sums, the
+    difference of large prefix sums, are rounding noise; the forgotten exp-sums (the debt) send
+    their window to the direct fallback."""
+    lin, sof = _maps(300, 9, spread=0.5)
+    sof[:, 100:150] -= 28.0  # quiet, within REBASE_DRIFT of the loud tokens kept after them
+    pool = WindowPool()
+    pool.add(lin[:, :100], sof[:, :100])  # loud: forgotten below
+    pool.add(lin[:, 100:200], sof[:, 100:200])
+    pool.trim(100)
+    pool.add(lin[:, 200:300], sof[:, 200:300])  # compaction: re-based, the debt ≈ 100 tokens'
+    assert pool._debt.min() > 10
+    windows = [(100, 110), (100, 150), (120, 200), (100, 300)]
+    want = np.stack([_direct(lin[:, a:b], sof[:, a:b]) for a, b in windows])
+    np.testing.assert_allclose(pool.pool(windows), want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("idx", "step"),
     [

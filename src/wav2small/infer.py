@@ -120,9 +120,10 @@ STREAM_CHUNK_TOKENS = 50
 #: costs per call (the overlap, a WindowPool compaction every few calls) fall with the calls.
 #: Latency vs CPU (TokenTimelineStream.latency; bench_predict.py prints the trade-off):
 #: wav2small-paper (341-token field), 60 s at a 4 ms step in 20 ms pushes, stream ÷ one
-#: whole-file pass, medians of interleaved rounds while other jobs loaded both cores (load 4–4.5,
-#: two runs): 4 fields (1364 tokens, latency 6.15 s) 1.33–1.44×, 6 (2046, 8.88 s) 1.20–1.27×,
-#: 8 (2728, 11.61 s) 1.18–1.24× (session 6's code in the first run: 1.46×, 1.35×, 1.33×).
+#: whole-file pass, medians of interleaved rounds while other jobs loaded both cores (load
+#: 3.5–4.5, five runs): 4 fields (1364 tokens, latency 6.15 s) 1.33–1.44×, 6 (2046, 8.88 s)
+#: 1.20–1.32×, 8 (2728, 11.61 s) 1.18–1.31× (session 6's code, same runs: 1.46–1.53×, 1.35–1.40×,
+#: 1.33–1.38×).
 STREAM_FIELD_MULTIPLE = 6
 TIME_DECIMALS = 6
 
@@ -877,7 +878,7 @@ class TokenTimelineStream(TimelineStream):
     ``right`` samples of look-ahead (28 ms for the released trunk, 0.70 s for wav2small-paper)
     and up to ``chunk_tokens`` tokens of batching: :attr:`latency` seconds at most (8.88 s for
     wav2small-paper by default, 0.34 s for the released trunk; a smaller ``chunk_tokens`` trades
-    CPU for latency: 1364 tokens, 6.15 s, cost ≈ 10–15 % more, see :data:`STREAM_FIELD_MULTIPLE`).
+    CPU for latency: 1364 tokens, 6.15 s, cost ≈ 5–15 % more, see :data:`STREAM_FIELD_MULTIPLE`).
 
     Args:
         staged: the model's stages (:attr:`Predictor.staged`).

@@ -122,8 +122,8 @@ STREAM_CHUNK_TOKENS = 50
 #: wav2small-paper (341-token field), 60 s at a 4 ms step in 20 ms pushes, stream ÷ one
 #: whole-file pass, medians of interleaved rounds while other jobs loaded both cores (load
 #: 3.5–4.5, five runs): 4 fields (1364 tokens, latency 6.15 s) 1.33–1.44×, 6 (2046, 8.88 s)
-#: 1.20–1.32×, 8 (2728, 11.61 s) 1.18–1.31× (session 6's code, same runs: 1.46–1.53×, 1.35–1.40×,
-#: 1.33–1.38×).
+#: 1.20–1.32×, 8 (2728, 11.61 s) 1.18–1.31× (session 6's code, interleaved in three of them:
+#: 1.46–1.53×, 1.35–1.40×, 1.33–1.38×).
 STREAM_FIELD_MULTIPLE = 6
 TIME_DECIMALS = 6
 

@@ -186,8 +186,15 @@ def _playwright_chromium():
     return sync_playwright, chromium
 
 
+#: Page tests in the fast suite (CI time): each family once, int8 and fp32 each once; the other
+#: two (tiny-int8, paper-fp32: ≈ 15 and 22 s) run with the slow tests.
+FAST_PAGE = ("tiny-fp32", "paper-int8")
+
+
 @pytest.mark.browser
-@pytest.mark.parametrize("key", list(MODELS))
+@pytest.mark.parametrize(
+    "key", [k if k in FAST_PAGE else pytest.param(k, marks=pytest.mark.slow) for k in MODELS]
+)
 def test_page_in_headless_chromium_equals_predict_timeline(
     key, exports, wav, tmp_path, monkeypatch
 ):

@@ -56,7 +56,8 @@ def test_demo_writes_report_table_plots_and_cards(demo_run, capsys):
         assert row["tokens/s"] == 250
     report = (out / "report.md").read_text()
     assert "| model | params | int8 KB |" in report
-    for png in ("size_vs_ccc.png", "timeline.png", "eval/test/ccc_gold.png"):
+    assert "What the models' valence follows on test" in report  # the corpus's hidden controls
+    for png in ("size_vs_ccc.png", "timeline.png", "eval/test/ccc_gold.png", "eval/test/cues.png"):
         assert (out / png).stat().st_size > 1000, png
         assert png.split("/")[-1] in report
     for name in ("distilled", "labelled-only"):

@@ -123,6 +123,36 @@ def test_files_json_csv_and_plots(corpus, tmp_path):
     good = preds[preds.model == "good"][list(LABELS)].to_numpy()
     np.testing.assert_allclose(good, gold, atol=1e-6)
     assert not list(tmp_path.glob("out/*.tmp"))
+    assert result.cues is None and "cues.csv" not in names  # no hidden controls in this CSV
+
+
+def test_cues_on_the_built_in_corpus(corpus, tmp_path):
+    """A CSV with the corpus's hidden controls gets r(outputs, control) per model and reference."""
+    from wav2small.synth import CONTROLS
+
+    root, gold, _, lengths = corpus
+    table = pd.read_csv(root / "data.csv")
+    rng = np.random.default_rng(1)
+    for k in CONTROLS:
+        table[k] = rng.normal(size=len(table))
+    table.to_csv(tmp_path / "with_controls.csv", index=False)
+    for f in table["file"]:
+        (tmp_path / f).symlink_to(root / f)
+    follows = np.repeat(table[["rough"]].to_numpy(), 3, axis=1)  # every output follows `rough`
+    result = evaluate({"rough-follower": _model(lengths, -follows)}, tmp_path / "with_controls.csv")
+    cues = result.cues.set_index(["model", "dimension"])
+    assert list(cues.columns) == list(CONTROLS)
+    assert set(cues.index.get_level_values(0)) == {"gold", "truth", "rough-follower"}
+    assert cues.loc[("rough-follower", "valence"), "rough"] == pytest.approx(-1.0)
+    expected = np.corrcoef(gold[:, 0], table["f0"])[0, 1]
+    assert cues.loc[("gold", "arousal"), "f0"] == pytest.approx(expected)
+    names = {p.name for p in result.save(tmp_path / "out")}
+    assert {"cues.csv", "cues.png"} <= names
+    saved = pd.read_csv(tmp_path / "out" / "cues.csv")
+    assert len(saved) == 3 * 3  # (gold, truth, model) × 3 dimensions
+    table.loc[0, "tremor"] = np.nan  # not the corpus's controls after all: no cue table
+    table.to_csv(tmp_path / "with_controls.csv", index=False)
+    assert evaluate({"m": _model(lengths, gold)}, tmp_path / "with_controls.csv").cues is None
 
 
 def test_checkpoint_and_onnx_give_the_same_numbers(corpus, tmp_path):
@@ -201,13 +231,15 @@ def test_model_paths_and_names(tmp_path):
 
 
 def test_report_plot_errors(tmp_path):
-    from wav2small.report import plot_ccc_bars, plot_scatter
+    from wav2small.report import plot_ccc_bars, plot_cues, plot_scatter
 
     with pytest.raises(ValueError, match=r"\(n, 3\)"):
         plot_scatter(np.zeros((4, 2)), np.zeros((4, 2)), tmp_path / "x.png")
     empty = Evaluation(pd.DataFrame(columns=["model", "reference", *LABELS, "mean"]), {}, {})
     with pytest.raises(ValueError, match="against 'gold'"):
         plot_ccc_bars(empty.metrics, tmp_path / "y.png")
+    with pytest.raises(ValueError, match="no control correlations"):
+        plot_cues(pd.DataFrame(columns=["model", "dimension", "f0"]), tmp_path / "z.png")
 
 
 # --- evaluate = predict --------------------------------------------------------------------------

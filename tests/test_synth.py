@@ -355,3 +355,20 @@ def test_speaker_ids_belong_to_exactly_one_split():
         assert speaker(first) == speaker(first)  # deterministic
     with pytest.raises(ValueError, match="outside every split"):
         split_of_speaker(0)
+
+
+def test_control_correlations():
+    from wav2small.synth.analysis import control_correlations
+
+    rng = np.random.default_rng(0)
+    controls = rng.normal(size=(50, 4))
+    values = np.stack([2 * controls[:, 1] + 1, -controls[:, 3], np.full(50, 0.5)], 1)
+    r = control_correlations(values, controls)
+    assert r.shape == (3, 4)
+    assert r[0, 1] == pytest.approx(1.0) and r[1, 3] == pytest.approx(-1.0)
+    assert np.isnan(r[2]).all()  # a constant output: no correlation defined
+    np.testing.assert_allclose(r[0, 0], np.corrcoef(values[:, 0], controls[:, 0])[0, 1])
+    with pytest.raises(ValueError, match="n >= 2"):
+        control_correlations(values[:, 0], controls)
+    with pytest.raises(ValueError, match="finite"):
+        control_correlations(np.where(values == 0.5, np.nan, values), controls)

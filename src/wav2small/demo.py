@@ -518,6 +518,32 @@ def run_demo(
     return 0 if all(r.get("parity gate", "passed") == "passed" for r in rows) else 1
 
 
+def _cue_section(evals: dict) -> list[str]:
+    """Report lines: which hidden controls each model's valence follows (r per control), per split
+    (the corpus's label weights are in docs/SYNTH.md; all three dimensions in eval/*/cues.png)."""
+    parts = []
+    for split, ev in evals.items():
+        if ev.cues is None:
+            continue
+        rows = ev.cues[ev.cues["dimension"] == "valence"].drop(columns="dimension")
+        controls = list(rows.columns[1:])
+        parts += [
+            f"## What the models' valence follows on {split}",
+            "",
+            "Pearson r of predicted valence with each hidden control of the corpus (`gold`: the "
+            "labels' own r). A student that copies its teacher hears the same cues; r near 0 "
+            "where the teacher's is not means a cue the student has not learned.",
+            "",
+            "| model | " + " | ".join(controls) + " |",
+            "|---|" + "---|" * len(controls),
+        ]
+        for _, row in rows.iterrows():
+            cells = " | ".join(f"{row[c]:.2f}" for c in controls)
+            parts.append(f"| {row['model']} | {cells} |")
+        parts.append("")
+    return parts
+
+
 def _write_report(
     out: Path,
     plan: DemoPlan,
@@ -563,6 +589,7 @@ def _write_report(
     ]
     for split, ev in evals.items():
         parts += [f"## CCC on {split}", "", "```", ev.table(), "```", ""]
+    parts += _cue_section(evals)
     parts += [
         "## Plots",
         "",

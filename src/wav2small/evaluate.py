@@ -19,7 +19,9 @@ helper, :func:`wav2small.backends.teacher_predict_files`. The references:
 The teacher itself is scored against gold and truth as the row ``teacher``, so "student CCC ÷
 teacher CCC" is read off directly (:meth:`Evaluation.relative_to_teacher`). Results: a printed
 table, CSV/JSON files, and PNG plots (predicted-vs-gold scatter per dimension for each model,
-CCC bars comparing the models).
+CCC bars comparing the models). On the built-in corpus (a CSV with its ten hidden control columns,
+``f0 … tremor``), also which controls each model's outputs follow (:attr:`Evaluation.cues`,
+``cues.csv``, ``cues.png``): e.g. whether a student's valence hears roughness as its teacher's does.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ METRICS_JSON = "metrics.json"
 PREDICTIONS_CSV = "predictions.csv"
 BARS_PNG = "ccc_{reference}.png"
 SCATTER_PNG = "scatter_{model}.png"
+CUES_CSV = "cues.csv"
+CUES_PNG = "cues.png"
 _LABEL_TABLE_SUFFIXES = (".parquet", ".csv")
 
 
@@ -186,6 +190,9 @@ class Evaluation:
         references: reference name → (n, 3) values.
         files: the clips, in the CSV's order (without skipped ones).
         skipped: (file, reason) of the clips left out with ``on_error="skip"``.
+        cues: on the built-in corpus, one row per (model, dimension) — the references ``gold``
+            and ``truth`` too — with the Pearson r of its outputs with each hidden control
+            (:func:`cue_table`); ``None`` for other data.
     """
 
     metrics: pd.DataFrame
@@ -193,6 +200,7 @@ class Evaluation:
     references: dict[str, np.ndarray]
     files: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    cues: pd.DataFrame | None = None
 
     def ccc(self, model: str, reference: str = "gold") -> dict[str, float]:
         """CCC per dimension (and ``mean``) of ``model`` against ``reference``.
@@ -281,6 +289,10 @@ class Evaluation:
             written.append(
                 plot_ccc_bars(self.metrics, out_dir / BARS_PNG.format(reference=ref), reference=ref)
             )
+        if self.cues is not None:
+            from wav2small.report import plot_cues
+
+            written.append(plot_cues(self.cues, out_dir / CUES_PNG))
         return written
 
     def save(self, out_dir: str | os.PathLike, *, plots: bool = True) -> list[Path]:
@@ -296,7 +308,38 @@ class Evaluation:
 
         report = write_skipped(out_dir / PREDICTIONS_CSV, self.skipped)  # predictions.skipped.csv
         written += [report] if report else []
+        if self.cues is not None:
+            written.append(_write_text(out_dir / CUES_CSV, self.cues.to_csv(index=False)))
         return written + (self.plot(out_dir) if plots else [])
+
+
+def cue_table(predictions: Mapping[str, np.ndarray], manifest: pd.DataFrame) -> pd.DataFrame | None:
+    """Pearson r of each model's outputs with the built-in corpus's hidden controls.
+
+    Args:
+        predictions: name → (n, 3) values in the manifest's order (models, the teacher, and
+            references such as ``gold``).
+        manifest: the clips, with the corpus's control columns (``wav2small synth`` writes them).
+
+    Returns:
+        Columns ``model, dimension`` and one per control (in docs/SYNTH.md's order), one row per
+        (name, dimension); ``None`` when the manifest lacks a control column or one is not finite
+        (data that is not the built-in corpus).
+    """
+    from wav2small.synth.analysis import control_correlations
+    from wav2small.synth.constants import CONTROLS
+
+    if not set(CONTROLS) <= set(manifest.columns):
+        return None
+    controls = manifest[list(CONTROLS)].to_numpy(dtype=np.float64)
+    if len(controls) < 2 or not np.isfinite(controls).all():
+        return None
+    rows = []
+    for name, values in predictions.items():
+        r = control_correlations(values, controls)
+        for i, dim in enumerate(LABELS):
+            rows.append({"model": name, "dimension": dim, **dict(zip(CONTROLS, r[i], strict=True))})
+    return pd.DataFrame(rows, columns=["model", "dimension", *CONTROLS])
 
 
 def _safe(name: str) -> str:
@@ -422,7 +465,9 @@ def evaluate(
                 }
             )
     metrics = pd.DataFrame(rows, columns=["model", "reference", "n", *LABELS, "mean"])
-    return Evaluation(metrics, predictions, references, manifest["file"].tolist(), skipped)
+    labels = {k: v for k, v in references.items() if k != TEACHER}
+    cues = cue_table(labels | predictions, manifest)
+    return Evaluation(metrics, predictions, references, manifest["file"].tolist(), skipped, cues)
 
 
 def evaluate_cli(args) -> int:

@@ -190,6 +190,45 @@ def plot_ccc_bars(metrics, out: str | os.PathLike, *, reference: str = "gold") -
     return _save_figure(fig, out)
 
 
+def plot_cues(cues, out: str | os.PathLike) -> Path:
+    """Heat maps (one per dimension): Pearson r of each model's outputs with each hidden control.
+
+    Args:
+        cues: :attr:`wav2small.evaluate.Evaluation.cues` (columns ``model, dimension`` and one
+            per control).
+        out: the PNG file (written atomically).
+
+    Returns:
+        The PNG path.
+
+    Raises:
+        ValueError: an empty table.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if cues is None or cues.empty:
+        raise ValueError("no control correlations to plot")
+    controls = [c for c in cues.columns if c not in ("model", "dimension")]
+    models = list(dict.fromkeys(cues["model"]))
+    fig = Figure(figsize=(3.0 + 1.1 * len(controls), 0.9 + 0.45 * len(models) * len(LABELS)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(LABELS), 1, squeeze=False)[:, 0]
+    for ax, dim in zip(axes, LABELS, strict=True):
+        rows = cues[cues["dimension"] == dim].set_index("model").reindex(models)
+        r = rows[controls].to_numpy(dtype=float)
+        image = ax.imshow(r, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        for (i, j), v in np.ndenumerate(r):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize="x-small")
+        ax.set_yticks(range(len(models)), models, fontsize="small")
+        ax.set_xticks(range(len(controls)), controls if ax is axes[-1] else [""] * len(controls))
+        ax.set_title(f"{dim}: r with each hidden control", fontsize="small")
+    fig.colorbar(image, ax=list(axes), shrink=0.6, label="Pearson r")
+    return _save_figure(fig, out)
+
+
 # --- model size vs accuracy (demo, benchmarks) ----------------------------------------------
 SIZE_VS_CCC_INCHES = (6.0, 4.0)
 SIZE_VS_CCC_DPI = 100

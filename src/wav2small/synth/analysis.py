@@ -125,3 +125,37 @@ def acoustic_correlates(x: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float
     out.update(_spectral_measures(x, sr))
     out.update(_envelope_measures(db, span, span_s))
     return out
+
+
+def control_correlations(values: np.ndarray, controls: np.ndarray) -> np.ndarray:
+    """Pearson r of every output column with every hidden control of the built-in corpus.
+
+    What a model's valence *follows*: the corpus makes each label a known mix of ten controls
+    (docs/SYNTH.md, ``CONTROLS``), so r(predicted valence, ``rough``) near the gold labels' own r
+    means the model hears roughness, and near 0 that it does not. A diagnostic for evaluation
+    (``cues.csv``), not a score.
+
+    Args:
+        values: (n, d) predictions or labels.
+        controls: (n, k) the clips' control values (the CSV's ``f0 … tremor`` columns).
+
+    Returns:
+        (d, k) correlations; NaN where a column is constant (no correlation is defined).
+
+    Raises:
+        ValueError: shapes that do not pair clips, or non-finite values.
+    """
+    y = np.asarray(values, dtype=np.float64)
+    u = np.asarray(controls, dtype=np.float64)
+    if y.ndim != 2 or u.ndim != 2 or len(y) != len(u) or len(y) < 2:
+        raise ValueError(
+            f"need (n, d) values and (n, k) controls, n >= 2; got {y.shape}, {u.shape}"
+        )
+    if not (np.isfinite(y).all() and np.isfinite(u).all()):
+        raise ValueError("control correlations need finite values and controls")
+    y = y - y.mean(0)
+    u = u - u.mean(0)
+    norm = np.sqrt((y * y).sum(0))[:, None] * np.sqrt((u * u).sum(0))[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (y.T @ u) / norm
+    return np.where(norm > 0, r, np.nan)

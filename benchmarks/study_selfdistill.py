@@ -29,7 +29,12 @@ Outputs: ``OUT/scores.csv`` (per run and head), ``OUT/summary.csv`` (mean, sd, n
 Run: ``nice -n 10 .venv/bin/python benchmarks/study_selfdistill.py --corpus DIR --out DIR``
 (``--report-only`` rebuilds the tables and plot from ``scores.csv`` and ``latency.csv``;
 ``--publish`` copies them to ``docs/results/selfdistill-study/`` and
-``docs/img/selfdistill_study_uar_vs_ms.png``, which docs/RESULTS.md quotes).
+``docs/img/selfdistill_study_uar_vs_ms.png``, which docs/RESULTS.md quotes; backbone-synth only).
+
+Random-init control: the same recipe with ``--backbone`` a random-init twin of backbone-synth
+(same config; ``bench_backbone.random_twin``) and ``--no-latency`` (same graphs, nothing new to
+time); ``--pretrained-scores`` the pretrained study's ``scores.csv`` then also writes
+``OUT/pretraining.{csv,md}``: per seed, method and head, pretrained minus random-init.
 """
 
 from __future__ import annotations
@@ -120,16 +125,31 @@ def paired(scores: pd.DataFrame, *, baseline_exit: str = "deepest") -> pd.DataFr
 
 
 def paired_summary(diffs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sd, n and the count of seeds with a positive difference, per task/fraction/head."""
+    """Mean, sd, n and the count of seeds with a positive difference, per task/fraction/head
+    (and per method when ``diffs`` has a ``method`` column, as :func:`versus` gives)."""
     metrics = [c for c in sum(METRICS.values(), []) if c in diffs.columns]
-    long = diffs.melt(
-        id_vars=["task", "fraction", "seed", "exit"], value_vars=metrics, var_name="metric"
-    ).dropna(subset=["value"])
+    by = ["task", "fraction", *(["method"] if "method" in diffs.columns else []), "exit"]
+    long = diffs.melt(id_vars=[*by, "seed"], value_vars=metrics, var_name="metric").dropna(
+        subset=["value"]
+    )
     return (
-        long.groupby(["task", "fraction", "exit", "metric"], sort=False)["value"]
+        long.groupby([*by, "metric"], sort=False)["value"]
         .agg(mean="mean", sd="std", n="count", positive=lambda v: int((v > 0).sum()))
         .reset_index()
     )
+
+
+def versus(scores: pd.DataFrame, control: pd.DataFrame) -> pd.DataFrame:
+    """Per task, fraction, seed, method and head: ``scores`` minus ``control`` (the same grid
+    and recipe on another backbone, e.g. pretrained minus its random-init twin). Only runs
+    present in both."""
+    metrics = [c for c in sum(METRICS.values(), []) if c in scores.columns and c in control]
+    on = [*KEY, "exit"]
+    both = scores.merge(control[[*on, *metrics]], on=on, suffixes=("", "_control"))
+    rows = both[on].copy()
+    for m in metrics:
+        rows[m] = both[m] - both[m + "_control"]
+    return rows.dropna(axis=1, how="all").reset_index(drop=True)
 
 
 def stratified_subset(labels: pd.Series, fraction: float, seed: int) -> np.ndarray:
@@ -177,7 +197,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup-steps", type=float, default=0.05)
     p.add_argument("--repeats", type=int, default=20, help="timed ONNX runs per head")
+    p.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip the ONNX export and timing (e.g. a control with the same architecture)",
+    )
     p.add_argument("--only", default="", help="run only these run names (comma separated)")
+    p.add_argument(
+        "--pretrained-scores",
+        default="",
+        help="scores.csv of the same recipe on the pretrained backbone (this study being its "
+        "random-init control): also writes pretraining.{csv,md}, pretrained minus this per seed",
+    )
     p.add_argument("--report-only", action="store_true")
     p.add_argument(
         "--publish",
@@ -328,6 +359,15 @@ def latency(args, out: Path) -> pd.DataFrame:
     )
 
 
+def wants_latency(args, out: Path) -> bool:
+    """Whether to export and time the heads now: not with ``--no-latency``, and only once the
+    seed-0 full-label classes runs of both methods are trained."""
+    first = [run_name("classes", 1.0, 0, m) for m in METHODS]
+    return not args.no_latency and all(
+        (out / "runs" / f / "best.safetensors").exists() for f in first
+    )
+
+
 # --- report -----------------------------------------------------------------------------------
 def head_order(exits: list[str]) -> list[str]:
     return sorted(
@@ -412,6 +452,46 @@ def report(args, out: Path, scores: pd.DataFrame, lat: pd.DataFrame | None) -> s
     return md
 
 
+def pretraining_table(control: pd.DataFrame, pretrained: pd.DataFrame) -> str:
+    """Markdown: per task, label fraction, method and head, the pretrained and the random-init
+    score (mean ± sd over the seeds both have) and their per-seed difference (mean ± sd, seeds
+    with pretrained ahead)."""
+    diffs = versus(pretrained, control)
+    if diffs.empty:
+        raise ValueError("the pretrained scores share no run (task, fraction, seed, method)")
+    psum = paired_summary(diffs)
+    lines = []
+    for task in [t for t in ("classes", "adv") if t in set(diffs.task)]:
+        metric = "uar" if task == "classes" else "ccc_mean"
+        for fraction in sorted(set(diffs[diffs.task == task].fraction), reverse=True):
+            cell = diffs[(diffs.task == task) & (diffs.fraction == fraction)]
+            lines += [
+                f"**{task}, {fraction:.0%} of the train labels, {metric}**",
+                "",
+                "| method | head | pretrained | random init | Δ pretrained − random | Δ > 0 |",
+                "|---|---|---|---|---|---|",
+            ]
+            for method in METHODS:
+                for e in head_order(cell[cell.method == method].exit.tolist()):
+                    runs = cell[(cell.method == method) & (cell.exit == e)][KEY + ["exit"]]
+                    vals = [t.merge(runs, on=[*KEY, "exit"])[metric] for t in (pretrained, control)]
+                    d = psum[
+                        (psum.task == task)
+                        & (psum.fraction == fraction)
+                        & (psum.method == method)
+                        & (psum.exit == e)
+                        & (psum.metric == metric)
+                    ].iloc[0]
+                    spread = f"{d['sd']:.3f}" if d["n"] > 1 else "–"
+                    lines.append(
+                        f"| {method} | {e} | "
+                        + " | ".join(fmt(v.mean(), v.std(), len(v)) for v in vals)
+                        + f" | {d['mean']:+.3f} ± {spread} | {int(d['positive'])}/{int(d['n'])} |"
+                    )
+            lines.append("")
+    return "\n".join(lines)
+
+
 def plot(summary: pd.DataFrame, lat: pd.DataFrame, path: Path, note: str) -> None:
     """UAR (mean ± sd over seeds) vs ONNX ms per 5 s; one line per label fraction."""
     import matplotlib
@@ -477,6 +557,13 @@ def plot(summary: pd.DataFrame, lat: pd.DataFrame, path: Path, note: str) -> Non
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.publish and args.backbone != "backbone-synth":
+        print(
+            "error: --publish overwrites the backbone-synth study in docs/; "
+            f"not for --backbone {args.backbone}",
+            file=sys.stderr,
+        )
+        return 2
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -506,8 +593,7 @@ def main(argv=None) -> int:
             key = "uar" if run["task"] == "classes" else "ccc_mean"
             heads = ", ".join(f"{e} {v:.3f}" for e, v in zip(block.exit, block[key], strict=True))
             print(f"   {key}: {heads}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-        first = [run_name("classes", 1.0, 0, m) for m in METHODS]
-        if all((out / "runs" / f / "best.safetensors").exists() for f in first):
+        if wants_latency(args, out):
             lat = latency(args, out)
             lat.to_csv(lat_path, index=False)
             print(lat.to_string(index=False), flush=True)
@@ -515,6 +601,12 @@ def main(argv=None) -> int:
     if scores is not None and len(scores):
         scores["exit"] = scores["exit"].astype(str)
         print(report(args, out, scores, lat))
+        if args.pretrained_scores:
+            pre = pd.read_csv(args.pretrained_scores, dtype={"exit": str})
+            versus(pre, scores).to_csv(out / "pretraining.csv", index=False)
+            md = pretraining_table(scores, pre)
+            (out / "pretraining.md").write_text(md + "\n")
+            print(md)
     return 0
 
 

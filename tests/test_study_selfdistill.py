@@ -110,3 +110,61 @@ def test_stratified_subset(study):
 def test_fmt(study):
     assert study.fmt(0.41234, 0.0131, 3) == "0.412 ± 0.013"
     assert study.fmt(0.4, float("nan"), 1) == "0.400 ± – (n=1)"
+
+
+def test_versus_pretrained_minus_control_per_seed_method_and_head(study):
+    pre = scores_of(
+        [
+            ("classes", 1.0, 0, "self-distillation", "2", 0.30),
+            ("classes", 1.0, 0, "fine-tuning", "deepest", 0.28),
+            ("classes", 1.0, 1, "self-distillation", "2", 0.26),
+            ("classes", 1.0, 1, "fine-tuning", "deepest", 0.27),
+            ("classes", 0.1, 0, "fine-tuning", "deepest", 0.50),  # not in the control
+        ]
+    )
+    ctrl = scores_of(
+        [
+            ("classes", 1.0, 0, "self-distillation", "2", 0.25),
+            ("classes", 1.0, 0, "fine-tuning", "deepest", 0.30),
+            ("classes", 1.0, 1, "self-distillation", "2", 0.24),
+            ("classes", 1.0, 1, "fine-tuning", "deepest", 0.25),
+        ]
+    )
+    d = study.versus(pre, ctrl)
+    got = {(r.seed, r.method, r.exit): r.uar for r in d.itertuples()}
+    assert got == pytest.approx(
+        {
+            (0, "self-distillation", "2"): 0.05,
+            (0, "fine-tuning", "deepest"): -0.02,
+            (1, "self-distillation", "2"): 0.02,
+            (1, "fine-tuning", "deepest"): 0.02,
+        }
+    )
+    ps = study.paired_summary(d).set_index(["method", "exit"])  # grouped per method too
+    assert ps.at[("self-distillation", "2"), "mean"] == pytest.approx(0.035)
+    assert ps.at[("fine-tuning", "deepest"), "positive"] == 1
+    md = study.pretraining_table(ctrl, pre)
+    assert (
+        "| self-distillation | 2 | 0.280 ± 0.028 (n=2) | 0.245 ± 0.007 (n=2) "
+        "| +0.035 ± 0.021 | 2/2 |" in md
+    )
+    assert "10%" not in md  # a cell only one side ran is left out
+    with pytest.raises(ValueError, match="share no run"):
+        study.pretraining_table(ctrl.assign(seed=5), pre)
+
+
+def test_latency_only_when_wanted_and_seed0_runs_exist(study, tmp_path):
+    args = study.parse_args(["--corpus", "x"])
+    assert not study.wants_latency(args, tmp_path)
+    for m in study.METHODS:
+        folder = tmp_path / "runs" / study.run_name("classes", 1.0, 0, m)
+        folder.mkdir(parents=True)
+        (folder / "best.safetensors").write_bytes(b"")
+    assert study.wants_latency(args, tmp_path)
+    assert not study.wants_latency(study.parse_args(["--corpus", "x", "--no-latency"]), tmp_path)
+
+
+def test_publish_refused_for_another_backbone(study, capsys):
+    argv = ["--corpus", "x", "--backbone", "/tmp/random-twin", "--publish", "--report-only"]
+    assert study.main(argv) == 2
+    assert "--publish" in capsys.readouterr().err

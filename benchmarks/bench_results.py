@@ -198,12 +198,25 @@ def _target(ok: bool) -> str:
 #: CPU: not run by ``make bench``); RESULTS.md quotes them, labelled as such.
 STUDY_TABLE = ROOT / "docs" / "results" / "selfdistill-study" / "results.md"
 STUDY_PLOT = "img/selfdistill_study_uar_vs_ms.png"
+#: The committed random-init control of that study (``study_selfdistill.py --pretrained-scores``).
+CONTROL_TABLE = ROOT / "docs" / "results" / "selfdistill-control" / "pretraining.md"
 
 
-def study_section(table: Path = STUDY_TABLE) -> list[str]:
-    """The seed study's committed table (not measured by this ``make bench`` run), or nothing."""
+def study_section(table: Path = STUDY_TABLE, control: Path = CONTROL_TABLE) -> list[str]:
+    """The seed study's committed table and, when committed, its random-init control (neither
+    measured by this ``make bench`` run), or nothing."""
     if not table.is_file():
         return []
+    extra = []
+    if control.is_file():
+        extra = [
+            "",
+            "The same recipe on a random-init twin of the backbone (the control; docs/"
+            'SELFDISTILL.md, "Does pretraining help the exits?"), committed as '
+            f"`docs/results/selfdistill-control/{control.name}`:",
+            "",
+            control.read_text(encoding="utf-8").strip(),
+        ]
     return [
         "",
         "### Self-distillation study: three seeds, 10 % labels, A/D/V (not run by `make bench`)",
@@ -216,6 +229,7 @@ def study_section(table: Path = STUDY_TABLE) -> list[str]:
         table.read_text(encoding="utf-8").strip(),
         "",
         f"![UAR vs ms per 5 s, three seeds]({STUDY_PLOT})",
+        *extra,
     ]
 
 

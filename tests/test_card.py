@@ -54,6 +54,7 @@ def test_export_writes_a_card_with_size_order_and_limits(tiny, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow  # CI time (≈ 10–40 s); `make test-slow` runs it
 def test_card_reads_the_training_run_folder(tiny, tmp_path):
     ckpt = _run_folder(tmp_path, tiny, "distill")
     code = main(["export", str(ckpt), "--int8", "--out", str(tmp_path / "out")])

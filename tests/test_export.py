@@ -172,6 +172,7 @@ def test_int8_gate_takes_the_worse_optimisation_level(tiny_onnx, tmp_path, monke
         real(tiny_onnx, "extended")
 
 
+@pytest.mark.slow  # CI time (≈ 10–40 s); `make test-slow` runs it
 def test_int8_runs_alike_at_the_default_and_basic_levels(tmp_path):
     """Fused x86 integer kernels (default level, `predict`) and the reference kernels (BASIC, as
     the browser runs them) give the same int8 outputs: no int16 saturation (U8U8)."""
@@ -193,6 +194,7 @@ def test_int8_runs_alike_at_the_default_and_basic_levels(tmp_path):
     }["basic"] == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
 
 
+@pytest.mark.slow  # CI time (≈ 10–40 s); `make test-slow` runs it
 def test_pitch_salience_model_exports_with_default_domain_ops(tmp_path):
     """The optional PitchSalience input (MatMul, Softmax, ReduceMax …) exports, runs in ONNX
     Runtime like torch, and uses only default-domain ops (onnxruntime-web runs them)."""

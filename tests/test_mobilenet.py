@@ -103,6 +103,7 @@ def _calibrated(name: str):
     return model.eval()
 
 
+@pytest.mark.slow  # CI time (≈ 10–40 s); `make test-slow` runs it
 def test_mobilenetv4_small_exports_with_fp32_parity(tmp_path):
     from wav2small.export import PARITY_MAX_ABS, check_fp32_parity, export_onnx, read_metadata
 

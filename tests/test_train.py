@@ -234,6 +234,35 @@ def test_gold_baseline_is_reproducible_from_its_seed(corpus, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_frozen_batch_norm_stops_updating_its_running_statistics(corpus, tmp_path):
+    """``freeze_bn_step``: from that step a MobileNet's BatchNorm layers normalise with their
+    running statistics (as at inference) and stop updating them; before it they learn them."""
+
+    def running_means(out, steps, freeze):
+        cfg = resolve_config(
+            TINY,
+            {
+                "mode": "train",
+                "data": str(corpus / "train.csv"),
+                "val_fraction": 0.0,
+                "out": str(out),
+                "student": "mobilenetv4-small",
+                "max_steps": steps,
+                "freeze_bn_step": freeze,
+            },
+        )
+        model = load_model(fit(cfg).weights)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        return torch.cat([m.running_mean for m in norms])
+
+    one_step = running_means(tmp_path / "one", 1, 0)
+    frozen = running_means(tmp_path / "frozen", 3, 1)
+    free = running_means(tmp_path / "free", 3, 0)
+    assert one_step.abs().sum() > 0  # the first step learned statistics
+    torch.testing.assert_close(frozen, one_step, rtol=0, atol=0)
+    assert not torch.allclose(free, one_step)
+
+
 # --- configuration --------------------------------------------------------------------------
 def test_config_layers_and_type_checks(tmp_path):
     cfg = resolve_config(

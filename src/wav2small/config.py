@@ -278,6 +278,9 @@ class StudentConfig(LightningConfig):
         hint_weight: weight of the embedding-hint loss (0: off; distill with cached labels that
             carry the teacher's ``embedding``): a training-only linear map of the student's
             pooled features regresses the teacher's standardised embedding (docs/DISTILL.md).
+        freeze_bn_step: from this optimiser step on, BatchNorm layers (the MobileNets') normalise
+            with their running statistics in training too, as at inference (0: never). Trained
+            only on batch statistics, a MobileNet can blow up on single clips at inference.
 
     The shared settings are documented on :class:`RunConfig` and :class:`LightningConfig`.
     """
@@ -307,6 +310,7 @@ class StudentConfig(LightningConfig):
     scheduler: str = "cosine"
     mse_weight: float = 0.0
     hint_weight: float = 0.0
+    freeze_bn_step: int = 0
 
     def validate(self) -> StudentConfig:
         """Check the settings and fill ``targets``/``val_target``/``aug_mix_clip``; return self.
@@ -342,7 +346,7 @@ class StudentConfig(LightningConfig):
         self.check_lightning()
         if self.batch_size < 2:
             raise UserError("batch_size must be >= 2: the CCC loss needs a batch")
-        for key in ("mse_weight", "weight_decay", "hint_weight"):
+        for key in ("mse_weight", "weight_decay", "hint_weight", "freeze_bn_step"):
             if not getattr(self, key) >= 0:  # NaN fails too
                 raise UserError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.hint_weight > 0 and self.targets != "cached":

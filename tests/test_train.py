@@ -299,6 +299,15 @@ def test_config_validation_names_the_problem():
         TrainConfig(audio="x", labels="l", targets="cached", hint_weight=float("nan")).validate()
 
 
+def test_batch_norm_freezes_by_default_for_mobilenets_only(tmp_path):
+    base = {"mode": "train", "data": str(tmp_path / "x.csv"), "max_steps": 2000}
+    mobile = resolve_config({**base, "student": "mobilenetv4-small"}).validate()
+    assert mobile.freeze_bn_step == 300  # 15 % of the run
+    assert resolve_config({**base, "student": "wav2small-paper"}).validate().freeze_bn_step == 0
+    explicit = resolve_config({**base, "student": "mobilenetv3-large", "freeze_bn_step": 0})
+    assert explicit.validate().freeze_bn_step == 0
+
+
 def test_default_yaml_matches_the_dataclass():
     from pathlib import Path
 

@@ -209,21 +209,15 @@ def test_embedding_hints_fit_a_training_only_map(corpus, tmp_path):
         fit(replace(cfg, labels=str(corpus / "labels.parquet"), out=str(tmp_path / "r2")))
 
 
+def _gold_run(corpus, out, **settings) -> TrainConfig:
+    """A gold-label run on the corpus's train split without a validation set."""
+    base = {"mode": "train", "data": str(corpus / "train.csv"), "val_fraction": 0.0}
+    return resolve_config(TINY, base, {"out": str(out), **settings})
+
+
 def test_gold_baseline_is_reproducible_from_its_seed(corpus, tmp_path):
     def weights(out, seed):
-        cfg = resolve_config(
-            TINY,
-            {
-                "mode": "train",
-                "data": str(corpus / "train.csv"),
-                "val_fraction": 0.0,
-                "out": str(out),
-                "max_steps": 2,
-                "seed": seed,
-                "aug_ratio": 1.0,
-                "shift_prob": 0.5,
-            },
-        )
+        cfg = _gold_run(corpus, out, max_steps=2, seed=seed, aug_ratio=1.0, shift_prob=0.5)
         result = fit(cfg)
         assert cfg.targets == "gold" and np.isnan(result.best_score)  # no validation set
         return load_model(result.weights).state_dict()
@@ -239,17 +233,8 @@ def test_frozen_batch_norm_stops_updating_its_running_statistics(corpus, tmp_pat
     running statistics (as at inference) and stop updating them; before it they learn them."""
 
     def running_means(out, steps, freeze):
-        cfg = resolve_config(
-            TINY,
-            {
-                "mode": "train",
-                "data": str(corpus / "train.csv"),
-                "val_fraction": 0.0,
-                "out": str(out),
-                "student": "mobilenetv4-small",
-                "max_steps": steps,
-                "freeze_bn_step": freeze,
-            },
+        cfg = _gold_run(
+            corpus, out, student="mobilenetv4-small", max_steps=steps, freeze_bn_step=freeze
         )
         model = load_model(fit(cfg).weights)
         norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

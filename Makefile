@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 QUICK   ?=
 
-.PHONY: setup demo test test-slow bench reliability lint teacher backbone clean web
+.PHONY: setup demo test test-slow bench reliability lint teacher backbone backbone-supervised clean web
 
 setup: $(STAMP) web
 
@@ -84,6 +84,21 @@ backbone: setup
 	mkdir -p src/wav2small/assets/backbone-synth
 	cp runs/backbone-synth/backbone/* src/wav2small/assets/backbone-synth/
 	cp runs/backbone-synth/metrics.csv src/wav2small/assets/backbone-synth/training_metrics.csv
+
+# The supervised counterpart, for issue 18's comparison (docs/SELFDISTILL.md, "Supervised or
+# self-supervised pretraining?"; not shipped): the same architecture and random init (seed 0) as
+# backbone-synth, fine-tuned without exits on the gold A/D/V of the same pool clips, its backbone
+# written in the Hugging Face layout to runs/backbone-supervised/backbone (--backbone FOLDER).
+backbone-supervised: setup
+	$(BIN)/wav2small synth --split pool --n $(BACKBONE_CLIPS) --out data/backbone --seed 0 --jobs 2
+	$(BIN)/python -c "from wav2small.pretrain import build_backbone, save_backbone; \
+	    save_backbone(build_backbone(seed=0), 'runs/backbone-random')"
+	$(BIN)/wav2small selfdistill --backbone runs/backbone-random --data data/backbone/pool.csv \
+	    --task adv --exits none --out runs/backbone-supervised --max-steps $(BACKBONE_STEPS) \
+	    --batch-size 8 --crop-seconds 3 --lr 3e-4 --warmup-steps 0.05 --scheduler cosine \
+	    --grad-clip 5 --val-fraction 0.05 --val-every 200 --seed 0 --threads 2
+	$(BIN)/wav2small export runs/backbone-supervised/best.safetensors --backbone \
+	    --out runs/backbone-supervised/backbone
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache web/node_modules $(WEB_VENDOR)

@@ -200,11 +200,15 @@ STUDY_TABLE = ROOT / "docs" / "results" / "selfdistill-study" / "results.md"
 STUDY_PLOT = "img/selfdistill_study_uar_vs_ms.png"
 #: The committed random-init control of that study (``study_selfdistill.py --pretrained-scores``).
 CONTROL_TABLE = ROOT / "docs" / "results" / "selfdistill-control" / "pretraining.md"
+#: The committed supervised-pretraining comparison (``study_selfdistill.py --baseline-scores``).
+SUPERVISED_TABLE = ROOT / "docs" / "results" / "selfdistill-supervised" / "versus.md"
 
 
-def study_section(table: Path = STUDY_TABLE, control: Path = CONTROL_TABLE) -> list[str]:
-    """The seed study's committed table and, when committed, its random-init control (neither
-    measured by this ``make bench`` run), or nothing."""
+def study_section(
+    table: Path = STUDY_TABLE, control: Path = CONTROL_TABLE, supervised: Path = SUPERVISED_TABLE
+) -> list[str]:
+    """The seed study's committed table and, when committed, its random-init control and the
+    supervised-pretraining comparison (none measured by this ``make bench`` run), or nothing."""
     if not table.is_file():
         return []
     extra = []
@@ -216,6 +220,17 @@ def study_section(table: Path = STUDY_TABLE, control: Path = CONTROL_TABLE) -> l
             f"`docs/results/selfdistill-control/{control.name}`:",
             "",
             control.read_text(encoding="utf-8").strip(),
+        ]
+    if supervised.is_file():
+        extra += [
+            "",
+            "The same recipe on a backbone pretrained *supervised* (the same architecture and "
+            "random init fine-tuned on the gold A/D/V of the same pool clips, `make "
+            'backbone-supervised`; docs/SELFDISTILL.md, "Supervised or self-supervised '
+            'pretraining?"), against backbone-synth, committed as '
+            f"`docs/results/selfdistill-supervised/{supervised.name}`:",
+            "",
+            supervised.read_text(encoding="utf-8").strip(),
         ]
     return [
         "",

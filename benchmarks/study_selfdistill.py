@@ -35,6 +35,9 @@ Random-init control: the same recipe with ``--backbone`` a random-init twin of b
 (same config; ``bench_backbone.random_twin``) and ``--no-latency`` (same graphs, nothing new to
 time); ``--pretrained-scores`` the pretrained study's ``scores.csv`` then also writes
 ``OUT/pretraining.{csv,md}``: per seed, method and head, pretrained minus random-init.
+Two pretrainings compared: ``--backbone`` the other one and ``--baseline-scores`` the first
+study's ``scores.csv`` (``--names supervised,self-supervised``) write ``OUT/versus.{csv,md}``:
+this study minus that one.
 """
 
 from __future__ import annotations
@@ -208,6 +211,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="",
         help="scores.csv of the same recipe on the pretrained backbone (this study being its "
         "random-init control): also writes pretraining.{csv,md}, pretrained minus this per seed",
+    )
+    p.add_argument(
+        "--baseline-scores",
+        default="",
+        help="scores.csv of the same recipe on another backbone: also writes versus.{csv,md}, "
+        "this study minus that one per seed (e.g. supervised minus self-supervised pretraining)",
+    )
+    p.add_argument(
+        "--names",
+        default="this study,baseline",
+        help="the two backbones' names in versus.md: THIS,BASELINE",
     )
     p.add_argument("--report-only", action="store_true")
     p.add_argument(
@@ -452,10 +466,17 @@ def report(args, out: Path, scores: pd.DataFrame, lat: pd.DataFrame | None) -> s
     return md
 
 
-def pretraining_table(control: pd.DataFrame, pretrained: pd.DataFrame) -> str:
-    """Markdown: per task, label fraction, method and head, the pretrained and the random-init
+def pretraining_table(
+    control: pd.DataFrame,
+    pretrained: pd.DataFrame,
+    *,
+    names: tuple[str, str] = ("pretrained", "random init"),
+) -> str:
+    """Markdown: per task, label fraction, method and head, the ``pretrained`` and the ``control``
     score (mean ± sd over the seeds both have) and their per-seed difference (mean ± sd, seeds
-    with pretrained ahead)."""
+    with ``pretrained`` ahead). ``names``: what the two columns are called (the random-init
+    control by default; e.g. ("supervised", "self-supervised") for two pretrainings)."""
+    first, second = names
     diffs = versus(pretrained, control)
     if diffs.empty:
         raise ValueError("the pretrained scores share no run (task, fraction, seed, method)")
@@ -468,7 +489,7 @@ def pretraining_table(control: pd.DataFrame, pretrained: pd.DataFrame) -> str:
             lines += [
                 f"**{task}, {fraction:.0%} of the train labels, {metric}**",
                 "",
-                "| method | head | pretrained | random init | Δ pretrained − random | Δ > 0 |",
+                f"| method | head | {first} | {second} | Δ {first} − {second} | Δ > 0 |",
                 "|---|---|---|---|---|---|",
             ]
             for method in METHODS:
@@ -606,6 +627,13 @@ def main(argv=None) -> int:
             versus(pre, scores).to_csv(out / "pretraining.csv", index=False)
             md = pretraining_table(scores, pre)
             (out / "pretraining.md").write_text(md + "\n")
+            print(md)
+        if args.baseline_scores:
+            base = pd.read_csv(args.baseline_scores, dtype={"exit": str})
+            versus(scores, base).to_csv(out / "versus.csv", index=False)
+            this, _, that = args.names.partition(",")
+            md = pretraining_table(base, scores, names=(this, that or "baseline"))
+            (out / "versus.md").write_text(md + "\n")
             print(md)
     return 0
 

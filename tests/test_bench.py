@@ -103,12 +103,19 @@ def test_results_page_quotes_the_committed_selfdistill_study(tmp_path):
     assert results.study_section(tmp_path / "missing.md") == []
     table = tmp_path / "results.md"
     table.write_text("| method | head |\n|---|---|\n| fine-tuning | deepest |\n")
-    lines = results.study_section(table, tmp_path / "no-control.md")
+    none = tmp_path / "none.md"
+    lines = results.study_section(table, none, none)
     assert "not run by `make bench`" in lines[1] and "| fine-tuning | deepest |" in lines[5]
     assert lines[-1].endswith(f"({results.STUDY_PLOT})")
     control = tmp_path / "pretraining.md"
     control.write_text("| method | head | pretrained | random init |\n|---|---|---|---|\n")
-    with_control = results.study_section(table, control)
+    with_control = results.study_section(table, control, none)
     assert with_control[: len(lines)] == lines
     assert "random-init twin" in with_control[len(lines) + 1]
     assert with_control[-1].startswith("| method | head | pretrained | random init |")
+    supervised = tmp_path / "versus.md"
+    supervised.write_text("| method | head | supervised | self-supervised |\n|---|---|---|---|\n")
+    both = results.study_section(table, control, supervised)
+    assert both[: len(with_control)] == with_control
+    assert "*supervised*" in both[len(with_control) + 1]
+    assert both[-1].startswith("| method | head | supervised | self-supervised |")

@@ -349,6 +349,46 @@ def test_export_command_takes_early_exit_models_through_its_writer_and_gate(tmp_
     assert not out.exists() and out.with_name("bad.onnx.rejected").is_file()
 
 
+def test_export_backbone_writes_the_fine_tuned_backbone_in_the_public_layout(tmp_path, capsys):
+    """Supervised pretraining: `export MODEL --backbone` writes the fine-tuned backbone so that
+    another run loads it like a hub folder, with exactly the fine-tuned weights (heads dropped)."""
+    import json
+
+    from wav2small.models.exits import load_backbone, save_exits_model
+
+    model = tiny(task="adv", exits=()).eval()
+    with torch.no_grad():  # "fine-tuned": weights that no random init reproduces
+        for p in model.backbone.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = save_exits_model(model, tmp_path / "run" / "best.safetensors")
+    (tmp_path / "run" / "config.yaml").write_text("task: adv\nlr: 0.0003\n")
+    out = tmp_path / "backbone-adv"
+    assert main(["export", str(path), "--backbone", "--out", str(out)]) == 0
+    assert "Hugging Face layout" in capsys.readouterr().out
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {
+        f.name for f in out.iterdir()
+    }
+    loaded = load_backbone(str(out)).state_dict()
+    for k, v in model.backbone.state_dict().items():
+        torch.testing.assert_close(loaded[k], v, rtol=0, atol=0)
+    recipe = json.loads((out / "pretrain.json").read_text())
+    assert recipe["task"] == "adv" and recipe["run_config"]["lr"] == 0.0003
+    again = create_exits_model(str(out), task="classes", classes=CLASSES, exits=(1,))
+    torch.testing.assert_close(
+        again.backbone.encoder.layers[0].attention.q_proj.weight,
+        model.backbone.encoder.layers[0].attention.q_proj.weight,
+    )
+    # not for students, and not with --exit
+    student = tmp_path / "student.safetensors"
+    from wav2small.models import create_model, save_model
+
+    save_model(create_model("wav2small-tiny"), student)
+    assert main(["export", str(student), "--backbone", "--out", str(tmp_path / "x")]) == 2
+    assert "--backbone is for early-exit models" in capsys.readouterr().err
+    assert main(["export", str(path), "--backbone", "--exit", "1", "--out", str(out)]) == 2
+    assert "no --exit" in capsys.readouterr().err
+
+
 def test_exit_export_card_states_measured_speed_and_test_scores(corpus, tmp_path, capsys):
     """`export --exit K --test CSV` writes MODEL_CARD.md with the ONNX ms per 5 s and the
     exit's scores, equal to selfdistill-eval's; without --test the card says it was not scored."""

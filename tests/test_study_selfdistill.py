@@ -149,6 +149,10 @@ def test_versus_pretrained_minus_control_per_seed_method_and_head(study):
         "| +0.035 ± 0.021 | 2/2 |" in md
     )
     assert "10%" not in md  # a cell only one side ran is left out
+    named = study.pretraining_table(ctrl, pre, names=("supervised", "self-supervised"))
+    assert (
+        "| method | head | supervised | self-supervised | Δ supervised − self-supervised |" in named
+    )
     with pytest.raises(ValueError, match="share no run"):
         study.pretraining_table(ctrl.assign(seed=5), pre)
 
@@ -168,3 +172,43 @@ def test_publish_refused_for_another_backbone(study, capsys):
     argv = ["--corpus", "x", "--backbone", "/tmp/random-twin", "--publish", "--report-only"]
     assert study.main(argv) == 2
     assert "--publish" in capsys.readouterr().err
+
+
+def test_baseline_scores_write_this_study_minus_the_other_backbone(study, tmp_path):
+    """`--baseline-scores` (two pretrainings compared): versus.csv/md hold this study minus the
+    other, per seed, under the given names."""
+    rows = [
+        ("classes", 1.0, s, m, e, 0.25 + 0.01 * s)
+        for s in (0, 1)
+        for m, e in (("self-distillation", "2"), ("fine-tuning", "deepest"))
+    ]
+    out = tmp_path / "sup"
+    out.mkdir()
+    sup = scores_of([r[:5] + (r[5] + 0.04,) for r in rows]).assign(layers=8)
+    sup.to_csv(out / "scores.csv", index=False)
+    scores_of(rows).assign(layers=8).to_csv(tmp_path / "ssl.csv", index=False)
+    argv = [
+        "--corpus",
+        "x",
+        "--out",
+        str(out),
+        "--report-only",
+        "--seeds",
+        "0,1",
+        "--fractions",
+        "1",
+        "--adv-cells",
+        "",
+        "--baseline-scores",
+        str(tmp_path / "ssl.csv"),
+        "--names",
+        "supervised,self-supervised",
+    ]
+    assert study.main(argv) == 0
+    diffs = pd.read_csv(out / "versus.csv")
+    assert len(diffs) == 4 and np.allclose(diffs.uar, 0.04)
+    md = (out / "versus.md").read_text()
+    assert (
+        "| self-distillation | 2 | 0.295 ± 0.007 (n=2) | 0.255 ± 0.007 (n=2) "
+        "| +0.040 ± 0.000 | 2/2 |" in md
+    )

@@ -209,21 +209,15 @@ def test_embedding_hints_fit_a_training_only_map(corpus, tmp_path):
         fit(replace(cfg, labels=str(corpus / "labels.parquet"), out=str(tmp_path / "r2")))
 
 
+def _gold_run(corpus, out, **settings) -> TrainConfig:
+    """A gold-label run on the corpus's train split without a validation set."""
+    base = {"mode": "train", "data": str(corpus / "train.csv"), "val_fraction": 0.0}
+    return resolve_config(TINY, base, {"out": str(out), **settings})
+
+
 def test_gold_baseline_is_reproducible_from_its_seed(corpus, tmp_path):
     def weights(out, seed):
-        cfg = resolve_config(
-            TINY,
-            {
-                "mode": "train",
-                "data": str(corpus / "train.csv"),
-                "val_fraction": 0.0,
-                "out": str(out),
-                "max_steps": 2,
-                "seed": seed,
-                "aug_ratio": 1.0,
-                "shift_prob": 0.5,
-            },
-        )
+        cfg = _gold_run(corpus, out, max_steps=2, seed=seed, aug_ratio=1.0, shift_prob=0.5)
         result = fit(cfg)
         assert cfg.targets == "gold" and np.isnan(result.best_score)  # no validation set
         return load_model(result.weights).state_dict()
@@ -232,6 +226,26 @@ def test_gold_baseline_is_reproducible_from_its_seed(corpus, tmp_path):
     c = weights(tmp_path / "c", 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_frozen_batch_norm_stops_updating_its_running_statistics(corpus, tmp_path):
+    """``freeze_bn_step``: from that step a MobileNet's BatchNorm layers normalise with their
+    running statistics (as at inference) and stop updating them; before it they learn them."""
+
+    def running_means(out, steps, freeze):
+        cfg = _gold_run(
+            corpus, out, student="mobilenetv4-small", max_steps=steps, freeze_bn_step=freeze
+        )
+        model = load_model(fit(cfg).weights)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        return torch.cat([m.running_mean for m in norms])
+
+    one_step = running_means(tmp_path / "one", 1, 0)
+    frozen = running_means(tmp_path / "frozen", 3, 1)
+    free = running_means(tmp_path / "free", 3, 0)
+    assert one_step.abs().sum() > 0  # the first step learned statistics
+    torch.testing.assert_close(frozen, one_step, rtol=0, atol=0)
+    assert not torch.allclose(free, one_step)
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -268,6 +282,15 @@ def test_config_validation_names_the_problem():
         TrainConfig(audio="x", teacher="t", hint_weight=1.0).validate()
     with pytest.raises(ValueError, match="hint_weight must be >= 0"):
         TrainConfig(audio="x", labels="l", targets="cached", hint_weight=float("nan")).validate()
+
+
+def test_batch_norm_freezes_by_default_for_mobilenets_only(tmp_path):
+    base = {"mode": "train", "data": str(tmp_path / "x.csv"), "max_steps": 2000}
+    mobile = resolve_config({**base, "student": "mobilenetv4-small"}).validate()
+    assert mobile.freeze_bn_step == 300  # 15 % of the run
+    assert resolve_config({**base, "student": "wav2small-paper"}).validate().freeze_bn_step == 0
+    explicit = resolve_config({**base, "student": "mobilenetv3-large", "freeze_bn_step": 0})
+    assert explicit.validate().freeze_bn_step == 0
 
 
 def test_default_yaml_matches_the_dataclass():

@@ -196,6 +196,12 @@ def _add_export_options(p: argparse.ArgumentParser, *, early_exit: bool = False)
         "states the score (the card always states the ONNX ms per 5 s)",
     )
     p.add_argument(
+        "--backbone",
+        action="store_true",
+        help="early-exit models: write the fine-tuned backbone in the Hugging Face layout to "
+        "OUT instead of ONNX (loads as `--backbone OUT`: supervised pretraining)",
+    )
+    p.add_argument(
         "--exporter",
         choices=EXPORTERS,
         default=EXPORTERS[0],

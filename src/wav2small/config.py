@@ -244,6 +244,9 @@ class LightningConfig(RunConfig):
 
 # --- the three trainers ---------------------------------------------------------------------
 MODES = ("distill", "train")
+#: Share of a MobileNet student's steps after which its BatchNorm layers use running statistics
+#: (``freeze_bn_step``'s default for MobileNets).
+MOBILENET_FREEZE_BN = 0.15
 TARGETS = ("online", "cached", "gold")
 VAL_TARGETS = ("auto", "gold", "teacher")
 SCHEDULERS = ("cosine", "constant")
@@ -278,6 +281,11 @@ class StudentConfig(LightningConfig):
         hint_weight: weight of the embedding-hint loss (0: off; distill with cached labels that
             carry the teacher's ``embedding``): a training-only linear map of the student's
             pooled features regresses the teacher's standardised embedding (docs/DISTILL.md).
+        freeze_bn_step: from this optimiser step on, BatchNorm layers normalise with their
+            running statistics in training too, as at inference (0: never; unset: 15 % of
+            ``max_steps`` for MobileNet students, :data:`MOBILENET_FREEZE_BN`, and never for
+            Wav2Small). Trained only on the batch statistics of 8 clips, a MobileNet blew up on
+            single clips at inference (docs/DISTILL.md, "MobileNet students").
 
     The shared settings are documented on :class:`RunConfig` and :class:`LightningConfig`.
     """
@@ -307,6 +315,7 @@ class StudentConfig(LightningConfig):
     scheduler: str = "cosine"
     mse_weight: float = 0.0
     hint_weight: float = 0.0
+    freeze_bn_step: int | None = None
 
     def validate(self) -> StudentConfig:
         """Check the settings and fill ``targets``/``val_target``/``aug_mix_clip``; return self.
@@ -342,7 +351,10 @@ class StudentConfig(LightningConfig):
         self.check_lightning()
         if self.batch_size < 2:
             raise UserError("batch_size must be >= 2: the CCC loss needs a batch")
-        for key in ("mse_weight", "weight_decay", "hint_weight"):
+        if self.freeze_bn_step is None:  # the student family's default
+            mobilenet = self.student.startswith("mobilenet")
+            self.freeze_bn_step = round(MOBILENET_FREEZE_BN * self.max_steps) if mobilenet else 0
+        for key in ("mse_weight", "weight_decay", "hint_weight", "freeze_bn_step"):
             if not getattr(self, key) >= 0:  # NaN fails too
                 raise UserError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.hint_weight > 0 and self.targets != "cached":

@@ -777,6 +777,10 @@ def export_cli(args) -> int:
             f"{args.model}: --test is for early-exit models; score a student with "
             "`wav2small evaluate`"
         )
+    if getattr(args, "backbone", False):
+        raise UserError(
+            f"{args.model}: --backbone is for early-exit models (wav2small selfdistill)"
+        )
 
     untrained = args.model in list_models()
     if untrained:

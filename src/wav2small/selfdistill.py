@@ -879,6 +879,14 @@ def selfdistill_export_cli(args) -> int:
 
     if getattr(args, "int8", False):
         raise UserError(f"{args.model}: --int8 is not available for early-exit models (fp32 only)")
+    if getattr(args, "backbone", False):
+        if getattr(args, "test", None) or args.exit is not None:
+            raise UserError(
+                f"{args.model}: --backbone writes the whole backbone (no --exit/--test)"
+            )
+        folder = save_finetuned_backbone(args.model, args.out)
+        print(f"{folder}: the fine-tuned backbone in the Hugging Face layout (--backbone {folder})")
+        return 0
     model = load_exits_model(args.model)
     out = Path(args.out)
     folder = out.suffix.lower() != ".onnx"
@@ -897,6 +905,43 @@ def selfdistill_export_cli(args) -> int:
         raise UserError(f"{out}: --test writes a model card, which needs a folder --out")
     print(report.summary())
     return 0 if report.passed else 1
+
+
+def save_finetuned_backbone(weights: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """The backbone of a fine-tuned early-exit model, in the Hugging Face layout.
+
+    Supervised pretraining: fine-tune a backbone on labels (``wav2small selfdistill --exits
+    none``), then hand its backbone to another run as ``--backbone FOLDER``, exactly like a hub
+    backbone. The heads are dropped. ``pretrain.json`` records where the weights came from and,
+    when it sits beside them, the run's ``config.yaml`` (``wav2small export MODEL --backbone``).
+
+    Args:
+        weights: ``best.safetensors``/``last.ckpt`` of a ``wav2small selfdistill`` run.
+        folder: output folder (``config.json``, ``model.safetensors``,
+            ``preprocessor_config.json``, ``pretrain.json``), replaced as a whole.
+
+    Returns:
+        The folder.
+
+    Raises:
+        ExitsError: not an early-exit model, or its weights do not fit.
+    """
+    from wav2small.models.exits import load_exits_model
+    from wav2small.pretrain import save_backbone
+
+    model = load_exits_model(weights)
+    run_config = Path(weights).with_name("config.yaml")
+    recipe = {
+        "recipe": "supervised: the backbone of a fine-tuned early-exit model "
+        "(wav2small export MODEL --backbone)",
+        "weights": str(weights),
+        "task": model.config.task,
+        "labels": list(model.config.labels),
+        "exits": list(model.exits),
+        "run_config": load_config(run_config) if run_config.is_file() else None,
+        "parameters": sum(p.numel() for p in model.backbone.parameters()),
+    }
+    return save_backbone(model.backbone, folder, recipe=recipe)
 
 
 def write_exit_card(

@@ -300,6 +300,12 @@ def build_module(model, cfg: TrainConfig, teacher=None):
             self.register_buffer("hint_mean", torch.from_numpy(mean).float())
             self.register_buffer("hint_std", torch.from_numpy(np.maximum(std, 1e-6)).float())
 
+        def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+            if self.cfg.freeze_bn_step and self.global_step >= self.cfg.freeze_bn_step:
+                for m in self.model.modules():  # Lightning sets train() again after validation
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+
         def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
             target = self.targets(batch)
             if self.cfg.hint_weight > 0:

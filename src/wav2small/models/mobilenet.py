@@ -28,6 +28,12 @@ its biases at 0.5 (:func:`init_head`); the architectures are timm's, unchanged: 
 (V4-S), 8,437,779 (V4-M), 31,313,275 (V4-L) and 4,205,587 (V3-L) parameters. Measured in
 docs/DISTILL.md ("MobileNet students").
 
+BatchNorm: trained on the batch statistics of 8 clips, MobileNetV4-S learned to rely on them and
+blew up on single clips at inference (|arousal| up to 68); ``distill``/``train`` therefore freeze
+a MobileNet's BatchNorm statistics after 15 % of the steps by default (``freeze_bn_step``), which
+took its test CCC vs gold from 0.493 / 0.570 / 0.219 to 0.670 / 0.713 / 0.398 at 2,000 steps of
+whole clips with embedding hints (docs/DISTILL.md, "Session 9").
+
 Padding: with ``lengths`` the local normalisation ignores the padding; the network itself sees
 the padded image, so unlike Wav2Small a clip's output depends slightly on the batch it is padded
 into. Cropped training batches are cut to one length (see :mod:`wav2small.data`) and evaluation

@@ -513,6 +513,15 @@ def pretraining_table(
     return "\n".join(lines)
 
 
+def write_comparison(stem: Path, first: pd.DataFrame, second: pd.DataFrame, **table_kwargs) -> str:
+    """``stem.csv`` (per seed, ``first`` minus ``second``, :func:`versus`) and ``stem.md``
+    (:func:`pretraining_table`); returns the markdown."""
+    versus(first, second).to_csv(stem.with_suffix(".csv"), index=False)
+    md = pretraining_table(second, first, **table_kwargs)
+    stem.with_suffix(".md").write_text(md + "\n")
+    return md
+
+
 def plot(summary: pd.DataFrame, lat: pd.DataFrame, path: Path, note: str) -> None:
     """UAR (mean ± sd over seeds) vs ONNX ms per 5 s; one line per label fraction."""
     import matplotlib
@@ -622,19 +631,13 @@ def main(argv=None) -> int:
     if scores is not None and len(scores):
         scores["exit"] = scores["exit"].astype(str)
         print(report(args, out, scores, lat))
-        if args.pretrained_scores:
+        if args.pretrained_scores:  # this study is the random-init control
             pre = pd.read_csv(args.pretrained_scores, dtype={"exit": str})
-            versus(pre, scores).to_csv(out / "pretraining.csv", index=False)
-            md = pretraining_table(scores, pre)
-            (out / "pretraining.md").write_text(md + "\n")
-            print(md)
+            print(write_comparison(out / "pretraining", pre, scores))
         if args.baseline_scores:
             base = pd.read_csv(args.baseline_scores, dtype={"exit": str})
-            versus(scores, base).to_csv(out / "versus.csv", index=False)
             this, _, that = args.names.partition(",")
-            md = pretraining_table(base, scores, names=(this, that or "baseline"))
-            (out / "versus.md").write_text(md + "\n")
-            print(md)
+            print(write_comparison(out / "versus", scores, base, names=(this, that or "baseline")))
     return 0
 
 

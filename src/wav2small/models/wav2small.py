@@ -36,8 +36,8 @@ from torch import nn
 
 from wav2small import SAMPLE_RATE
 from wav2small.frontend import (
-    N_MELS,
     LEVEL_REF_DB,
+    N_MELS,
     LocalNorm,
     LogmelFilterBank,
     PitchLogSpec,

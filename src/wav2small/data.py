@@ -263,17 +263,15 @@ def _match_files(manifest: pd.DataFrame, per_file: dict[str, tuple], name: str) 
 
 def _per_file(table: pd.DataFrame, columns: list[str]) -> dict[str, tuple[float, ...]]:
     """``columns`` averaged per file, weighted by segment length (``end − start``) if given."""
-    table = table.copy()
-    table["file"] = table["file"].astype(str)
     if "start" in table and "end" in table:
-        weight = (table["end"] - table["start"]).fillna(1.0).clip(lower=1e-6)
+        weight = (table["end"] - table["start"]).fillna(1.0).clip(lower=1e-6).to_numpy(np.float64)
     else:
-        weight = pd.Series(1.0, index=table.index)
-    out = {}
-    for file, rows in table.groupby("file", sort=False):
-        w = weight.loc[rows.index].to_numpy()
-        out[file] = tuple(float(x) for x in (rows[columns].to_numpy().T @ w) / w.sum())
-    return out
+        weight = np.ones(len(table))
+    codes, files = pd.factorize(table["file"].astype(str))  # files in order of appearance
+    sums = np.zeros((len(files), len(columns)))
+    np.add.at(sums, codes, table[columns].to_numpy(np.float64) * weight[:, None])
+    means = sums / np.bincount(codes, weights=weight, minlength=len(files))[:, None]
+    return {file: tuple(row) for file, row in zip(files, means.tolist(), strict=True)}
 
 
 def split_manifest(

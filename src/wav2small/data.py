@@ -305,8 +305,10 @@ class Augment:
         mix_clip_prob: of the mixed crops, the share mixed with another clip (else noise).
         snr_db: (low, high) uniform range of the signal-to-interference ratio in dB.
         noise_dir: folder of noise recordings; without it, white/pink/brown noise is generated.
-        gain_db: random gain, uniform in ±gain_db (0: off). The students' per-utterance
-            normalisation makes this a no-op for them; it changes level-sensitive teachers.
+        gain_db: random gain, uniform in ±gain_db (0: off). It reaches a student only through
+            a ``level`` row (gain-invariant students normalise it away) and level-sensitive
+            teachers labelling on the fly; with a teacher that normalises its input it teaches
+            the student's level row that the recording gain carries nothing.
         shift_prob: probability of a circular time shift of the crop.
         shift_seconds: largest shift.
     """

@@ -109,6 +109,20 @@ def all_students(demo_dir: Path, plan, seed: int, steps: int, workers: int) -> l
     return rows
 
 
+def with_ratios(rows: list[dict], teacher: dict) -> list[dict]:
+    """Rows with ``A × teacher`` … added: each CCC vs gold ÷ the teacher's (rows without CCC
+    stay as they are)."""
+    out = []
+    for row in rows:
+        ratios = {
+            f"{d} × teacher": row[f"CCC {d} gold"] / teacher[f"CCC {d} gold"]
+            for d in "ADV"
+            if f"CCC {d} gold" in row
+        }
+        out.append(row | ratios)
+    return out
+
+
 def noise_and_pool(demo_dir: Path, plan, seed: int, workers: int) -> str:
     """Distilled vs labelled-only at two rater-noise levels and two pool sizes (1× and 4× the
     labelled set; the demo's own pool is 2×).
@@ -522,6 +536,7 @@ def main() -> int:
     }
     for row in students:
         row |= trained.get(row["model"], {})
+    students = with_ratios(students, demo_rows[0])
     results_dir = Path(args.out).parent / "results"
     plot_size_vs_ccc(
         [r for r in students if "CCC A gold" in r] + [{**demo_rows[0], "model": "teacher"}],
@@ -624,7 +639,7 @@ def main() -> int:
         f"alone (not interleaved). CCC: each student distilled from the demo's "
         f"{plan.n_pool:,}-clip pool with cached teacher targets for {args.student_steps} steps "
         "(the same budget for all; the demo's wav2small-paper above had more), on the test "
-        "split.",
+        "split; × teacher: CCC vs gold ÷ the teacher's CCC vs gold.",
         "",
         table(
             students,
@@ -639,6 +654,9 @@ def main() -> int:
                 "CCC A gold",
                 "CCC D gold",
                 "CCC V gold",
+                "A × teacher",
+                "D × teacher",
+                "V × teacher",
                 "CCC A teacher",
                 "CCC D teacher",
             ],

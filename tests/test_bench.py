@@ -119,3 +119,18 @@ def test_results_page_quotes_the_committed_selfdistill_study(tmp_path):
     assert both[: len(with_control)] == with_control
     assert "*supervised*" in both[len(with_control) + 1]
     assert both[-1].startswith("| method | head | supervised | self-supervised |")
+
+
+def test_every_student_row_gets_its_ratio_to_the_teacher():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_results.py"
+    spec = importlib.util.spec_from_file_location("bench_results", path)
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    teacher = {"CCC A gold": 0.8, "CCC D gold": 0.5, "CCC V gold": 0.4}
+    rows = [{"model": "s", "CCC A gold": 0.4, "CCC D gold": 0.5, "CCC V gold": 0.1}, {"model": "u"}]
+    got = results.with_ratios(rows, teacher)
+    assert [got[0][f"{d} × teacher"] for d in "ADV"] == [0.5, 1.0, 0.25]
+    assert got[1] == {"model": "u"}  # a student without CCC (not trained) gets no ratio

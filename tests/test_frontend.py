@@ -139,14 +139,21 @@ def test_local_norm_is_gain_invariant_and_local():
     torch.testing.assert_close(together[1:, : alone.shape[1]], alone, atol=2e-3, rtol=0)  # dB
 
 
-def test_paper_preset_is_gain_invariant_end_to_end():
+def test_paper_preset_hears_a_gain_only_through_its_level_row():
     from wav2small.models import create_model
+    from wav2small.models.wav2small import Wav2SmallConfig
 
     model = create_model("wav2small-paper").eval()
-    assert model.norm == "local"
+    assert model.norm == "local" and model.cfg.level
     x = _harmonic(180.0, 1.5)
     with torch.no_grad():
-        torch.testing.assert_close(model(0.1 * x), model(x), atol=1e-4, rtol=0)
+        quiet, loud = model.features(0.1 * x), model.features(x)
+    bands = model.net.spec.n_bands
+    torch.testing.assert_close(quiet[:, :bands], loud[:, :bands], atol=0.02, rtol=0)  # dB
+    shift = loud[:, bands] - quiet[:, bands]  # the level row: +20 dB for a gain of 10
+    torch.testing.assert_close(shift, torch.full_like(shift, 20.0), atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match="level needs norm='local'"):
+        Wav2SmallConfig(frontend="pitch", level=True)
 
 
 @pytest.mark.slow

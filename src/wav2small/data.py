@@ -263,17 +263,15 @@ def _match_files(manifest: pd.DataFrame, per_file: dict[str, tuple], name: str) 
 
 def _per_file(table: pd.DataFrame, columns: list[str]) -> dict[str, tuple[float, ...]]:
     """``columns`` averaged per file, weighted by segment length (``end − start``) if given."""
-    table = table.copy()
-    table["file"] = table["file"].astype(str)
     if "start" in table and "end" in table:
-        weight = (table["end"] - table["start"]).fillna(1.0).clip(lower=1e-6)
+        weight = (table["end"] - table["start"]).fillna(1.0).clip(lower=1e-6).to_numpy(np.float64)
     else:
-        weight = pd.Series(1.0, index=table.index)
-    out = {}
-    for file, rows in table.groupby("file", sort=False):
-        w = weight.loc[rows.index].to_numpy()
-        out[file] = tuple(float(x) for x in (rows[columns].to_numpy().T @ w) / w.sum())
-    return out
+        weight = np.ones(len(table))
+    codes, files = pd.factorize(table["file"].astype(str))  # files in order of appearance
+    sums = np.zeros((len(files), len(columns)))
+    np.add.at(sums, codes, table[columns].to_numpy(np.float64) * weight[:, None])
+    means = sums / np.bincount(codes, weights=weight, minlength=len(files))[:, None]
+    return {file: tuple(row) for file, row in zip(files, means.tolist(), strict=True)}
 
 
 def split_manifest(
@@ -307,8 +305,10 @@ class Augment:
         mix_clip_prob: of the mixed crops, the share mixed with another clip (else noise).
         snr_db: (low, high) uniform range of the signal-to-interference ratio in dB.
         noise_dir: folder of noise recordings; without it, white/pink/brown noise is generated.
-        gain_db: random gain, uniform in ±gain_db (0: off). The students' per-utterance
-            normalisation makes this a no-op for them; it changes level-sensitive teachers.
+        gain_db: random gain, uniform in ±gain_db (0: off). It reaches a student only through
+            a ``level`` row (gain-invariant students normalise it away) and level-sensitive
+            teachers labelling on the fly; with a teacher that normalises its input it teaches
+            the student's level row that the recording gain carries nothing.
         shift_prob: probability of a circular time shift of the crop.
         shift_seconds: largest shift.
     """

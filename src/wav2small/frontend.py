@@ -325,6 +325,11 @@ def _power(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
     return re * re + im * im
 
 
+#: A student's level row (``Wav2SmallConfig.level``, ``MobileNetConfig.level``) is the local
+#: mean dB of its image minus this: speech at −30 dBFS active level gives about −40 dB.
+LEVEL_REF_DB = -40.0
+
+
 class LocalNorm(nn.Module):
     """Scale-invariant local normalisation of a dB image (batch, frames, bands).
 
@@ -343,11 +348,14 @@ class LocalNorm(nn.Module):
         self.box.padding = (half,)
 
     def forward(self, image: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        return image - self.level(image, frames)[..., None]
+
+    def level(self, image: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """The local mean level (batch, frames) in dB that :meth:`forward` subtracts."""
         level = image.mean(2)[:, None, :]  # (batch, 1, frames)
         if frames is None:
             ones = torch.ones_like(level[:1])
         else:
             ones = time_mask(frames, image.shape[1]).to(image.dtype)[:, None, :]
             level = level * ones
-        local = self.box(level) / self.box(ones).clamp_min(1.0)  # 0 past a padded end
-        return image - local[:, 0, :, None]
+        return (self.box(level) / self.box(ones).clamp_min(1.0))[:, 0]  # 0 past a padded end

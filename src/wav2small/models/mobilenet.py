@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from wav2small import SAMPLE_RATE
-from wav2small.frontend import LocalNorm, PitchLogSpec
+from wav2small.frontend import LEVEL_REF_DB, LocalNorm, PitchLogSpec
 from wav2small.models.wav2small import trend_pool
 
 #: Preset name → timm architecture.
@@ -91,6 +91,9 @@ class MobileNetConfig:
             slope over time (:func:`wav2small.models.wav2small.trend_pool`, of the map's mean
             over frequency) a linear layer adds to the output, so an utterance-scale ramp (e.g.
             F0 rising) reaches the output through an otherwise order-invariant average pooling.
+        level: one more image row, the local mean level that the normalisation subtracts (dB
+            above :data:`~wav2small.frontend.LEVEL_REF_DB`, on the image's scale): the model
+            hears absolute loudness and is no longer gain-invariant.
     """
 
     hop: int = HOP
@@ -101,6 +104,7 @@ class MobileNetConfig:
     norm_frames: int = NORM_FRAMES
     stem_stride: tuple[int, int] = (2, 2)
     trend: int = 0
+    level: bool = False
 
 
 #: The image every MobileNet preset reads (docs/DISTILL.md, "MobileNet students").
@@ -167,7 +171,11 @@ class MobileNetStudent(nn.Module):
 
     def _features(self, signal: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         frames = None if lengths is None else self.frontend.frames(lengths)
-        image = self.local_norm(self.frontend(signal), frames) / IMAGE_STD
+        raw = self.frontend(signal)
+        level = self.local_norm.level(raw, frames)
+        image = (raw - level[..., None]) / IMAGE_STD
+        if self.image.level:
+            image = torch.cat([image, (level[..., None] - LEVEL_REF_DB) / IMAGE_STD], 2)
         return self.backbone.forward_features(image[:, None])  # (batch, C, time, freq)
 
     def forward_embedding(
@@ -196,7 +204,8 @@ class MobileNetStudent(nn.Module):
     def _feature_shape(self, frames: int) -> tuple[int, int]:
         """(time, frequency) size of the last feature map of an image of ``frames`` frames."""
         stem = self.backbone.conv_stem.weight  # on "meta" for a shapes-only model
-        image = torch.zeros(1, stem.shape[1], frames, self.frontend.n_bands, device=stem.device)
+        bands = self.frontend.n_bands + int(self.image.level)
+        image = torch.zeros(1, stem.shape[1], frames, bands, device=stem.device)
         training = self.backbone.training
         with torch.no_grad():
             shape = self.backbone.eval().forward_features(image).shape[2:]

@@ -36,6 +36,7 @@ from torch import nn
 
 from wav2small import SAMPLE_RATE
 from wav2small.frontend import (
+    LEVEL_REF_DB,
     N_MELS,
     LocalNorm,
     LogmelFilterBank,
@@ -76,6 +77,11 @@ class Wav2SmallConfig:
             whose slope over the valid tokens (:func:`trend_pool`) the head also reads: an
             order-aware, utterance-level pooling ("later tokens are higher"), exactly computable
             online from running sums (``tokens.OnlinePool``, ``tokens.WindowPool``).
+        level: with ``norm="local"``, one more input row: the local mean level that the
+            normalisation subtracts, in dB above :data:`LEVEL_REF_DB`. The model then hears
+            absolute loudness (a teacher that keeps level, like the built-in one, uses it for
+            arousal and dominance) and is no longer gain-invariant; tokens still depend on
+            ±``norm_frames`` frames only.
     """
 
     stem: int = 13
@@ -99,6 +105,7 @@ class Wav2SmallConfig:
     pitch_fmin: float = 55.0
     pitch_fmax: float = 440.0
     trend: int = 0
+    level: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(self.dilations))
@@ -112,6 +119,8 @@ class Wav2SmallConfig:
             raise ValueError("pitch_bins needs frontend='pitch'")
         if self.frontend == "released" and self.trend:
             raise ValueError("trend needs frontend='pitch'")
+        if self.level and self.norm != "local":
+            raise ValueError("level needs norm='local'")
 
 
 class Conv(nn.Module):
@@ -276,7 +285,8 @@ class PitchNet(nn.Module):
         )
         self.local_norm = LocalNorm(cfg.norm_frames) if cfg.norm == "local" else None
         self.salience = None
-        n_in = self.spec.n_bands
+        n_in = self.spec.n_bands + int(cfg.level)
+        self.level = cfg.level
         if cfg.pitch_bins:
             self.salience = PitchSalience(
                 self.spec.low_hz, n_pitches=cfg.pitch_bins, fmin=cfg.pitch_fmin, fmax=cfg.pitch_fmax
@@ -323,7 +333,10 @@ class PitchNet(nn.Module):
         if self.local_norm is not None:
             frames = None if lengths is None else self.frames(lengths)
             raw = self.spec(signal)
-            image = self.local_norm(raw, frames)
+            level = self.local_norm.level(raw, frames)
+            image = raw - level[..., None]
+            if self.level:
+                image = torch.cat([image, (level - LEVEL_REF_DB)[..., None]], 2)
         else:
             x = prenorm(signal, lengths) if norm is None else (signal - norm[:, :1]) / norm[:, 1:]
             raw = image = self.spec(x)

@@ -20,6 +20,18 @@ def tiny_onnx(tmp_path_factory):
     return path, count_parameters(model)
 
 
+def _bench_results():
+    """benchmarks/bench_results.py as a module (the benchmarks folder is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_results.py"
+    spec = importlib.util.spec_from_file_location("bench_results", path)
+    results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(results)
+    return results
+
+
 def test_session_has_the_requested_threads(tiny_onnx):
     sess = session(tiny_onnx[0], threads=2, arena=False)
     opts = sess.get_session_options()
@@ -59,13 +71,7 @@ def test_make_bench_places_every_benchmark_script():
 
 def test_results_page_marks_times_of_an_earlier_run():
     """After ``run_all.py --only``, the scripts not re-run are listed as from the earlier run."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_results.py"
-    spec = importlib.util.spec_from_file_location("bench_results", path)
-    results = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results)
+    results = _bench_results()
     timings = {
         "scripts": {
             "bench_models": {"args": [], "seconds": 90, "exit": 0, "earlier run": True},
@@ -93,13 +99,7 @@ def test_stream_ratio_is_the_median_of_rounds_or_the_ratio_of_medians():
 
 def test_results_page_quotes_the_committed_selfdistill_study(tmp_path):
     """RESULTS.md quotes the seed study's committed table (labelled: not run by make bench)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_results.py"
-    spec = importlib.util.spec_from_file_location("bench_results", path)
-    results = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results)
+    results = _bench_results()
     assert results.study_section(tmp_path / "missing.md") == []
     table = tmp_path / "results.md"
     table.write_text("| method | head |\n|---|---|\n| fine-tuning | deepest |\n")
@@ -122,13 +122,7 @@ def test_results_page_quotes_the_committed_selfdistill_study(tmp_path):
 
 
 def test_every_student_row_gets_its_ratio_to_the_teacher():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_results.py"
-    spec = importlib.util.spec_from_file_location("bench_results", path)
-    results = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results)
+    results = _bench_results()
     teacher = {"CCC A gold": 0.8, "CCC D gold": 0.5, "CCC V gold": 0.4}
     rows = [{"model": "s", "CCC A gold": 0.4, "CCC D gold": 0.5, "CCC V gold": 0.1}, {"model": "u"}]
     got = results.with_ratios(rows, teacher)

@@ -13,7 +13,7 @@ from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
 # `wav2small-paper`: the paper gives 72K parameters, 250 tokens/s, ~9 MB RAM and ~9 ms per 5 s but
 # not the layout [open, SPEC §1.2]. Ours must see pitch (the released 26-band, 4 ms input resolves
 # no harmonic of a voice and kept 0.20× of the teacher's valence), so it reads a pitch-resolving
-# image (31 DFT bins 62–1000 Hz of a 32 ms window + 12 mels to 8 kHz, hop 64) with a local,
+# image (31 DFT bins 62–1000 Hz of a 32 ms window + 12 mels to 8 kHz, hop 64) with a local
 # normalisation (exact token reuse in streams), and a time-convolution trunk at
 # 250 frames/s: every layer's parameters are its MACs per token (≈ 66K × 250 tokens/s). Its
 # dilations 1, 3, 9, 27 give each token ±41 frames (±164 ms). The built-in corpus puts valence in

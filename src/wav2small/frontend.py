@@ -347,8 +347,16 @@ class LocalNorm(nn.Module):
         self.box = _frozen_conv(np.ones((1, 2 * half + 1), np.float32), 1)
         self.box.padding = (half,)
 
-    def forward(self, image: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-        return image - self.level(image, frames)[..., None]
+    def forward(
+        self, image: torch.Tensor, frames: torch.Tensor | None = None, *, level_row: bool = False
+    ) -> torch.Tensor:
+        """The normalised image; with ``level_row``, plus the subtracted level (dB above
+        :data:`LEVEL_REF_DB`) as one more band, which a gain moves and nothing else."""
+        level = self.level(image, frames)
+        out = image - level[..., None]
+        if level_row:
+            out = torch.cat([out, (level - LEVEL_REF_DB)[..., None]], 2)
+        return out
 
     def level(self, image: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """The local mean level (batch, frames) in dB that :meth:`forward` subtracts."""

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from wav2small import SAMPLE_RATE
-from wav2small.frontend import LEVEL_REF_DB, LocalNorm, PitchLogSpec
+from wav2small.frontend import LocalNorm, PitchLogSpec
 from wav2small.models.wav2small import trend_pool
 
 #: Preset name → timm architecture.
@@ -171,11 +171,8 @@ class MobileNetStudent(nn.Module):
 
     def _features(self, signal: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         frames = None if lengths is None else self.frontend.frames(lengths)
-        raw = self.frontend(signal)
-        level = self.local_norm.level(raw, frames)
-        image = (raw - level[..., None]) / IMAGE_STD
-        if self.image.level:
-            image = torch.cat([image, (level[..., None] - LEVEL_REF_DB) / IMAGE_STD], 2)
+        image = self.local_norm(self.frontend(signal), frames, level_row=self.image.level)
+        image = image / IMAGE_STD
         return self.backbone.forward_features(image[:, None])  # (batch, C, time, freq)
 
     def forward_embedding(

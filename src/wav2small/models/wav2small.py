@@ -36,7 +36,6 @@ from torch import nn
 
 from wav2small import SAMPLE_RATE
 from wav2small.frontend import (
-    LEVEL_REF_DB,
     N_MELS,
     LocalNorm,
     LogmelFilterBank,
@@ -78,10 +77,10 @@ class Wav2SmallConfig:
             order-aware, utterance-level pooling ("later tokens are higher"), exactly computable
             online from running sums (``tokens.OnlinePool``, ``tokens.WindowPool``).
         level: with ``norm="local"``, one more input row: the local mean level that the
-            normalisation subtracts, in dB above :data:`LEVEL_REF_DB`. The model then hears
-            absolute loudness (a teacher that keeps level, like the built-in one, uses it for
-            arousal and dominance) and is no longer gain-invariant; tokens still depend on
-            ±``norm_frames`` frames only.
+            normalisation subtracts, in dB above :data:`~wav2small.frontend.LEVEL_REF_DB`
+            (``LocalNorm(level_row=True)``). The model then hears absolute loudness (a teacher
+            that keeps level, like the built-in one, uses it for arousal and dominance) and is
+            no longer gain-invariant; tokens still depend on ±``norm_frames`` frames only.
     """
 
     stem: int = 13
@@ -333,10 +332,7 @@ class PitchNet(nn.Module):
         if self.local_norm is not None:
             frames = None if lengths is None else self.frames(lengths)
             raw = self.spec(signal)
-            level = self.local_norm.level(raw, frames)
-            image = raw - level[..., None]
-            if self.level:
-                image = torch.cat([image, (level - LEVEL_REF_DB)[..., None]], 2)
+            image = self.local_norm(raw, frames, level_row=self.level)
         else:
             x = prenorm(signal, lengths) if norm is None else (signal - norm[:, :1]) / norm[:, 1:]
             raw = image = self.spec(x)

@@ -12,6 +12,7 @@ from wav2small.frontend import (
     PitchLogSpec,
     PitchSalience,
     Spectrogram,
+    Subharmonic,
     _hz_to_mel,
     _mel_to_hz,
     mel_filterbank,
@@ -122,6 +123,44 @@ def test_pitch_spectrum_resolves_the_harmonics_of_voices_10_hz_apart():
     assert peaks[145.0] != peaks[155.0]  # higher harmonics land in different bins
 
 
+def test_pitch_spectrum_centres_its_shr_band_on_the_same_instant():
+    plain, spec = PitchLogSpec(), PitchLogSpec(shr_fft=1024)
+    assert (spec.n_bands, spec.n_shr) == (43, 35)  # 62.5 … 593.75 Hz, 15.625 Hz apart
+    np.testing.assert_allclose(spec.shr_hz[:2], [62.5, 78.125])
+    assert spec.span == 165 + 8 * 127 and plain.span == 541  # the 64 ms band is the longest
+    x = torch.zeros(1, 16000)
+    x[0, 8000] = 1.0  # a click: every band peaks in the frame centred on it
+    image = spec(x)[0]
+    assert image.shape == (spec.frames(torch.tensor(16000)).item(), 43 + 35)
+    low, high, shr = image[:, :31], image[:, 31:43], image[:, 43:]
+    peaks = {int(b.mean(1).argmax()) for b in (low, high, shr)}
+    assert len(peaks) == 1
+    # the first two bands are those of the plain front end, 5 frames later (the FIR's length
+    # makes the spans differ by a whole number of hops on either side)
+    assert spec.span - plain.span == 2 * 5 * 64
+    torch.testing.assert_close(image[:, :43], plain(x)[0, 5 : 5 + len(image)])
+
+
+def test_subharmonic_row_rises_when_alternate_cycles_weaken_and_ignores_gain():
+    spec = PitchLogSpec(shr_fft=1024)
+    sub = Subharmonic(spec.shr_hz)
+
+    def row(y: torch.Tensor) -> float:
+        return sub(spec(y)[..., spec.n_bands :])[0, :, 0].mean().item()
+
+    for f0 in (100.0, 150.0, 200.0):
+        x = _harmonic(f0)
+        t = torch.arange(x.shape[1]) / 16000
+        # every other cycle weaker by d: sidebands at the half-integer multiples of F0
+        rows = [row(x * (1 - d / 2 + d / 2 * torch.cos(np.pi * f0 * t))) for d in (0, 0.1, 0.2)]
+        assert rows[0] + 3 < rows[1] < rows[2], (f0, rows)
+        assert abs(row(10 * x) - rows[0]) < 0.01  # dB above the frame's mean: a gain cancels
+    from wav2small.models.wav2small import Wav2SmallConfig
+
+    with pytest.raises(ValueError, match="shr_fft needs frontend='pitch'"):
+        Wav2SmallConfig(shr_fft=1024)
+
+
 def test_local_norm_is_gain_invariant_and_local():
     spec, norm = PitchLogSpec(), LocalNorm(25)
     x = _harmonic(150.0, 2.0) * torch.linspace(0.2, 1.0, 32000)  # level changes over time
@@ -148,8 +187,10 @@ def test_paper_preset_hears_a_gain_only_through_its_level_row():
     x = _harmonic(180.0, 1.5)
     with torch.no_grad():
         quiet, loud = model.features(0.1 * x), model.features(x)
-    bands = model.net.spec.n_bands
-    torch.testing.assert_close(quiet[:, :bands], loud[:, :bands], atol=0.02, rtol=0)  # dB
+    bands = model.net.spec.n_bands  # then the level row, then the subharmonic row
+    assert loud.shape[1] == bands + 2 and model.cfg.shr_fft
+    for rows in (slice(0, bands), slice(bands + 1, None)):
+        torch.testing.assert_close(quiet[:, rows], loud[:, rows], atol=0.02, rtol=0)  # dB
     shift = loud[:, bands] - quiet[:, bands]  # the level row: +20 dB for a gain of 10
     torch.testing.assert_close(shift, torch.full_like(shift, 20.0), atol=0.02, rtol=0)
     with pytest.raises(ValueError, match="level needs norm='local'"):

@@ -42,6 +42,7 @@ from wav2small.frontend import (
     PitchLogSpec,
     PitchSalience,
     Spectrogram,
+    Subharmonic,
     check_length,
     num_frames,
 )
@@ -81,6 +82,11 @@ class Wav2SmallConfig:
             (``LocalNorm(level_row=True)``). The model then hears absolute loudness (a teacher
             that keeps level, like the built-in one, uses it for arousal and dominance) and is
             no longer gain-invariant; tokens still depend on ±``norm_frames`` frames only.
+        shr_fft, shr_decimate, shr_fmax: with ``shr_fft`` > 0 (pitch front end), one more
+            input row: the subharmonic-to-harmonic ratio (:class:`~wav2small.frontend.Subharmonic`)
+            of a third band, DFT bins ``low_fmin``–``shr_fmax`` of a ``shr_fft``-sample window
+            on a ``shr_decimate``× decimated signal. Per frame and gain-invariant; it makes
+            a rough voice (weaker alternate glottal cycles) audible to the trunk.
     """
 
     stem: int = 13
@@ -105,6 +111,9 @@ class Wav2SmallConfig:
     pitch_fmax: float = 440.0
     trend: int = 0
     level: bool = False
+    shr_fft: int = 0
+    shr_decimate: int = 8
+    shr_fmax: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(self.dilations))
@@ -120,6 +129,8 @@ class Wav2SmallConfig:
             raise ValueError("trend needs frontend='pitch'")
         if self.level and self.norm != "local":
             raise ValueError("level needs norm='local'")
+        if self.frontend == "released" and self.shr_fft:
+            raise ValueError("shr_fft needs frontend='pitch'")
 
 
 class Conv(nn.Module):
@@ -281,10 +292,14 @@ class PitchNet(nn.Module):
             n_fft_high=cfg.n_fft_high,
             n_mels=cfg.n_mels,
             fmax=cfg.fmax,
+            shr_fft=cfg.shr_fft,
+            shr_decimate=cfg.shr_decimate,
+            shr_fmax=cfg.shr_fmax,
         )
         self.local_norm = LocalNorm(cfg.norm_frames) if cfg.norm == "local" else None
         self.salience = None
-        n_in = self.spec.n_bands + int(cfg.level)
+        self.subharmonic = Subharmonic(self.spec.shr_hz) if cfg.shr_fft else None
+        n_in = self.spec.n_bands + int(cfg.level) + int(cfg.shr_fft > 0)
         self.level = cfg.level
         if cfg.pitch_bins:
             self.salience = PitchSalience(
@@ -332,12 +347,16 @@ class PitchNet(nn.Module):
         if self.local_norm is not None:
             frames = None if lengths is None else self.frames(lengths)
             raw = self.spec(signal)
-            image = self.local_norm(raw, frames, level_row=self.level)
+            image = self.local_norm(raw[..., : self.spec.n_bands], frames, level_row=self.level)
         else:
             x = prenorm(signal, lengths) if norm is None else (signal - norm[:, :1]) / norm[:, 1:]
-            raw = image = self.spec(x)
-        if self.salience is not None:  # per frame and gain-invariant: after any normalisation
+            raw = self.spec(x)
+            image = raw[..., : self.spec.n_bands]
+        # per frame and gain-invariant: after any normalisation
+        if self.salience is not None:
             image = torch.cat([image, self.salience(raw[..., : self.spec.n_low])], 2)
+        if self.subharmonic is not None:
+            image = torch.cat([image, self.subharmonic(raw[..., self.spec.n_bands :])], 2)
         return image.transpose(1, 2)[..., None]
 
     def trunk(self, image: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = dict(frontend="pitch", width=68, pool=30, dilations=(1, 2, 4, 8))
 SALIENCE = dict(frontend="pitch", width=63, pool=30, dilations=(1, 3, 9, 27), pitch_bins=48)
 LONG = SALIENCE | dict(width=53, dilations=(1, 3, 9, 27, 81, 243))
+#: The preset as it was measured in session 4 (trend pooling; no level or subharmonic row).
+TREND = replace(PAPER_CONFIG, level=False, shr_fft=0)
 #: name → (model config, what it tests). Registered at import so spawned workers see them.
 VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
     "released": (
@@ -48,7 +50,7 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         "the same with local normalisation (dB minus its mean over ±0.5 s)",
     ),
     "dil27": (
-        replace(PAPER_CONFIG, trend=0),
+        replace(TREND, trend=0),
         "the former wav2small-paper preset: local normalisation, dilations 1, 3, 9, 27 (±164 ms)",
     ),
     "salience": (
@@ -66,15 +68,24 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         "trunk context, an utterance-scale F0 trend); width 53",
     ),
     "trend": (
-        PAPER_CONFIG,
-        "the wav2small-paper preset: dil27 + trend pooling (the slope over the clip of an "
-        "8-channel 1×1 map: order-aware, utterance-level; the corpus's valence is an "
-        "utterance-scale F0 ramp)",
+        TREND,
+        "dil27 + trend pooling (the slope over the clip of an 8-channel 1×1 map: "
+        "order-aware, utterance-level; the corpus's valence is an utterance-scale F0 ramp)",
     ),
     "long64": (
-        replace(PAPER_CONFIG, n_fft=1024, width=65),
-        "the preset with a 64 ms low-band window (61 DFT bins 15.6 Hz apart, 62–1000 Hz: a "
+        replace(TREND, n_fft=1024, width=65),
+        "trend with a 64 ms low-band window (61 DFT bins 15.6 Hz apart, 62–1000 Hz: a "
         "period-doubled, 'rough' voice's subharmonics resolved); width 65, 72,890 parameters",
+    ),
+    "level": (
+        replace(PAPER_CONFIG, shr_fft=0),
+        "trend + the level row (the local mean level that the normalisation removes): the "
+        "preset of session 10",
+    ),
+    "paper": (
+        PAPER_CONFIG,
+        "the wav2small-paper preset: level + a subharmonic-to-harmonic row from a 64 ms band "
+        "(session 11)",
     ),
     "salience-trend": (
         Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=125, trend=PAPER_CONFIG.trend),

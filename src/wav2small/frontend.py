@@ -365,11 +365,10 @@ class Subharmonic(nn.Module):
     softmax(``sharpness`` · H) over the candidates. A voice whose alternate glottal cycles are
     weaker (eSpeak's roughness) puts energy at (h − ½)·F0, and its row rises towards 0.
 
-    The soft selection equals the argmax wherever one candidate leads by a few dB-sums (half the
-    frames of the built-in corpus lead by ≥ 10) and, unlike it, moves continuously with the
-    weights: int8-stored templates flipped near-tied argmaxes of a trained student (CCC int8 vs
-    fp32 ≈ 0.87). Over 200 test clips of the built-in corpus both give the same utterance-median
-    correlation with its roughness control (r = 0.35).
+    The soft selection equals the argmax wherever one candidate leads by a few dB-sums and,
+    unlike it, moves continuously with the input and the (int8-stored) templates, so a near tie
+    cannot make the row jump. Over 200 test clips of the built-in corpus both give the same
+    utterance-median correlation with its roughness control (r = 0.35).
 
     ONNX ops: ReduceMean, Sub, Transpose, Conv (1×1), Slice, Softmax, Mul, ReduceSum, Unsqueeze.
     """

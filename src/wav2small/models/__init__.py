@@ -27,7 +27,7 @@ from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
 # The corpus's valence also lives in roughness (weaker alternate glottal cycles), which puts energy
 # between the harmonics that only a 64 ms window resolves; the trunk reads one frozen row of the
 # subharmonic-to-harmonic ratio from such a band (`shr_fft`, session 11): test valence vs gold
-# 0.375/0.386 → 0.46/0.46 over two seeds, arousal and dominance unchanged.
+# 0.375/0.386 → 0.440/0.421 over two seeds, arousal and dominance unchanged.
 # 72,857 trainable parameters. A frozen pitch-salience input (`pitch_bins`), a wider
 # normalisation and a longer trunk were measured and did not beat it at this budget:
 # docs/DISTILL.md ("Front-end study").

@@ -293,6 +293,39 @@ class PitchLogSpec(nn.Module):
         return 10 * torch.log10(torch.maximum(torch.cat(rows, 2), self.amin))
 
 
+def log_candidates(fmin: float, fmax: float, n: int) -> np.ndarray:
+    """``n`` log-spaced pitch candidates from ``fmin`` to ``fmax`` Hz."""
+    return fmin * (fmax / fmin) ** (np.arange(n) / max(1, n - 1))
+
+
+def harmonic_template(
+    bin_hz: list[float],
+    f0: np.ndarray,
+    *,
+    decay: float,
+    offset: float = 0.0,
+    n_harmonics: int | None = None,
+) -> np.ndarray:
+    """Subharmonic-summation weights (len(bin_hz), len(f0)) over equally spaced DFT bins.
+
+    Candidate k weighs ``decay^(h−1)`` at (h − ``offset``)·f0[k] for h = 1 … ``n_harmonics``
+    (default: every h inside the band), split between the two nearest bins (linear
+    interpolation); positions outside the band (a low F0's fundamental) are skipped.
+    """
+    bins = np.asarray(bin_hz, dtype=np.float64)
+    step = bins[1] - bins[0]
+    w = np.zeros((len(bins), len(f0)))
+    for k, f in enumerate(f0):
+        top = n_harmonics or int(bins[-1] / f + offset)
+        for h in range(1, top + 1):
+            pos = ((h - offset) * f - bins[0]) / step
+            if 0 <= pos <= len(bins) - 1:
+                i = min(int(pos), len(bins) - 2)
+                w[i, k] += decay ** (h - 1) * (i + 1 - pos)
+                w[i + 1, k] += decay ** (h - 1) * (pos - i)
+    return w
+
+
 class PitchSalience(nn.Module):
     """Frozen pitch salience of low-band dB rows: (batch, frames, n_low) → (batch, frames, K + 2).
 
@@ -319,22 +352,11 @@ class PitchSalience(nn.Module):
         ref_hz: float = 150.0,
     ) -> None:
         super().__init__()
-        bins = np.asarray(bin_hz, dtype=np.float64)
-        step = bins[1] - bins[0]
-        f0 = fmin * (fmax / fmin) ** (np.arange(n_pitches) / max(1, n_pitches - 1))
-        weight = np.zeros((len(bins), n_pitches))
-        for k, f in enumerate(f0):
-            for h in range(1, int(bins[-1] // f) + 1):
-                pos = (h * f - bins[0]) / step
-                if pos < 0:
-                    continue  # a harmonic below the band (a low F0's fundamental)
-                i = min(int(pos), len(bins) - 2)
-                frac = pos - i
-                weight[i, k] += decay ** (h - 1) * (1 - frac)
-                weight[i + 1, k] += decay ** (h - 1) * frac
+        f0 = log_candidates(fmin, fmax, n_pitches)
+        weight = harmonic_template(bin_hz, f0, decay=decay)
         if (weight.sum(0) == 0).any():
             raise ValueError(f"pitch candidates {fmin}–{fmax} Hz have no harmonic in the band")
-        weight -= weight.sum(0, keepdims=True) / len(bins)  # minus the frame's mean dB
+        weight -= weight.sum(0, keepdims=True) / len(bin_hz)  # minus the frame's mean dB
         self.register_buffer("weight", torch.from_numpy(weight.astype(np.float32)))
         semitones = 12 * np.log2(f0 / ref_hz)
         self.register_buffer("semitones", torch.from_numpy(semitones.astype(np.float32)))
@@ -386,23 +408,15 @@ class Subharmonic(nn.Module):
     ) -> None:
         super().__init__()
         self.sharpness = sharpness
-        bins = np.asarray(bin_hz, dtype=np.float64)
-        step = bins[1] - bins[0]
-        f0 = fmin * (fmax / fmin) ** (np.arange(n_pitches) / max(1, n_pitches - 1))
-        weights = []
-        for offset in (0.0, 0.5):  # harmonics, then the half-integer multiples between them
-            w = np.zeros((len(bins), n_pitches))
-            for k, f in enumerate(f0):
-                for h in range(1, n_harmonics + 1):
-                    pos = ((h - offset) * f - bins[0]) / step
-                    if 0 <= pos <= len(bins) - 1:
-                        i = min(int(pos), len(bins) - 2)
-                        w[i, k] += decay ** (h - 1) * (i + 1 - pos)
-                        w[i + 1, k] += decay ** (h - 1) * (pos - i)
-            weights.append(w)
+        f0 = log_candidates(fmin, fmax, n_pitches)
+        # harmonics, then the half-integer multiples between them
+        weights = [
+            harmonic_template(bin_hz, f0, decay=decay, offset=offset, n_harmonics=n_harmonics)
+            for offset in (0.0, 0.5)
+        ]
         # one frozen 1×1 convolution: K harmonic sums, then K ratios (the export stores its
         # rows as int8 like the DFT rows)
-        self.templates = nn.Conv1d(len(bins), 2 * n_pitches, 1, bias=False)
+        self.templates = nn.Conv1d(len(bin_hz), 2 * n_pitches, 1, bias=False)
         rows = np.concatenate([weights[0], (weights[1] - weights[0]) / 10], 1).T
         with torch.no_grad():
             self.templates.weight.copy_(torch.from_numpy(rows[..., None].astype(np.float32)))

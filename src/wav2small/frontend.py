@@ -167,11 +167,14 @@ def _bins_between(fmin: float, fmax: float, bin_hz: float) -> np.ndarray:
     return np.arange(int(np.ceil(fmin / bin_hz)), int(np.floor(fmax / bin_hz)) + 1)
 
 
-def _frozen_conv(weight: np.ndarray, stride: int) -> nn.Conv1d:
-    """A frozen bias-free Conv1d(1, out, k) holding ``weight`` (out, k)."""
-    conv = nn.Conv1d(1, weight.shape[0], weight.shape[1], stride=stride, bias=False)
+def _frozen_conv(weight: np.ndarray, stride: int = 1) -> nn.Conv1d:
+    """A frozen bias-free Conv1d holding ``weight``: (out, k) for one input channel, or
+    (out, in, k)."""
+    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+    w = w[:, None, :] if w.ndim == 2 else w
+    conv = nn.Conv1d(w.shape[1], w.shape[0], w.shape[2], stride=stride, bias=False)
     with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(weight[:, None, :]))
+        conv.weight.copy_(w)
     conv.requires_grad_(False)
     return conv
 
@@ -416,11 +419,8 @@ class Subharmonic(nn.Module):
         ]
         # one frozen 1×1 convolution: K harmonic sums, then K ratios (the export stores its
         # rows as int8 like the DFT rows)
-        self.templates = nn.Conv1d(len(bin_hz), 2 * n_pitches, 1, bias=False)
         rows = np.concatenate([weights[0], (weights[1] - weights[0]) / 10], 1).T
-        with torch.no_grad():
-            self.templates.weight.copy_(torch.from_numpy(rows[..., None].astype(np.float32)))
-        self.templates.requires_grad_(False)
+        self.templates = _frozen_conv(rows[..., None])  # (2K, n bins, 1)
         self.n_pitches = n_pitches
 
     def forward(self, band_db: torch.Tensor) -> torch.Tensor:

@@ -124,6 +124,7 @@ def test_files_json_csv_and_plots(corpus, tmp_path):
     np.testing.assert_allclose(good, gold, atol=1e-6)
     assert not list(tmp_path.glob("out/*.tmp"))
     assert result.cues is None and "cues.csv" not in names  # no hidden controls in this CSV
+    assert result.groups is None and "groups.csv" not in names  # no gender column either
 
 
 def test_cues_on_the_built_in_corpus(corpus, tmp_path):
@@ -153,6 +154,39 @@ def test_cues_on_the_built_in_corpus(corpus, tmp_path):
     table.loc[0, "tremor"] = np.nan  # not the corpus's controls after all: no cue table
     table.to_csv(tmp_path / "with_controls.csv", index=False)
     assert evaluate({"m": _model(lengths, gold)}, tmp_path / "with_controls.csv").cues is None
+
+
+def test_mean_error_and_ccc_per_gender(corpus, tmp_path):
+    """A model that rates women higher and men lower than gold shows opposite mean errors."""
+    root, gold, _, lengths = corpus
+    table = pd.read_csv(root / "data.csv")
+    table["gender"] = ["f", "m"] * (N_CLIPS // 2)
+    table.to_csv(tmp_path / "with_gender.csv", index=False)
+    for f in table["file"]:
+        (tmp_path / f).symlink_to(root / f)
+    shift = np.where(table["gender"].to_numpy() == "f", 0.1, -0.1)[:, None] * [0, 0, 1]
+    models = {"shortcut": _model(lengths, gold + shift)}
+    result = evaluate(models, tmp_path / "with_gender.csv", teacher=_model(lengths, gold))
+    groups = result.groups.set_index(["model", "group"])
+    assert set(groups["reference"]) == {"gold"} and set(groups["column"]) == {"gender"}
+    assert groups.loc[("shortcut", "f"), "error_valence"] == pytest.approx(0.1, abs=1e-6)
+    assert groups.loc[("shortcut", "m"), "error_valence"] == pytest.approx(-0.1, abs=1e-6)
+    assert groups.loc[("shortcut", "m"), "error_arousal"] == pytest.approx(0.0, abs=1e-6)
+    assert groups.loc[("teacher", "f"), "error_valence"] == pytest.approx(0.0, abs=1e-6)
+    assert groups.loc[("teacher", "m"), "ccc_valence"] == pytest.approx(1.0)
+    assert groups.loc[("shortcut", "f"), "n"] == N_CLIPS // 2
+    from wav2small.metrics import ccc
+
+    women = table["gender"].to_numpy() == "f"
+    expected = ccc(gold[women, 2] + 0.1, gold[women, 2])
+    assert groups.loc[("shortcut", "f"), "ccc_valence"] == pytest.approx(expected)
+    assert "mean error (prediction − gold) by gender" in result.table()
+    result.save(tmp_path / "out", plots=False)
+    saved = pd.read_csv(tmp_path / "out" / "groups.csv")
+    assert len(saved) == 2 * 2  # (shortcut, teacher) × (f, m)
+    table["gender"] = "f"  # one group: nothing to compare
+    table.to_csv(tmp_path / "with_gender.csv", index=False)
+    assert evaluate(models, tmp_path / "with_gender.csv").groups is None
 
 
 def test_checkpoint_and_onnx_give_the_same_numbers(corpus, tmp_path):

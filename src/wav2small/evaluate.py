@@ -22,6 +22,9 @@ table, CSV/JSON files, and PNG plots (predicted-vs-gold scatter per dimension fo
 CCC bars comparing the models). On the built-in corpus (a CSV with its ten hidden control columns,
 ``f0 … tremor``), also which controls each model's outputs follow (:attr:`Evaluation.cues`,
 ``cues.csv``, ``cues.png``): e.g. whether a student's valence hears roughness as its teacher's does.
+With a ``gender`` column (the built-in corpus has one; so do most emotion corpora), each model's
+mean error and CCC per gender (:attr:`Evaluation.groups`, ``groups.csv``, printed under the table):
+a student can copy its teacher's overall CCC and still rate women and men differently.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ BARS_PNG = "ccc_{reference}.png"
 SCATTER_PNG = "scatter_{model}.png"
 CUES_CSV = "cues.csv"
 CUES_PNG = "cues.png"
+GROUPS_CSV = "groups.csv"
+#: Manifest columns whose groups of clips :func:`group_table` compares: speaker gender, a known
+#: shortcut of emotion models (a voice's pitch and formants are not its emotion).
+GROUP_COLUMNS = ("gender",)
 _LABEL_TABLE_SUFFIXES = (".parquet", ".csv")
 
 
@@ -193,6 +200,8 @@ class Evaluation:
         cues: on the built-in corpus, one row per (model, dimension) — the references ``gold``
             and ``truth`` too — with the Pearson r of its outputs with each hidden control
             (:func:`cue_table`); ``None`` for other data.
+        groups: with a ``gender`` column, each model's mean error and CCC per gender
+            (:func:`group_table`); ``None`` otherwise.
     """
 
     metrics: pd.DataFrame
@@ -201,6 +210,7 @@ class Evaluation:
     files: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     cues: pd.DataFrame | None = None
+    groups: pd.DataFrame | None = None
 
     def ccc(self, model: str, reference: str = "gold") -> dict[str, float]:
         """CCC per dimension (and ``mean``) of ``model`` against ``reference``.
@@ -230,6 +240,15 @@ class Evaluation:
         if not ratio.empty:
             text += "\n\nstudent CCC ÷ teacher CCC (against gold)\n"
             text += ratio.to_string(float_format=lambda v: f"{v:.3f}")
+        if self.groups is not None:
+            for column, rows in self.groups.groupby("column", sort=False):
+                reference = rows["reference"].iloc[0]
+                errors = rows.pivot(index="model", columns="group", values=list(ERROR_COLUMNS))
+                errors.columns = [f"{d.removeprefix('error_')} {g}" for d, g in errors.columns]
+                text += f"\n\nmean error (prediction − {reference}) by {column}\n"
+                text += errors.loc[rows["model"].unique()].to_string(
+                    float_format=lambda v: f"{v:+.3f}"
+                )
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -310,6 +329,8 @@ class Evaluation:
         written += [report] if report else []
         if self.cues is not None:
             written.append(_write_text(out_dir / CUES_CSV, self.cues.to_csv(index=False)))
+        if self.groups is not None:
+            written.append(_write_text(out_dir / GROUPS_CSV, self.groups.to_csv(index=False)))
         return written + (self.plot(out_dir) if plots else [])
 
 
@@ -340,6 +361,67 @@ def cue_table(predictions: Mapping[str, np.ndarray], manifest: pd.DataFrame) -> 
         for i, dim in enumerate(LABELS):
             rows.append({"model": name, "dimension": dim, **dict(zip(CONTROLS, r[i], strict=True))})
     return pd.DataFrame(rows, columns=["model", "dimension", *CONTROLS])
+
+
+ERROR_COLUMNS = tuple(f"error_{k}" for k in LABELS)
+
+
+def group_table(
+    predictions: Mapping[str, np.ndarray],
+    references: Mapping[str, np.ndarray],
+    manifest: pd.DataFrame,
+    *,
+    columns: Sequence[str] = GROUP_COLUMNS,
+) -> pd.DataFrame | None:
+    """Each model's mean error and CCC within each group of clips (e.g. per speaker gender).
+
+    A model can score well over the whole set and still rate one group of speakers higher
+    than another for the same labels: a student whose valence partly follows a voice's pitch
+    or formants — a shortcut, not an emotion cue — gives women and men mean errors of opposite
+    sign, where its teacher gives none. The overall CCC hides such a gap; this table shows it.
+
+    Args:
+        predictions: name → (n, 3) values in the manifest's order (students and the teacher).
+        references: reference name → (n, 3) values; the first of ``gold``, ``truth``,
+            ``teacher`` present is the one compared with.
+        manifest: the clips, with the group columns.
+        columns: manifest columns to group by; missing ones, and those with fewer than two
+            groups, are left out.
+
+    Returns:
+        Columns ``model, reference, column, group, n``, then ``error_<dim>`` (mean prediction −
+        reference) and ``ccc_<dim>`` (within the group; NaN below 2 clips) per dimension, one row
+        per (model, column, group); ``None`` when no column qualifies.
+    """
+    from wav2small.metrics import ccc
+
+    reference = next((r for r in REFERENCES if r in references), None)
+    used = [c for c in columns if c in manifest.columns and manifest[c].nunique() >= 2]
+    if reference is None or not used:
+        return None
+    target = references[reference]
+    rows = []
+    for column in used:
+        groups = manifest[column]
+        for group in sorted(groups.dropna().unique(), key=str):
+            mask = (groups == group).to_numpy()
+            for name, values in predictions.items():
+                if name == reference:
+                    continue
+                error = values[mask] - target[mask]
+                scores = np.atleast_1d(ccc(values[mask], target[mask]))
+                rows.append(
+                    {
+                        "model": name,
+                        "reference": reference,
+                        "column": column,
+                        "group": str(group),
+                        "n": int(mask.sum()),
+                        **dict(zip(ERROR_COLUMNS, error.mean(0).tolist(), strict=True)),
+                        **{f"ccc_{k}": float(v) for k, v in zip(LABELS, scores, strict=True)},
+                    }
+                )
+    return pd.DataFrame(rows)
 
 
 def _safe(name: str) -> str:
@@ -467,7 +549,10 @@ def evaluate(
     metrics = pd.DataFrame(rows, columns=["model", "reference", "n", *LABELS, "mean"])
     labels = {k: v for k, v in references.items() if k != TEACHER}
     cues = cue_table(labels | predictions, manifest)
-    return Evaluation(metrics, predictions, references, manifest["file"].tolist(), skipped, cues)
+    groups = group_table(predictions, references, manifest)
+    return Evaluation(
+        metrics, predictions, references, manifest["file"].tolist(), skipped, cues, groups
+    )
 
 
 def evaluate_cli(args) -> int:

@@ -61,6 +61,7 @@ GROUPS_CSV = "groups.csv"
 #: Manifest columns whose groups of clips :func:`group_table` compares: speaker gender, a known
 #: shortcut of emotion models (a voice's pitch and formants are not its emotion).
 GROUP_COLUMNS = ("gender",)
+ERROR_COLUMNS = tuple(f"error_{k}" for k in LABELS)  # groups.csv: mean prediction − reference
 _LABEL_TABLE_SUFFIXES = (".parquet", ".csv")
 
 
@@ -361,9 +362,6 @@ def cue_table(predictions: Mapping[str, np.ndarray], manifest: pd.DataFrame) -> 
         for i, dim in enumerate(LABELS):
             rows.append({"model": name, "dimension": dim, **dict(zip(CONTROLS, r[i], strict=True))})
     return pd.DataFrame(rows, columns=["model", "dimension", *CONTROLS])
-
-
-ERROR_COLUMNS = tuple(f"error_{k}" for k in LABELS)
 
 
 def group_table(

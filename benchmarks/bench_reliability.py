@@ -401,7 +401,13 @@ def probe_long_files(work: Path, long_file: Path, short_file: Path, model: Path)
 
 
 # --- report -------------------------------------------------------------------------------------
-def table(results: list[tuple[str, str, str]]) -> str:
+def table(results: list[tuple[str, str, str]], work: Path | None = None) -> str:
+    """The markdown table of ``results``; paths under ``work`` are written as ``WORK/...``."""
+
+    def detail(d: str) -> str:
+        d = d if work is None else d.replace(str(work.resolve()), "WORK").replace(str(work), "WORK")
+        return d.replace("|", "/")
+
     held = sum(mark == "held" for _, mark, _ in results)
     tried = sum(mark != "not run" for _, mark, _ in results)
     lines = [
@@ -410,7 +416,7 @@ def table(results: list[tuple[str, str, str]]) -> str:
         "",
         "| probe | result | detail |",
         "|---|---|---|",
-        *[f"| {p} | {m} | {d.replace('|', '/')} |" for p, m, d in results],
+        *[f"| {p} | {m} | {detail(d)} |" for p, m, d in results],
     ]
     return "\n".join(lines)
 
@@ -517,7 +523,7 @@ def main() -> int:
             merged.update({p: (p, m, d) for p, m, d in RESULTS})
             results = list(merged.values())
             log.write_text(json.dumps(results, indent=1))
-    text = table(results)
+    text = table(results, work)
     print(f"\n{text}\n\n({time.perf_counter() - t0:.0f} s)")
     if not args.no_doc:
         write_doc(text, args)

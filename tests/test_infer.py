@@ -676,7 +676,8 @@ def test_ten_minute_file_bounded_memory(models, tmp_path):
 # --- a trend model (Wav2SmallConfig.trend): online, windowed and int8 --------------------------
 @pytest.fixture(scope="module")
 def trend_models(tmp_path_factory):
-    """A small pitch-trunk model with trend pooling, amplified head: fp32 and int8 exports."""
+    """A small pitch-trunk model with trend pooling read inside the Gram (``trend_gram``, as
+    wav2small-paper), amplified head: fp32 and int8 exports."""
     import torch
 
     from wav2small.export import export_onnx, quantize_int8
@@ -685,14 +686,21 @@ def trend_models(tmp_path_factory):
     out = tmp_path_factory.mktemp("trend")
     torch.manual_seed(0)
     cfg = Wav2SmallConfig(
-        frontend="pitch", norm="local", width=16, pool=8, dilations=(1, 3, 9), trend=4
+        frontend="pitch",
+        norm="local",
+        width=16,
+        pool=8,
+        dilations=(1, 3, 9),
+        trend=4,
+        trend_gram=True,
     )
     model = Wav2Small(cfg).train()
     with torch.no_grad():  # BatchNorm statistics that are not the identity
         for seed in range(3):
             model(torch.from_numpy(np.stack([speechy(1.0, 10 * seed + i) for i in range(4)])))
         model.adv.weight.mul_(HEAD_GAIN)
-        model.adv.weight[:, -4:].mul_(50.0)  # let the trend move the outputs
+        # let the trend move the outputs: the trend entries of q = [pooled ; trend]
+        model.adv.weight[:, cfg.pool : cfg.pool + cfg.trend].mul_(50.0)
     model.eval()
     export_onnx(model, out / "trend.onnx")
     calibration = [speechy(2.0, seed) for seed in range(8)]

@@ -250,9 +250,10 @@ def test_prefix_sums_equal_a_sequential_cumulative_sum(n):
     np.testing.assert_allclose(got, np.cumsum(x, 0), rtol=1e-12, atol=1e-12 * np.abs(x).sum())
 
 
-@pytest.fixture(scope="module")
-def pitch_staged(tmp_path_factory):
-    """A small pitch-trunk export with trend pooling (F' = 1, C = 6, K = 3; amplified head)."""
+@pytest.fixture(scope="module", params=[False, True], ids=["trend-linear", "trend-gram"])
+def pitch_staged(tmp_path_factory, request):
+    """A small pitch-trunk export with trend pooling (F' = 1, C = 6, K = 3; amplified head):
+    the trend read linearly, or inside the Gram (``trend_gram``, as wav2small-paper)."""
     import torch
 
     from wav2small.backends import onnx_metadata, onnx_session
@@ -261,20 +262,26 @@ def pitch_staged(tmp_path_factory):
 
     torch.manual_seed(1)
     cfg = Wav2SmallConfig(
-        frontend="pitch", norm="local", width=8, pool=6, dilations=(1, 3), trend=3
+        frontend="pitch",
+        norm="local",
+        width=8,
+        pool=6,
+        dilations=(1, 3),
+        trend=3,
+        trend_gram=request.param,
     )
     model = Wav2Small(cfg).eval()
     with torch.no_grad():
         model.adv.weight.mul_(HEAD_GAIN)
     path = export_onnx(model, tmp_path_factory.mktemp("pitch") / "pitch.onnx")
     session = onnx_session(path)
-    return StagedModel(session, onnx_metadata(session))
+    return StagedModel(session, onnx_metadata(session)), request.param
 
 
 def test_quadratic_head_equals_the_onnx_head(pitch_staged):
     """The F' = 1 head runs in numpy (coefficients read off the model) and equals ONNX Runtime's
     to float32 rounding."""
-    model, rng = pitch_staged, np.random.default_rng(3)
+    (model, trend_gram), rng = pitch_staged, np.random.default_rng(3)
     for scale, rows in [(0.1, 1), (1.0, 300), (5.0, 7)]:
         pooled = (rng.normal(size=(rows, 6, 1)) * scale).astype(np.float32)
         t = (rng.normal(size=(rows, 3)) * scale).astype(np.float32)
@@ -283,6 +290,13 @@ def test_quadratic_head_equals_the_onnx_head(pitch_staged):
         assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
         assert np.abs(want).max() > 10 * scale**2  # the head is not trivially small
     assert isinstance(model._quadratic, QuadraticHead)
+    # a trend_gram head multiplies trends with pooled entries; the linear form has no such term
+    pooled, t = np.zeros((1, 6, 1), np.float32), np.zeros((1, 3), np.float32)
+    pooled[0, 0, 0], t[0, 0] = 1.0, 1.0
+    both = model.onnx_head(pooled, t) - model.onnx_head(pooled, 0 * t)
+    alone = model.onnx_head(0 * pooled, t) - model.onnx_head(0 * pooled, 0 * t)
+    cross = np.abs(both - alone).max()
+    assert cross > 1e-3 if trend_gram else cross < 1e-5
 
 
 class _FakeHead:

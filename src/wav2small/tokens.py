@@ -150,21 +150,23 @@ class StagedModel:
 
 
 class QuadraticHead:
-    """A Wav2Small head of F' = 1 maps evaluated in numpy: ``b + L·p + pᵀ·S·p + V·t``.
+    """A Wav2Small head of F' = 1 maps evaluated in numpy: ``b + L·z + zᵀ·S·z``, ``z = [p ; t]``.
 
     The head of a pitch-trunk export (``models.wav2small.pooled_linear``: one Linear on
-    ``[p ; p·pᵀ ; t]``, no hidden layer) is, per output, a quadratic form of the pooled vector
-    ``p`` (C,) plus a linear form of the trend poolings ``t`` (K,). :meth:`fit` reads its
-    coefficients off the model itself — one ONNX Runtime call on probe inputs (0, ±e_c,
-    ±(e_c ± e_d), e_k), so they are the weights the graph uses, fp32 or int8 — and checks the form
-    on random inputs. A timeline then runs its head for every row as two small matrix products
-    instead of an ONNX Runtime call (its per-call cost runs the graph on a dummy signal).
+    ``[p ; p·pᵀ ; t]``, or on ``[z ; z·zᵀ]`` for a ``trend_gram`` model; no hidden layer) is,
+    per output, a quadratic form of the pooled vector ``p`` (C,) and the trend poolings ``t``
+    (K,) together (without ``trend_gram`` the ``t`` rows of ``S`` are zero). :meth:`fit` reads
+    its coefficients off the model itself — one ONNX Runtime call on probe inputs (0, ±e_c,
+    ±(e_c ± e_d) over the C + K entries of ``z``), so they are the weights the graph uses, fp32
+    or int8 — and checks the form on random inputs. A timeline then runs its head for every row
+    as two small matrix products instead of an ONNX Runtime call (its per-call cost runs the
+    graph on a dummy signal).
 
     Args:
         bias: (O,) ``b``.
-        linear: (O, C) ``L``.
-        quad: (O, C, C) symmetric ``S``.
-        trend: (O, K) ``V``, or None (no trend input).
+        linear: (O, N) ``L``, N = C + K.
+        quad: (O, N, N) symmetric ``S``.
+        n_trend: K, the trailing entries of ``z`` that are trend poolings (0: no trend input).
     """
 
     #: Largest |numpy − ONNX Runtime| accepted by :meth:`fit`'s check, relative to the largest
@@ -174,22 +176,15 @@ class QuadraticHead:
     CHECK_ROWS = 64
 
     def __init__(
-        self,
-        bias: np.ndarray,
-        linear: np.ndarray,
-        quad: np.ndarray,
-        trend: np.ndarray | None = None,
+        self, bias: np.ndarray, linear: np.ndarray, quad: np.ndarray, n_trend: int = 0
     ) -> None:
-        n_out, c = linear.shape
-        k = 0 if trend is None else trend.shape[1]
+        n_out, n = linear.shape
         self.bias = np.asarray(bias, np.float32)
-        self.has_trend = trend is not None
-        # z = [p, t] @ weights: z[:, o·C + c] = Σ_d S[o, c, d]·p_d, then L·p + V·t in O columns
-        self.weights = np.zeros((c + k, n_out * c + n_out), np.float32)
-        self.weights[:c, : n_out * c] = np.asarray(quad).transpose(2, 0, 1).reshape(c, n_out * c)
-        self.weights[:c, n_out * c :] = np.asarray(linear).T
-        if trend is not None:
-            self.weights[c:, n_out * c :] = np.asarray(trend).T
+        self.n_trend = n_trend
+        # z @ weights: column o·N + c is Σ_d S[o, c, d]·z_d, the last O columns L·z
+        self.weights = np.zeros((n, n_out * n + n_out), np.float32)
+        self.weights[:, : n_out * n] = np.asarray(quad).transpose(2, 0, 1).reshape(n, n_out * n)
+        self.weights[:, n_out * n :] = np.asarray(linear).T
 
     #: Rows per matrix product: OpenBLAS runs a larger single product on every core, which on a
     #: busy 2-core machine cost 40× the CPU time of 1,364 rows (measured: 6 ms instead of 0.15).
@@ -198,15 +193,15 @@ class QuadraticHead:
     def __call__(self, p: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
         """Outputs (R, O) of pooled vectors ``p`` (R, C) and trend poolings ``t`` (R, K)."""
         rows, c = p.shape
-        n_out, b = len(self.bias), self.BLOCK_ROWS
-        x = np.zeros((-(-rows // b) * b, len(self.weights)), np.float32)
+        n_out, n, b = len(self.bias), len(self.weights), self.BLOCK_ROWS
+        x = np.zeros((-(-rows // b) * b, n), np.float32)
         x[:rows, :c] = p
-        if self.has_trend:
+        if self.n_trend:
             x[:rows, c:] = t
         # one small product per block of rows (numpy's matmul loops over the stacked blocks)
-        z = np.matmul(x.reshape(-1, b, x.shape[1]), self.weights).reshape(len(x), -1)[:rows]
-        out = np.einsum("roc,rc->ro", z[:, : n_out * c].reshape(rows, n_out, c), x[:rows, :c])
-        out += z[:, n_out * c :]
+        z = np.matmul(x.reshape(-1, b, n), self.weights).reshape(len(x), -1)[:rows]
+        out = np.einsum("ron,rn->ro", z[:, : n_out * n].reshape(rows, n_out, n), x[:rows])
+        out += z[:, n_out * n :]
         out += self.bias
         return out
 
@@ -214,30 +209,30 @@ class QuadraticHead:
     def fit(cls, model: StagedModel, n_channels: int, n_trend: int = 0) -> QuadraticHead | None:
         """The numpy form of ``model``'s head (``model.onnx_head``) for C = ``n_channels``, F' = 1
         and K = ``n_trend``, or None when the head is not of this form (a hidden layer)."""
-        c, k = n_channels, n_trend
-        eye = np.eye(c)
-        iu, ju = np.triu_indices(c, 1)
+        k = n_trend if model.trend_name else 0
+        n = n_channels + k
+        eye = np.eye(n)
+        iu, ju = np.triu_indices(n, 1)
         plus, minus = eye[iu] + eye[ju], eye[iu] - eye[ju]
-        zeros = np.zeros((1, c))
-        p = np.concatenate([zeros, eye, -eye, plus, -plus, minus, -minus, zeros.repeat(k, 0)])
-        t = np.zeros((len(p), k))
-        t[len(p) - k :] = np.eye(k)
-        f = model.onnx_head(p[:, :, None], t if model.trend_name else None).astype(np.float64)
-        b, (fp, fm) = f[0], f[1 : 1 + 2 * c].reshape(2, c, -1)
-        m = len(iu)
-        cross = f[1 + 2 * c : 1 + 2 * c + 4 * m].reshape(4, m, -1)
-        quad = np.zeros((f.shape[1], c, c))
-        quad[:, np.arange(c), np.arange(c)] = ((fp + fm) / 2 - b).T
+        z = np.concatenate([np.zeros((1, n)), eye, -eye, plus, -plus, minus, -minus])
+        f = cls._onnx(model, z, n_channels, k).astype(np.float64)
+        b, (fp, fm) = f[0], f[1 : 1 + 2 * n].reshape(2, n, -1)
+        cross = f[1 + 2 * n :].reshape(4, len(iu), -1)
+        quad = np.zeros((f.shape[1], n, n))
+        quad[:, np.arange(n), np.arange(n)] = ((fp + fm) / 2 - b).T
         quad[:, iu, ju] = quad[:, ju, iu] = ((cross[0] + cross[1] - cross[2] - cross[3]) / 8).T
-        trend = (f[len(f) - k :] - b).T if model.trend_name else None
-        head = cls(b, ((fp - fm) / 2).T, quad, trend)
-        rng = np.random.default_rng(0)
-        p, t = rng.standard_normal((cls.CHECK_ROWS, c)), rng.standard_normal((cls.CHECK_ROWS, k))
-        t = t if model.trend_name else None
-        ref = model.onnx_head(p[:, :, None], t)
-        if not np.abs(head(p, t) - ref).max() <= cls.CHECK_TOL * max(1.0, np.abs(ref).max()):
+        head = cls(b, ((fp - fm) / 2).T, quad, k)
+        z = np.random.default_rng(0).standard_normal((cls.CHECK_ROWS, n))
+        ref = cls._onnx(model, z, n_channels, k)
+        got = head(z[:, :n_channels], z[:, n_channels:] if k else None)
+        if not np.abs(got - ref).max() <= cls.CHECK_TOL * max(1.0, np.abs(ref).max()):
             return None
         return head
+
+    @staticmethod
+    def _onnx(model: StagedModel, z: np.ndarray, c: int, k: int) -> np.ndarray:
+        """``model.onnx_head`` of rows ``z = [p ; t]`` (R, C + K)."""
+        return model.onnx_head(z[:, :c, None], z[:, c:] if k else None)
 
 
 # --- normalisation statistics ------------------------------------------------------------------

@@ -28,17 +28,22 @@ from wav2small.models.wav2small import Wav2Small, Wav2SmallConfig
 # between the harmonics that only a 64 ms window resolves; the trunk reads one frozen row of the
 # subharmonic-to-harmonic ratio from such a band (`shr_fft`, session 11): test valence vs gold
 # 0.375/0.386 → 0.440/0.421 over two seeds, arousal and dominance unchanged.
-# 72,857 trainable parameters. A frozen pitch-salience input (`pitch_bins`), a wider
+# eSpeak's declination grows with the F0 span and differs by voice, so a slope alone is a biased
+# contour cue; the head reads the trend inside the Gram (`trend_gram`, session 14: products of
+# each slope with the pooled features and the other slopes), width 68 → 67 to pay for it:
+# valence vs gold, three seeds, test 0.420 → see docs/DISTILL.md ("Session 14").
+# 72,656 trainable parameters. A frozen pitch-salience input (`pitch_bins`), a wider
 # normalisation and a longer trunk were measured and did not beat it at this budget:
 # docs/DISTILL.md ("Front-end study").
 PAPER_CONFIG = Wav2SmallConfig(
     frontend="pitch",
     norm="local",
     norm_frames=125,
-    width=68,
+    width=67,
     pool=30,
     dilations=(1, 3, 9, 27),
     trend=8,
+    trend_gram=True,
     level=True,
     shr_fft=1024,
 )

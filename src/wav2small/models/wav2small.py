@@ -77,6 +77,11 @@ class Wav2SmallConfig:
             whose slope over the valid tokens (:func:`trend_pool`) the head also reads: an
             order-aware, utterance-level pooling ("later tokens are higher"), exactly computable
             online from running sums (``tokens.OnlinePool``, ``tokens.WindowPool``).
+        trend_gram: with ``trend`` > 0, the trend poolings join the pooled vector before the
+            Gram: the head reads ``[q ; q·qᵀ]`` with ``q = [pooled ; trend]`` instead of
+            ``[pooled ; Gram(pooled) ; trend]``, so it can weigh a slope by the clip's other
+            pooled features (its F0 level and span, its voice) and by the other slopes.
+            The trend, its online sums and the staged graph's inputs are unchanged.
         level: with ``norm="local"``, one more input row: the local mean level that the
             normalisation subtracts, in dB above :data:`~wav2small.frontend.LEVEL_REF_DB`
             (``LocalNorm(level_row=True)``). The model then hears absolute loudness (a teacher
@@ -110,6 +115,7 @@ class Wav2SmallConfig:
     pitch_fmin: float = 55.0
     pitch_fmax: float = 440.0
     trend: int = 0
+    trend_gram: bool = False
     level: bool = False
     shr_fft: int = 0
     shr_decimate: int = 8
@@ -127,6 +133,8 @@ class Wav2SmallConfig:
             raise ValueError("pitch_bins needs frontend='pitch'")
         if self.frontend == "released" and self.trend:
             raise ValueError("trend needs frontend='pitch'")
+        if self.trend_gram and not self.trend:
+            raise ValueError("trend_gram needs trend > 0")
         if self.level and self.norm != "local":
             raise ValueError("level needs norm='local'")
         if self.frontend == "released" and self.shr_fft:
@@ -311,10 +319,11 @@ class PitchNet(nn.Module):
         self.blocks = nn.ModuleList(TimeConv(w, w, d) for d in cfg.dilations)
         self.lin = nn.Conv2d(w, cfg.pool, 1)
         self.sof = nn.Conv2d(w, cfg.pool, 1)
-        self.n_features = cfg.pool + cfg.pool * cfg.pool
         self.trd = nn.Conv2d(w, cfg.trend, 1) if cfg.trend else None
         self.n_trend = cfg.trend
-        self.n_features += cfg.trend
+        self.trend_gram = cfg.trend_gram
+        q = cfg.pool + cfg.trend if cfg.trend_gram else cfg.pool
+        self.n_features = q + q * q + (0 if cfg.trend_gram else cfg.trend)
 
     def frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Valid frames (= tokens) of ``lengths`` samples."""
@@ -384,10 +393,13 @@ class PitchNet(nn.Module):
         frames = None if lengths is None else self.frames(lengths)
         x = self.trunk(self.features(signal, lengths), frames)
         lin, sof = self.token_maps(x)
-        out = pooled_features(attention_pool(lin, sof, frames))
+        pooled = attention_pool(lin, sof, frames)
         if self.trd is None:
-            return out
-        return torch.cat([out, trend_pool(self.trend_map(x), frames)[..., 0]], 1)
+            return pooled_features(pooled)
+        trend = trend_pool(self.trend_map(x), frames)
+        if self.trend_gram:
+            return pooled_features(torch.cat([pooled, trend], 1))
+        return torch.cat([pooled_features(pooled), trend[..., 0]], 1)
 
 
 def attention_pool(
@@ -560,9 +572,19 @@ class Wav2Small(nn.Module):
         """Stages 1–3 on unpadded input: waveform → (lin, sof), each (batch, C, tokens, F')."""
         return self.token_maps(self.trunk(self.features(signal, None, norm)))
 
+    def _gram_input(
+        self, pooled: torch.Tensor, trend: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pooled, trend) as the head's Gram sees them: a ``trend_gram`` model's trend rows
+        join the pooled map (batch, C + K, 1) and no trend is left over."""
+        if self.cfg.trend_gram and trend is not None:
+            return torch.cat([pooled, trend[..., None]], 1), None
+        return pooled, trend
+
     def head(self, pooled: torch.Tensor, trend: torch.Tensor | None = None) -> torch.Tensor:
         """Stage 5: pooled map (batch, C, F') [and trend (batch, K)] → [pooled ; Gram ; trend]
-        → MLP → (batch, n_outputs)."""
+        (``trend_gram``: ``[q ; Gram(q)]``, ``q = [pooled ; trend]``) → MLP → (batch, n_outputs)."""
+        pooled, trend = self._gram_input(pooled, trend)
         first = self.hidden if self.cfg.head else self.adv
         if pooled.shape[2] == 1:  # the pitch trunk: without forming the Gram
             x = pooled_linear(first, pooled, trend)
@@ -589,14 +611,16 @@ class Wav2Small(nn.Module):
     def forward_embedding(
         self, signal: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A/D/V and the vector the head reads, ``[pooled ; Gram(pooled) ; trend]`` (batch, E).
+        """A/D/V and the vector the head reads, ``[pooled ; Gram(pooled) ; trend]`` (batch, E;
+        ``trend_gram``: ``[q ; Gram(q)]``).
 
         Training only (embedding hints, :mod:`wav2small.train`); export runs :meth:`forward`,
         which never forms the Gram features of an F' = 1 trunk.
         """
         pooled, trend = self.pool(signal, lengths)
-        x = pooled_features(pooled)
-        return self.head(pooled, trend), x if trend is None else torch.cat([x, trend], 1)
+        q, rest = self._gram_input(pooled, trend)
+        x = pooled_features(q)
+        return self.head(pooled, trend), x if rest is None else torch.cat([x, rest], 1)
 
     # -- geometry --
     def frame_geometry(self) -> tuple[int, int]:

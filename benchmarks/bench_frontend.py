@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = dict(frontend="pitch", width=68, pool=30, dilations=(1, 2, 4, 8))
 SALIENCE = dict(frontend="pitch", width=63, pool=30, dilations=(1, 3, 9, 27), pitch_bins=48)
 LONG = SALIENCE | dict(width=53, dilations=(1, 3, 9, 27, 81, 243))
-#: The preset as it was measured in session 4 (trend pooling; no level or subharmonic row).
-TREND = replace(PAPER_CONFIG, level=False, shr_fft=0)
+#: The preset as it was measured in session 4 (trend pooling read linearly by the head, width
+#: 68; no level or subharmonic row).
+TREND = replace(PAPER_CONFIG, level=False, shr_fft=0, width=68, trend_gram=False)
 #: name → (model config, what it tests). Registered at import so spawned workers see them.
 VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
     "released": (
@@ -78,14 +79,19 @@ VARIANTS: dict[str, tuple[Wav2SmallConfig, str]] = {
         "period-doubled, 'rough' voice's subharmonics resolved); width 65, 72,890 parameters",
     ),
     "level": (
-        replace(PAPER_CONFIG, shr_fft=0),
+        replace(TREND, level=True),
         "trend + the level row (the local mean level that the normalisation removes): the "
         "preset of session 10",
     ),
+    "shr": (
+        replace(TREND, level=True, shr_fft=PAPER_CONFIG.shr_fft),
+        "level + a subharmonic-to-harmonic row from a 64 ms band: the preset of sessions 11-13 "
+        "(the trend read linearly by the head)",
+    ),
     "paper": (
         PAPER_CONFIG,
-        "the wav2small-paper preset: level + a subharmonic-to-harmonic row from a 64 ms band "
-        "(session 11)",
+        "the wav2small-paper preset: shr with the trend inside the head's Gram (products of each "
+        "slope with the pooled features), width 67 (session 14)",
     ),
     "salience-trend": (
         Wav2SmallConfig(**SALIENCE, norm="local", norm_frames=125, trend=PAPER_CONFIG.trend),

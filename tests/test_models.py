@@ -374,6 +374,33 @@ def test_trend_option_feeds_the_head_and_keeps_padding_invariance():
         Wav2SmallConfig(trend=8)
 
 
+def test_trend_gram_head_reads_the_trend_inside_the_gram():
+    """``trend_gram``: the head is the Linear on [q ; Gram(q)], q = [pooled ; trend] (products
+    of each slope with the pooled features); the embedding-hint vector is that input."""
+    from wav2small.models.wav2small import (
+        Wav2Small,
+        Wav2SmallConfig,
+        attention_pool,
+        pooled_features,
+        trend_pool,
+    )
+
+    base = dict(frontend="pitch", norm="local", width=16, pool=8, dilations=(1, 3), trend=4)
+    model = Wav2Small(Wav2SmallConfig(**base, trend_gram=True)).eval()
+    assert model.adv.in_features == 12 + 12 * 12
+    x, lengths = torch.randn(2, 12000), torch.tensor([12000, 7000])
+    with torch.no_grad():
+        out, embedding = model.forward_embedding(x, lengths)
+        torch.testing.assert_close(model(x, lengths), out)
+        x0 = model.trunk(model.features(x[:1]))
+        q = torch.cat([attention_pool(*model.token_maps(x0)), trend_pool(model.trend_map(x0))], 1)
+        torch.testing.assert_close(embedding[:1], pooled_features(q))
+        torch.testing.assert_close(model.adv(pooled_features(q)), out[:1])
+        torch.testing.assert_close(model.net(x[:1]), embedding[:1])
+    with pytest.raises(ValueError, match="trend_gram needs trend"):
+        Wav2SmallConfig(**{**base, "trend": 0}, trend_gram=True)
+
+
 @pytest.mark.parametrize("hidden, trend", [(0, 0), (0, 4), (16, 4)])
 def test_head_without_the_gram_features_equals_the_linear_on_them(hidden, trend):
     """The pitch trunk's head (F' = 1) applies its first Linear to [pooled ; Gram ; trend]

@@ -20,6 +20,8 @@ resolves the harmonics of a voice and a trunk that runs at the token rate::
       voicing ─ 50 more rows]
       ─ Conv(3×1) rows → W ─ dilated Conv(3×1) W → W per ``dilations`` at 250 frames/s
       ─ lin, sof (1×1, W → P) ─ attention pooling ─ [pooled (P) ; Gram (P×P)] ─ Linear → A/D/V
+      [+ trd (1×1, W → K) ─ trend pooling (slope over the clip) ─ K more head inputs, or with
+      ``trend_gram`` q = [pooled ; trend] and the head reads [q ; Gram(q)]]
 
 (docs/DISTILL.md, "Front-end study", says why.) Padding-aware: given ``lengths``, every feature
 map is zeroed past each clip's end before the next convolution (exactly what that clip's own

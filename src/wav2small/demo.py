@@ -65,7 +65,7 @@ class DemoPlan:
 # former 2,000 × 2 s steps' time; measured (docs/DISTILL.md): test valence 0.145 → 0.327.
 # 3,000 steps each (session 14; the two students train in parallel, so the baseline's equal budget
 # costs no wall time): with the trend read inside the Gram, test valence 0.486 / 0.489 at 2,000
-# steps → 0.510 / 0.516 at 3,000 (two seeds); ≈ 12.7 min idle (9.2 at 2,000).
+# steps → 0.510 / 0.516 at 3,000 (two seeds); `make demo` 12.9 min idle (9.2 at 2,000).
 FULL = DemoPlan(
     n_train=1000,
     n_pool=2000,

@@ -396,12 +396,20 @@ class PitchNet(nn.Module):
         x = self.trunk(self.features(signal, lengths), frames)
         lin, sof = self.token_maps(x)
         pooled = attention_pool(lin, sof, frames)
-        if self.trd is None:
-            return pooled_features(pooled)
-        trend = trend_pool(self.trend_map(x), frames)
-        if self.trend_gram:
-            return pooled_features(torch.cat([pooled, trend], 1))
-        return torch.cat([pooled_features(pooled), trend[..., 0]], 1)
+        trend = None if self.trd is None else trend_pool(self.trend_map(x), frames)[..., 0]
+        q, rest = gram_input(pooled, trend, trend_gram=self.trend_gram)
+        x = pooled_features(q)
+        return x if rest is None else torch.cat([x, rest], 1)
+
+
+def gram_input(
+    pooled: torch.Tensor, trend: torch.Tensor | None, *, trend_gram: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(pooled, trend) as the head's Gram sees them: with ``trend_gram`` the trend rows join the
+    pooled map, (batch, C + K, 1), and no trend is left over."""
+    if trend_gram and trend is not None:
+        return torch.cat([pooled, trend[..., None]], 1), None
+    return pooled, trend
 
 
 def attention_pool(
@@ -574,19 +582,10 @@ class Wav2Small(nn.Module):
         """Stages 1–3 on unpadded input: waveform → (lin, sof), each (batch, C, tokens, F')."""
         return self.token_maps(self.trunk(self.features(signal, None, norm)))
 
-    def _gram_input(
-        self, pooled: torch.Tensor, trend: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(pooled, trend) as the head's Gram sees them: a ``trend_gram`` model's trend rows
-        join the pooled map (batch, C + K, 1) and no trend is left over."""
-        if self.cfg.trend_gram and trend is not None:
-            return torch.cat([pooled, trend[..., None]], 1), None
-        return pooled, trend
-
     def head(self, pooled: torch.Tensor, trend: torch.Tensor | None = None) -> torch.Tensor:
         """Stage 5: pooled map (batch, C, F') [and trend (batch, K)] → [pooled ; Gram ; trend]
         (``trend_gram``: ``[q ; Gram(q)]``, ``q = [pooled ; trend]``) → MLP → (batch, n_outputs)."""
-        pooled, trend = self._gram_input(pooled, trend)
+        pooled, trend = gram_input(pooled, trend, trend_gram=self.cfg.trend_gram)
         first = self.hidden if self.cfg.head else self.adv
         if pooled.shape[2] == 1:  # the pitch trunk: without forming the Gram
             x = pooled_linear(first, pooled, trend)
@@ -620,7 +619,7 @@ class Wav2Small(nn.Module):
         which never forms the Gram features of an F' = 1 trunk.
         """
         pooled, trend = self.pool(signal, lengths)
-        q, rest = self._gram_input(pooled, trend)
+        q, rest = gram_input(pooled, trend, trend_gram=self.cfg.trend_gram)
         x = pooled_features(q)
         return self.head(pooled, trend), x if rest is None else torch.cat([x, rest], 1)
 

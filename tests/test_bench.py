@@ -20,16 +20,37 @@ def tiny_onnx(tmp_path_factory):
     return path, count_parameters(model)
 
 
-def _bench_results():
-    """benchmarks/bench_results.py as a module (the benchmarks folder is not a package)."""
+def _bench_script(name: str = "bench_results"):
+    """benchmarks/<name>.py as a module (the benchmarks folder is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_results.py"
-    spec = importlib.util.spec_from_file_location("bench_results", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     results = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(results)
     return results
+
+
+def _bench_results():
+    return _bench_script("bench_results")
+
+
+def test_bench_mobilenets_parses_every_kind_of_image_field():
+    parse = _bench_script("bench_mobilenets").parse_image
+    changes = parse(
+        ["stem_stride=2,1", "trend=8", "trend_in_head=1", "level=false", "low_fmax=900"]
+    )
+    assert changes == {
+        "stem_stride": (2, 1),
+        "trend": 8,
+        "trend_in_head": True,
+        "level": False,
+        "low_fmax": 900.0,
+    }
+    assert type(changes["trend_in_head"]) is bool and type(changes["trend"]) is int
+    with pytest.raises(SystemExit, match="unknown field"):
+        parse(["stride=2"])
 
 
 def test_session_has_the_requested_threads(tiny_onnx):

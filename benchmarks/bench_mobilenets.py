@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_mobilenets.py --corpus runs/bench-demo/corpus \\
         --pool-labels runs/bench-demo/pool_labels.parquet --test-labels test_labels.parquet \\
         [--steps 300] [--students mobilenetv4-small mobilenetv3-large] [--out runs/bench_mobilenets]
-        [--crop-seconds 2] [--lr 2e-3] [--image stem_stride=2,1 trend_in_head=1] [--tag NAME]
+        [--crop-seconds 2] [--lr 2e-3] [--image stem_stride=2,2 trend=0 level=1] [--tag NAME]
 
 Each student is distilled with :func:`wav2small.demo.train_student` (the FULL plan with
 ``--steps``, ``--crop-seconds`` and ``--lr``: by default 8 × 2 s crops, lr 2e-3, CCC + MSE, the

@@ -268,32 +268,3 @@ def test_card_files_are_rewritten_with_the_exported_files_scores(tiny, tmp_path)
         assert "| test (4 clips) · gold | 0.123 | 0.456 | 0.789 |" in written, name
         assert "Not evaluated at export time" not in written and "four clips" in written
     assert (tmp_path / CARD_NAME).read_text() == text
-
-
-def test_convolutions_on_the_pooled_vector_stay_float_also_after_a_concat():
-    """A MobileNet's conv_head reads the pooled vector, or with ``trend_in_head`` the pooled
-    vector concatenated with the slopes: one vector per clip either way (kept float)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from wav2small.export import _pooled_convs
-
-    w = numpy_helper.from_array(np.zeros((4, 6, 1, 1), np.float32), "w")
-    trunk = numpy_helper.from_array(np.zeros((4, 4, 3, 3), np.float32), "trunk_w")
-    nodes = [
-        helper.make_node("Conv", ["x", "trunk_w"], ["f"], name="trunk"),
-        helper.make_node("ReduceMean", ["f"], ["pooled"], name="pool", keepdims=1),
-        helper.make_node("Concat", ["pooled", "slopes"], ["joined"], name="join", axis=1),
-        helper.make_node("Conv", ["joined", "w"], ["y"], name="conv_head"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
-            helper.make_tensor_value_info("slopes", TensorProto.FLOAT, [1, 2, 1, 1]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])],
-        [w, trunk],
-    )
-    assert _pooled_convs(onnx.helper.make_model(graph)) == ["conv_head"]

@@ -417,13 +417,12 @@ def _pooled_convs(proto) -> list[str]:
     input quantised to 8 bits, int8 vs fp32 CCC was 0.972 / 0.978 / 0.900 (gate 0.99); it costs
     one matrix-vector product per clip, so it stays float with int8 weights (as the Gemm).
     """
-    pooled = set()
-    for n in proto.graph.node:  # topological order; a Concat of a mean (the trend_in_head
-        # MobileNets' [pooled ; slopes]) is one vector per clip as well
-        if n.op_type in ("ReduceMean", "GlobalAveragePool") or (
-            n.op_type == "Concat" and pooled.intersection(n.input)
-        ):
-            pooled.update(n.output)
+    pooled = {
+        o
+        for n in proto.graph.node
+        if n.op_type in ("ReduceMean", "GlobalAveragePool")
+        for o in n.output
+    }
     return [n.name for n in proto.graph.node if n.op_type == "Conv" and n.input[0] in pooled]
 
 

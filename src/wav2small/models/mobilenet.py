@@ -14,15 +14,15 @@ tokens/s after 32×), locally normalised (:class:`~wav2small.frontend.LocalNorm`
 gain-invariant) and divided by a fixed 20 dB. :class:`MobileNetConfig` holds these settings, the
 stem's stride and an optional trend head; it is stored in every checkpoint and rebuilt from it
 (the stride has no weights: a checkpoint rebuilt from today's preset would load silently wrong).
-:data:`DEFAULT_CONFIG` is the choice of every preset (:data:`PRESET_CONFIGS` lists the
-exceptions): a stem of stride 1 along frequency (5 frequency columns at the end instead of 3;
-harmonics stay 31 Hz apart through the stem) and a trend head. Distilled with the demo's recipe
-(2,000 steps of whole clips), MobileNetV3-L scored test valence 0.03 vs gold with timm's stem
-and none, −0.03 with the trend head alone, and 0.44 (0.73× the teacher) with both and the slopes
-also inside its nonlinear head (``trend_in_head``, its preset; on V4-S that made no difference).
-MobileNetV4-S has read this image since session 6 (valence 0.40–0.43, 0.47 at 3,000 steps).
-V4-M/L are assumed to behave alike (not measured: 6× and 13× V4-S's step). docs/DISTILL.md
-("MobileNet students") has the measurements and the commands that reproduce them.
+:data:`DEFAULT_CONFIG` is the choice of every preset (:data:`PRESET_CONFIGS` would list
+exceptions; a study overrides it): a stem of stride 1 along frequency (5 frequency columns at the
+end instead of 3; harmonics stay 31 Hz apart through the stem) and a trend head. Distilled with
+the demo's recipe (2,000 steps of whole clips), MobileNetV3-L scored test valence 0.03 vs gold
+with timm's stem and no trend head, −0.03 with the trend head alone and 0.44 with both (0.74×
+the teacher); MobileNetV4-S has read this image since session 6 (valence 0.40–0.43 at 2,000
+steps). V4-M/L are assumed to behave alike (not measured at this budget: 6× and 13× V4-S's
+step). docs/DISTILL.md ("MobileNet students") has the measurements and the commands that
+reproduce them.
 
 Head: timm's 3-output classifier (uniform in ±1/√3 over 1,280 features) made an untrained
 MobileNet predict with a spread of ≈ 7 on labels of spread 0.25; distilled for 300 steps,
@@ -97,9 +97,6 @@ class MobileNetConfig:
         level: one more image row, the local mean level that the normalisation subtracts (dB
             above :data:`~wav2small.frontend.LEVEL_REF_DB`, on the image's scale): the model
             hears absolute loudness and is no longer gain-invariant.
-        trend_in_head: with ``trend``, the slopes also join the pooled vector before timm's
-            nonlinear ``conv_head`` (a 1×1 convolution, then an activation), so the head can read
-            a slope conditioned on the clip's other features, not only add it.
     """
 
     hop: int = HOP
@@ -111,15 +108,12 @@ class MobileNetConfig:
     stem_stride: tuple[int, int] = (2, 2)
     trend: int = 0
     level: bool = False
-    trend_in_head: bool = False
 
 
 #: The image and head every MobileNet preset reads (docs/DISTILL.md, "MobileNet students").
 DEFAULT_CONFIG = MobileNetConfig(stem_stride=(2, 1), trend=8)
 #: Presets that read another image or head than :data:`DEFAULT_CONFIG` (measured choices).
-PRESET_CONFIGS: dict[str, MobileNetConfig] = {
-    "mobilenetv3-large": MobileNetConfig(stem_stride=(2, 1), trend=8, trend_in_head=True),
-}
+PRESET_CONFIGS: dict[str, MobileNetConfig] = {}
 
 
 def preset_config(name: str) -> MobileNetConfig:
@@ -159,19 +153,6 @@ class MobileNetStudent(nn.Module):
             self.trd = nn.Conv2d(self.backbone.num_features, image.trend, 1)
             self.trend_head = nn.Linear(image.trend, n_outputs)
             init_head(self.trend_head, bias=0.0)
-            if image.trend_in_head:  # the slopes join the pooled vector before timm's conv_head
-                old = self.backbone.conv_head
-                new = nn.Conv2d(
-                    old.in_channels + image.trend, old.out_channels, 1, bias=old.bias is not None
-                )
-                with torch.no_grad():
-                    new.weight.zero_()
-                    new.weight[:, : old.in_channels] = old.weight
-                    extra = new.weight[:, old.in_channels :]
-                    extra.copy_(torch.randn_like(extra) * old.weight.std())
-                    if old.bias is not None:
-                        new.bias.copy_(old.bias)
-                self.backbone.conv_head = new
         else:
             self.trd = self.trend_head = None
 
@@ -208,12 +189,7 @@ class MobileNetStudent(nn.Module):
             emb = self.backbone.forward_head(features, pre_logits=True)
             return self.backbone.classifier(emb), emb
         trend = self.trend(features)
-        if self.image.trend_in_head:
-            b = self.backbone
-            x = torch.cat([b.global_pool(features), trend[..., None, None]], 1)
-            emb = b.flatten(b.act2(b.norm_head(b.conv_head(x))))
-        else:
-            emb = self.backbone.forward_head(features, pre_logits=True)
+        emb = self.backbone.forward_head(features, pre_logits=True)
         out = self.backbone.classifier(emb) + self.trend_head(trend)
         return out, torch.cat([emb, trend], 1)
 

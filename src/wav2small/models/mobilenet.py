@@ -28,8 +28,8 @@ Head: timm's 3-output classifier (uniform in ±1/√3 over 1,280 features) made 
 MobileNet predict with a spread of ≈ 7 on labels of spread 0.25; distilled for 300 steps,
 MobileNetV4-S then scored CCC ≈ 0 on every dimension. The head now starts with tiny weights and
 its biases at 0.5 (:func:`init_head`); the architectures are timm's, unchanged: 2,496,291
-(V4-S), 8,437,779 (V4-M), 31,313,275 (V4-L) and 4,205,587 (V3-L) parameters. Measured in
-docs/DISTILL.md ("MobileNet students").
+(V4-S), 8,437,779 (V4-M), 31,313,275 (V4-L) and 4,205,587 (V3-L) parameters, plus the trend
+head's 7,715. Measured in docs/DISTILL.md ("MobileNet students").
 
 BatchNorm: trained on the batch statistics of 8 clips, MobileNetV4-S learned to rely on them and
 blew up on single clips at inference (|arousal| up to 68); ``distill``/``train`` therefore freeze

@@ -166,7 +166,9 @@ class MobileNetStudent(nn.Module):
         Returns:
             (batch, 3) unbounded regression outputs.
         """
-        return self.forward_embedding(signal, lengths)[0]
+        features = self._features(signal, lengths)
+        out = self.backbone.forward_head(features)
+        return out if self.trd is None else out + self.trend_head(self.trend(features))
 
     def _features(self, signal: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         frames = None if lengths is None else self.frontend.frames(lengths)
@@ -181,17 +183,13 @@ class MobileNetStudent(nn.Module):
 
         Training only (embedding hints, :mod:`wav2small.train`).
         """
-        return self.head(self._features(signal, lengths))
-
-    def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A/D/V, embedding) of the backbone's last (batch, C, time, freq) feature map."""
-        if self.trd is None:
-            emb = self.backbone.forward_head(features, pre_logits=True)
-            return self.backbone.classifier(emb), emb
-        trend = self.trend(features)
+        features = self._features(signal, lengths)
+        out = self.backbone.forward_head(features)
         emb = self.backbone.forward_head(features, pre_logits=True)
-        out = self.backbone.classifier(emb) + self.trend_head(trend)
-        return out, torch.cat([emb, trend], 1)
+        if self.trd is None:
+            return out, emb
+        trend = self.trend(features)
+        return out + self.trend_head(trend), torch.cat([emb, trend], 1)
 
     def trend(self, features: torch.Tensor) -> torch.Tensor:
         """Slopes over time (batch, trend) of the ``trd`` map of a (batch, C, time, freq) map."""

@@ -20,9 +20,9 @@ end instead of 3; harmonics stay 31 Hz apart through the stem) and a trend head.
 the demo's recipe (2,000 steps of whole clips), MobileNetV3-L scored test valence 0.03 vs gold
 with timm's stem and no trend head, −0.03 with the trend head alone and 0.44 with both (0.74×
 the teacher); MobileNetV4-S has read this image since session 6 (valence 0.40–0.43 at 2,000
-steps). V4-M/L are assumed to behave alike (not measured at this budget: 6× and 13× V4-S's
-step). docs/DISTILL.md ("MobileNet students") has the measurements and the commands that
-reproduce them.
+steps); V4-M learned valence with it at half that budget (0.27), V4-L was not measured (its
+step costs ≈ 13× V4-S's). docs/DISTILL.md ("MobileNet students") has the measurements and the
+commands that reproduce them.
 
 Head: timm's 3-output classifier (uniform in ±1/√3 over 1,280 features) made an untrained
 MobileNet predict with a spread of ≈ 7 on labels of spread 0.25; distilled for 300 steps,

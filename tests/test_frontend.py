@@ -175,7 +175,11 @@ def test_local_norm_is_gain_invariant_and_local():
     batch = torch.cat([x, torch.cat([x[:, :20000], torch.zeros(1, 12000)], 1)])
     together = norm(spec(batch), frames)
     alone = norm(spec(x[:, :20000]))
-    torch.testing.assert_close(together[1:, : alone.shape[1]], alone, atol=2e-3, rtol=0)  # dB
+    # dB; a bin near the frame's floor (−67 dB) can differ by 0.006 dB between a batch of two
+    # and one clip (float32 DFT sums in another order, MKL-DNN's choice), so the bound is 0.02 as
+    # for a gain; leaked padding would shift whole frames by whole dB
+    diff = (together[1:, : alone.shape[1]] - alone).abs()
+    assert diff.max() < 0.02 and diff.median() < 1e-4, (diff.max(), diff.median())
 
 
 def test_paper_preset_hears_a_gain_only_through_its_level_row():

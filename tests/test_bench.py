@@ -20,16 +20,16 @@ def tiny_onnx(tmp_path_factory):
     return path, count_parameters(model)
 
 
-def _bench_script(name: str = "bench_results"):
+def _bench_script(name: str):
     """benchmarks/<name>.py as a module (the benchmarks folder is not a package)."""
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
-    results = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(results)
-    return results
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _bench_results():

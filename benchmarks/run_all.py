@@ -76,6 +76,8 @@ def main() -> int:
             if name not in {s.stem for s in todo} | {"bench_results"}:
                 timings[name] = t | {"earlier run": True}
     earlier.unlink(missing_ok=True)
+    if timings:  # bench_results reads them, even when it is the only script rerun
+        write_text(earlier, json.dumps({"scripts": timings}, indent=2))
     start = time.perf_counter()
     for script in todo:
         extra = BUDGET.get(script.stem, [])

@@ -99,6 +99,28 @@ def test_results_page_marks_times_of_an_earlier_run():
     ]
 
 
+def test_run_all_only_results_hands_the_earlier_times_to_bench_results(tmp_path, monkeypatch):
+    """``run_all.py --only results`` reruns bench_results alone: the timings file it reads must
+    still hold the earlier run's scripts (it once found none and dropped the table)."""
+    import json
+    import sys
+
+    run_all = _bench_script("run_all")
+    monkeypatch.setattr(run_all, "FIGURES", tmp_path)
+    earlier = {"bench_models": {"args": [], "seconds": 66.0, "exit": 0}}
+    (tmp_path / "timings.json").write_text(json.dumps({"scripts": earlier}))
+    seen = []
+
+    def fake_call(cmd):
+        seen.append(json.loads((tmp_path / "timings.json").read_text())["scripts"])
+        return 0
+
+    monkeypatch.setattr(run_all.subprocess, "call", fake_call)
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--only", "results"])
+    assert run_all.main() == 0
+    assert seen == [{"bench_models": earlier["bench_models"] | {"earlier run": True}}]
+
+
 def test_stream_ratio_is_the_median_of_rounds_or_the_ratio_of_medians():
     from wav2small.bench import stream_ratio
 

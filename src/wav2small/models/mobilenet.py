@@ -24,6 +24,11 @@ steps); V4-M learned valence with it at half that budget (0.27), V4-L was not me
 step costs ≈ 13× V4-S's). docs/DISTILL.md ("MobileNet students") has the measurements and the
 commands that reproduce them.
 
+Recipe: a MobileNet needs more unlabelled audio than Wav2Small. From the demo's 2,000-clip pool
+MobileNetV4-S kept 0.65–0.80× of its teacher's test valence; from 8,000 clips, with the same
+3,000 steps, 0.86× and 0.91× (two seeds, shipped int8), and more steps on the small pool had not
+helped (docs/DISTILL.md, "Session 16").
+
 Head: timm's 3-output classifier (uniform in ±1/√3 over 1,280 features) made an untrained
 MobileNet predict with a spread of ≈ 7 on labels of spread 0.25; distilled for 300 steps,
 MobileNetV4-S then scored CCC ≈ 0 on every dimension. The head now starts with tiny weights and
